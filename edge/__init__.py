@@ -1,0 +1,1 @@
+"""namus-edge device runtime: sources, pipeline, tracker, matcher, alerts, service."""

@@ -1,0 +1,99 @@
+"""The ``namus-edge`` command line: one root parser, command groups registered by their owners.
+
+Each owning module exposes ``register(subparsers)`` that adds its commands; a command's
+handler is ``func(args, config) -> int``. Every command accepts ``--config`` and repeatable
+``--set dotted.key=value``; a bad config stops with the key's dotted path (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from edge.config import Config, ConfigError, load_config
+from edge.errors import NamusEdgeError
+
+logger = logging.getLogger(__name__)
+
+#: Modules that register command groups, in the order they appear in --help.
+COMMAND_MODULES: tuple[str, ...] = (
+    "edge.commands",
+    "models.cli",
+    "models.eval_cli",
+    "index.cli",
+    "export.cli",
+)
+
+
+def common_options(*, root: bool) -> argparse.ArgumentParser:
+    """A parent parser with the options every command takes.
+
+    The root parser holds the defaults; sub-commands use ``SUPPRESS`` so an option given
+    before the command is not reset by the sub-parser's default.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--config", metavar="FILE", default=None if root else argparse.SUPPRESS,
+                        help="YAML config (default: built-in defaults = config.yaml)")
+    parent.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[] if root else argparse.SUPPRESS,
+        help="override a config key, e.g. --set detection.input_size=[320,320] (repeatable)",
+    )
+    parent.add_argument("--log-level", default=None if root else argparse.SUPPRESS,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the root parser with every registered command group."""
+    parser = argparse.ArgumentParser(
+        prog="namus-edge",
+        description="On-device face search against the NamUs missing-persons index.",
+        parents=[common_options(root=True)],
+    )
+    parent = common_options(root=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(name)
+        module.register(sub, parent)
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    """Configure root logging for the CLI (library code only uses module loggers)."""
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``namus-edge`` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config: Config = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"namus-edge: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level or config.service.log_level)
+    try:
+        return int(args.func(args, config) or 0)
+    except NamusEdgeError as exc:
+        logger.debug("command failed", exc_info=True)
+        print(f"namus-edge: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Model export: TensorRT-ready ONNX, TensorRT engines, parity checks."""

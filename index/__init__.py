@@ -1,0 +1,1 @@
+"""NamUs index: ingest, face extraction, signed FAISS bundles, publish and sync."""

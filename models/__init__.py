@@ -1,0 +1,1 @@
+"""Inference models: registry, backends, detector, aligner, embedder, age, quality, analyzer."""

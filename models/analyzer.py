@@ -1,0 +1,196 @@
+"""FaceAnalyzer: detection, alignment, quality, embedding and age behind one object.
+
+``FaceAnalyzer(config).analyze(image_bgr)`` is the simple API. The video pipeline uses the
+steps separately (:meth:`detect`, :meth:`prepare`, :meth:`embed`, :meth:`estimate_ages`) so it
+can track faces first and embed only new or better ones, batched across faces and cameras.
+
+Loading verifies each model file's sha256 against the registry and warms the models up; it
+never downloads (run ``namus-edge models fetch`` first).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.config import Config
+from models.age import AgeEstimator
+from models.aligner import align_age_chip, align_arcface
+from models.backends.factory import create_backend
+from models.detector import FaceDetector
+from models.embedder import FaceEmbedder
+from models.face import Detection, Face, QualityReport
+from models.quality import assess
+from models.registry import ModelSpec, get_spec, resolve
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedFace:
+    """A detected face with its crops, ready for batched embedding and age.
+
+    Attributes:
+        detection: box and landmarks in image pixels.
+        aligned: uint8 (112, 112, 3) BGR ArcFace-aligned crop.
+        age_chip: uint8 (64, 64, 3) BGR chip for the age model.
+        quality: quality terms and gate result.
+    """
+
+    detection: Detection
+    aligned: np.ndarray
+    age_chip: np.ndarray
+    quality: QualityReport
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """Identity of a loaded model (for manifests and events)."""
+
+    name: str
+    sha256: str
+    engine: str
+
+
+class FaceAnalyzer:
+    """Detector + embedder + age model, configured by a :class:`Config`.
+
+    Args:
+        config: the validated configuration (models, detection, quality sections).
+        cache_dir: model cache; default ``config.models.resolved_cache_dir()``.
+        with_age: load the age model (when one is configured).
+    """
+
+    def __init__(self, config: Config, cache_dir: Path | None = None, *, with_age: bool = True) -> None:
+        self.config = config
+        cache = cache_dir or config.models.resolved_cache_dir()
+        det_name, emb_name, age_name = config.models.selected()
+        bcfg = config.models.backend
+        self.detector_spec: ModelSpec = get_spec(det_name)
+        self.embedder_spec: ModelSpec = get_spec(emb_name)
+        self.detector = FaceDetector(create_backend(resolve(det_name, cache), bcfg), self.detector_spec,
+                                     config.detection)
+        self.embedder = FaceEmbedder(create_backend(resolve(emb_name, cache), bcfg), self.embedder_spec,
+                                     max_batch=config.service.batch_max_faces)
+        self.age: AgeEstimator | None = None
+        self.age_spec: ModelSpec | None = None
+        if with_age and age_name is not None:
+            self.age_spec = get_spec(age_name)
+            self.age = AgeEstimator(create_backend(resolve(age_name, cache), bcfg), self.age_spec,
+                                    flip=config.models.age_flip,
+                                    calibration=_calibration(config.models.age_calibration))
+        runs = bcfg.warmup_runs
+        if runs:
+            self.detector.warmup(runs)
+            self.embedder.warmup(runs)
+            if self.age is not None:
+                self.age.warmup(runs)
+
+    # -- identity ----------------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        return self.embedder.dim
+
+    def model_identities(self) -> dict[str, LoadedModel]:
+        """Name, sha256 and execution engine of each loaded model, keyed by role."""
+        out = {
+            "detector": LoadedModel(self.detector_spec.name, self.detector_spec.sha256, self.detector.backend.engine),
+            "embedder": LoadedModel(self.embedder_spec.name, self.embedder_spec.sha256, self.embedder.backend.engine),
+        }
+        if self.age is not None and self.age_spec is not None:
+            out["age"] = LoadedModel(self.age_spec.name, self.age_spec.sha256, self.age.backend.engine)
+        return out
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def detect(self, image_bgr: np.ndarray, *, photo: bool = False) -> list[Detection]:
+        """Detect faces in a uint8 (H, W, 3) BGR image; largest first.
+
+        With ``photo=True`` (still photos: ingest, evaluation) a padded retry runs when nothing
+        is found (see :meth:`FaceDetector.detect_photo`).
+        """
+        _check_image(image_bgr)
+        if photo:
+            return self.detector.detect_photo(image_bgr)[0]
+        return self.detector.detect(image_bgr)
+
+    def prepare(self, image_bgr: np.ndarray, det: Detection) -> PreparedFace:
+        """Align one detected face and assess its quality (no model runs)."""
+        aligned = align_arcface(image_bgr, det.landmarks)
+        chip = align_age_chip(image_bgr, det.landmarks)
+        return PreparedFace(det, aligned, chip, assess(det, aligned, self.config.quality))
+
+    def embed(self, faces: Sequence[PreparedFace]) -> np.ndarray:
+        """Embeddings of prepared faces in one batch: float32 (N, D), L2-normalised."""
+        if not faces:
+            return np.zeros((0, self.dim), np.float32)
+        return self.embedder.embed(np.stack([f.aligned for f in faces]))
+
+    def estimate_ages(self, faces: Sequence[PreparedFace]) -> np.ndarray | None:
+        """Ages in years of prepared faces in one batch: float32 (N,), or None without an age model."""
+        if self.age is None:
+            return None
+        if not faces:
+            return np.zeros((0,), np.float32)
+        return self.age.estimate(np.stack([f.age_chip for f in faces]))
+
+    # -- one-call API --------------------------------------------------------------------------
+
+    def analyze(self, image_bgr: np.ndarray, *, photo: bool = False, gate: bool = False) -> list[Face]:
+        """Detect, align, embed and age every face of one image.
+
+        Args:
+            image_bgr: uint8 (H, W, 3) BGR.
+            photo: still photo: retry on a padded canvas when no face is found.
+            gate: skip embedding (empty embedding, age None) for faces failing the quality gates.
+
+        Returns:
+            Faces, largest first.
+        """
+        return self.analyze_batch([image_bgr], photo=photo, gate=gate)[0]
+
+    def analyze_batch(self, images_bgr: Sequence[np.ndarray], *, photo: bool = False,
+                      gate: bool = False) -> list[list[Face]]:
+        """:meth:`analyze` for several images, embedding all their faces in shared batches."""
+        prepared: list[list[PreparedFace]] = [
+            [self.prepare(img, d) for d in self.detect(img, photo=photo)] for img in images_bgr
+        ]
+        flat = [(i, p) for i, faces in enumerate(prepared) for p in faces if p.quality.passed or not gate]
+        emb = self.embed([p for _, p in flat])
+        ages = self.estimate_ages([p for _, p in flat])
+        results: dict[int, tuple[np.ndarray, float | None]] = {}
+        for k, (_, p) in enumerate(flat):
+            results[id(p)] = (emb[k], None if ages is None else float(ages[k]))
+        empty = np.zeros((0,), np.float32)
+        out: list[list[Face]] = []
+        for faces in prepared:
+            row = []
+            for p in faces:
+                vec, age = results.get(id(p), (empty, None))
+                d = p.detection
+                row.append(Face(bbox=d.bbox, landmarks=d.landmarks, det_score=d.score, quality=p.quality.score,
+                                embedding=vec, age=age, quality_report=p.quality))
+            out.append(row)
+        return out
+
+
+def _calibration(points: Sequence[Sequence[float]] | None) -> np.ndarray | None:
+    if not points:
+        return None
+    arr = np.asarray(points, dtype=np.float64)
+    return arr[np.argsort(arr[:, 0])]
+
+
+def _check_image(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", None)
+        raise ValueError(f"expected a uint8 (H, W, 3) BGR image, got shape {shape} dtype {dtype}")
+    if image.shape[0] < 2 or image.shape[1] < 2:
+        raise ValueError(f"image too small: {image.shape[1]}x{image.shape[0]} pixels")

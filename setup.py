@@ -1,0 +1,42 @@
+"""Packaging for namus-edge: on-device face search against the NamUs index."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="namus-edge",
+    version="0.1.0",
+    description="Edge face search for missing persons: detection, embedding, FAISS search, MQTT events",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["edge", "edge.*", "models", "models.*", "export", "export.*", "index", "index.*"]),
+    package_data={"edge": ["py.typed"], "models": ["py.typed"], "index": ["py.typed"], "export": ["py.typed"]},
+    install_requires=[
+        "numpy>=1.24",
+        "onnxruntime>=1.16",
+        "opencv-python-headless>=4.8",
+        "faiss-cpu>=1.7.4",
+        "paho-mqtt>=2.0",
+        "pyyaml>=6.0",
+        "pydantic>=2.5",
+        "cryptography>=41",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "gpu": ["onnxruntime-gpu>=1.16", "tensorrt>=8.5", "pycuda>=2022.2"],
+        "export": ["onnx>=1.14", "onnxslim>=0.1.30"],
+        "dev": [
+            "pytest>=7.4",
+            "ruff>=0.4",
+            "mypy>=1.8",
+            "types-PyYAML",
+            "onnx>=1.14",
+            "onnxslim>=0.1.30",
+            "scikit-image>=0.21",
+        ],
+        "bench": ["insightface>=0.7.3", "psutil>=5.9"],
+        "demo": ["scikit-image>=0.21", "amqtt>=0.11"],
+    },
+    entry_points={"console_scripts": ["namus-edge=edge.cli:main"]},
+    classifiers=["Programming Language :: Python :: 3", "Operating System :: POSIX :: Linux"],
+)
