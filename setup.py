@@ -33,6 +33,7 @@ setup(
             "onnx>=1.14",
             "onnxslim>=0.1.30",
             "scikit-image>=0.21",
+            "pillow>=10",
         ],
         "bench": ["insightface>=0.7.3", "psutil>=5.9"],
         "demo": ["scikit-image>=0.21", "amqtt>=0.11"],

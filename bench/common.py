@@ -5,6 +5,7 @@ Benchmarks measure; they never assert. Everything here is read-only with respect
 
 from __future__ import annotations
 
+import ctypes
 import importlib.metadata
 import os
 import platform
@@ -115,6 +116,14 @@ def current_rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return peak_rss_mb()
+
+
+def release_freed_memory() -> None:
+    """Return freed heap pages to the OS (glibc malloc_trim) so the next RSS delta measures new allocations only."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return
 
 
 def latency_stats(samples_ms: Sequence[float]) -> dict[str, float]:

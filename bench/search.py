@@ -42,7 +42,15 @@ from typing import Any
 import faiss
 import numpy as np
 
-from bench.common import current_rss_mb, latency_stats, machine_info, machine_markdown, markdown_table, peak_rss_mb
+from bench.common import (
+    current_rss_mb,
+    latency_stats,
+    machine_info,
+    machine_markdown,
+    markdown_table,
+    peak_rss_mb,
+    release_freed_memory,
+)
 
 log = logging.getLogger("bench.search")
 
@@ -135,9 +143,9 @@ class Built:
     size_parts: list[Any] | None = None  # serialised instead of `index` when that type cannot be written
 
 
-def ivf_nlist(n: int) -> int:
-    """IVF list count ~ 4*sqrt(N) (the FAISS rule of thumb), at least 16."""
-    return max(16, int(round(4 * math.sqrt(n))))
+def ivf_nlist(n: int, factor: float = 4.0) -> int:
+    """IVF list count ~ factor*sqrt(N) (FAISS rule of thumb: factor 4 to 16), at least 16."""
+    return max(16, int(round(factor * math.sqrt(n))))
 
 
 @dataclass
@@ -151,13 +159,14 @@ class BuildContext:
     hnsw_efc: int
     nprobes: Sequence[int]
     efsearches: Sequence[int]
+    nlist_factor: float = 4.0
     centroids: np.ndarray | None = None
     centroid_train_s: float = 0.0
 
 
 def _coarse_quantizer(ctx: BuildContext, x: np.ndarray) -> tuple[faiss.IndexFlatIP, float]:
     """A flat IP quantizer holding spherical k-means centroids trained on a sample of x (trained once per size)."""
-    nlist = ivf_nlist(len(x))
+    nlist = ivf_nlist(len(x), ctx.nlist_factor)
     if ctx.centroids is None or len(ctx.centroids) != nlist:
         t0 = time.perf_counter()
         rng = np.random.default_rng(ctx.seed + 1)
@@ -268,20 +277,25 @@ def time_searches(index: faiss.Index, queries: np.ndarray, batch: int, max_reps:
         t0 = time.perf_counter()
         index.search(q, K)
         samples.append((time.perf_counter() - t0) * 1e3)
-        if time.perf_counter() - t_start > budget_s and len(samples) >= 20:
+        if time.perf_counter() - t_start > budget_s and len(samples) >= (20 if batch == 1 else 3):
             break
     return latency_stats(samples)
 
 
-def recall(index: faiss.Index, wl: Workload, flat_top1: dict[str, np.ndarray] | None) -> dict[str, float]:
-    """recall@1 per difficulty (top-1 id in the correct set) and agreement of top-1 with exact flat fp32."""
+def recall(index: faiss.Index, wl: Workload, flat_top1: dict[str, np.ndarray]) -> dict[str, float]:
+    """recall@1 per difficulty (top-1 id in the correct set) and agreement of top-1 with exact flat fp32.
+
+    When `flat_top1` is empty (the index is the exact flat one) it is filled with this index's top-1 ids.
+    """
     out: dict[str, float] = {}
+    fill = not flat_top1
     for name, q in wl.queries.items():
         _, labels = index.search(q, K)
         top1 = labels[:, 0]
         out[f"r1_{name}"] = float(np.mean([int(t) in ok for t, ok in zip(top1, wl.correct[name], strict=True)]))
-        if flat_top1 is not None:
-            out[f"agree_{name}"] = float(np.mean(top1 == flat_top1[name]))
+        if fill:
+            flat_top1[name] = top1
+        out[f"agree_{name}"] = float(np.mean(top1 == flat_top1[name]))
     return out
 
 
@@ -294,18 +308,20 @@ class Settings:
     batch_reps: int
     budget_s: float
     batches: Sequence[int] = (8, 32)
+    batch_threads: Sequence[int] = (1, 2)
 
 
 def measure_size(wl: Workload, families: Sequence[str], ctx: BuildContext, st: Settings) -> list[dict[str, Any]]:
     """Build and measure every family over one workload; returns one result row per (family, parameter)."""
     n = len(wl.gallery)
     rows: list[dict[str, Any]] = []
-    flat_top1: dict[str, np.ndarray] | None = None
+    flat_top1: dict[str, np.ndarray] = {}
     order = ["flat"] + [f for f in families if f != "flat"]  # flat first: it is the ground truth
     for family in order:
         if family not in families and family != "flat":
             continue
         gc.collect()
+        release_freed_memory()
         rss0 = current_rss_mb()
         faiss.omp_set_num_threads(max(st.threads))
         t0 = time.perf_counter()
@@ -326,9 +342,6 @@ def measure_size(wl: Workload, families: Sequence[str], ctx: BuildContext, st: S
             apply()
             faiss.omp_set_num_threads(max(st.threads))
             rec = recall(built.index, wl, flat_top1)
-            if family == "flat" and flat_top1 is None:
-                flat_top1 = {name: built.index.search(q, 1)[1][:, 0] for name, q in wl.queries.items()}
-                rec = {**rec, **{f"agree_{k}": 1.0 for k in wl.queries}}
             row: dict[str, Any] = {"workload": wl.name, "N": n, "dim": wl.gallery.shape[1], "index": family,
                                    "params": label, "build_s": build_s, "size_mb": size_mb,
                                    "rss_delta_mb": rss_delta, "note": built.build_note, **rec}
@@ -336,7 +349,7 @@ def measure_size(wl: Workload, families: Sequence[str], ctx: BuildContext, st: S
                 faiss.omp_set_num_threads(t)
                 single = time_searches(built.index, wl.latency_queries, 1, st.single_reps, st.budget_s)
                 row[f"p50_t{t}"], row[f"p99_t{t}"], row[f"n_t{t}"] = single["p50"], single["p99"], single["n"]
-                for b in st.batches:
+                for b in st.batches if t in st.batch_threads else ():
                     bs = time_searches(built.index, wl.latency_queries, b, st.batch_reps, st.budget_s)
                     row[f"b{b}_p50_t{t}"], row[f"b{b}_p99_t{t}"] = bs["p50"], bs["p99"]
             rows.append(row)
@@ -391,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--hnsw-m", type=int, default=32)
     ap.add_argument("--hnsw-efc", type=int, default=80, help="HNSW efConstruction")
     ap.add_argument("--budget-s", type=float, default=8.0, help="max seconds per latency measurement")
+    ap.add_argument("--nlist-factor", type=float, default=4.0, help="IVF nlist = factor * sqrt(N)")
     ap.add_argument("--quick", action="store_true", help="10k+100k, fewer queries and settings (< 1 min)")
     ap.add_argument("--real", action="store_true", help="real face embeddings from ../shared/data (+ padding)")
     ap.add_argument("--data-dir", default=None, help="--real: shared data folder (default ../shared/data)")
@@ -416,15 +430,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             sizes = [10_000, 100_000]
         n_queries = min(n_queries, 200)
         nprobes, efs = [16, 64], [64, 256]
-        families = [f for f in families if f != "ivfpq"]
-        st = Settings(threads=threads, single_reps=200, batch_reps=20, budget_s=1.0)
+        families = [f for f in families if f not in ("ivfpq", "flat16x2")]
+        st = Settings(threads=threads, single_reps=200, batch_reps=10, budget_s=0.5, batches=(8,),
+                      batch_threads=(1,))
     info = machine_info()
     log.info("machine: %s", info)
     results: list[dict[str, Any]] = []
     t_all = time.perf_counter()
     for n in sizes:
         ctx = BuildContext(dim=args.dim, seed=args.seed, quick=args.quick, hnsw_m=args.hnsw_m,
-                           hnsw_efc=40 if args.quick else args.hnsw_efc, nprobes=nprobes, efsearches=efs)
+                           hnsw_efc=40 if args.quick else args.hnsw_efc, nprobes=nprobes, efsearches=efs,
+                           nlist_factor=args.nlist_factor)
         if args.real:
             from bench.real_embeddings import real_workload
 
@@ -439,7 +455,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     info["total_s"] = round(time.perf_counter() - t_all, 1)
     info["peak_rss_mb"] = round(peak_rss_mb())
     print(machine_markdown(info))
-    print(f"- Load average at end: {info['load_avg_end']}; total {info['total_s']} s; peak RSS {info['peak_rss_mb']} MiB")
+    print(f"- Load average at end: {info['load_avg_end']}; total {info['total_s']} s; "
+          f"peak RSS {info['peak_rss_mb']} MiB")
     print()
     print(table(results, threads))
     if args.json:

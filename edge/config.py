@@ -194,7 +194,9 @@ class CameraConfig(StrictModel):
     """One video source."""
 
     id: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    source: str = Field(..., min_length=1, description="File path, rtsp:// or http(s):// URL, /dev/videoN, or GStreamer pipeline.")
+    source: str = Field(
+        ..., min_length=1, description="File path, rtsp:// or http(s):// URL, /dev/videoN, or GStreamer pipeline."
+    )
     kind: Literal["auto", "file", "stream", "usb", "gstreamer"] = Field("auto", description="How to open `source`.")
     fps_cap: float | None = Field(None, gt=0, description="Process at most this many frames per second.")
     mask: list[list[tuple[int, int]]] | None = Field(
@@ -291,15 +293,23 @@ class NamusApiConfig(StrictModel):
     timeout_s: float = Field(30.0, gt=0)
     retries: int = Field(4, ge=0, le=20)
     backoff_s: float = Field(1.0, gt=0)
+    backoff_max_s: float = Field(60.0, gt=0, description="Cap on one retry delay (also on a server's Retry-After).")
+    page_size: int = Field(
+        2000, ge=1, le=10000, description="Search `take` per request; NamUs caps at 10000 and times out above ~2000."
+    )
     states: list[str] | None = Field(None, description="Limit to these state names (default: all).")
     store_dir: str | None = Field(None, description="Resumable download store; default <service.state_dir>/namus-api.")
+
+
+CaseSetCode = Literal["MP", "UP", "UCP"]
+ALL_CASE_SETS: tuple[CaseSetCode, ...] = ("MP", "UP", "UCP")
 
 
 class IndexConfig(StrictModel):
     """Building and searching the NamUs bundle."""
 
     bundle: str | None = Field(None, description="Bundle directory the edge searches (e.g. <state>/index/current).")
-    case_sets: list[Literal["MP", "UP", "UCP"]] = Field(default_factory=lambda: ["MP", "UP", "UCP"])
+    case_sets: list[CaseSetCode] = Field(default_factory=lambda: list(ALL_CASE_SETS))
     categories: list[str] = Field(
         default_factory=lambda: ["FacialCaseId", "ActualPhoto", "AgeProgression", "Composite", "ArtistRendering"],
         description="Image categories run through the face detector.",

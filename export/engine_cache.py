@@ -199,7 +199,9 @@ class EngineManifest:
         if not isinstance(data, dict):
             raise ManifestError(f"{source}: expected a JSON object")
         if data.get("format") != MANIFEST_FORMAT:
-            raise ManifestError(f"{source}: manifest format {data.get('format')!r}, this version reads {MANIFEST_FORMAT}")
+            raise ManifestError(
+                f"{source}: manifest format {data.get('format')!r}, this version reads {MANIFEST_FORMAT}"
+            )
         try:
             k = data["key"]
             key = EngineKey(

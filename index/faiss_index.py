@@ -68,9 +68,10 @@ def _pq_subquantizers(dim: int) -> int:
 
 
 def _ivf_lists(n: int) -> int:
-    """IVF list count: ~4*sqrt(n) rounded to a power of two, bounded by the training set size."""
-    want = 2 ** max(0, round(math.log2(max(1.0, 4.0 * math.sqrt(n)))))
-    return max(1, min(want, n // _IVF_MIN_POINTS_PER_LIST))
+    """IVF list count: ~4*sqrt(n) as a power of two, at most n/39 (FAISS's minimum training points per list)."""
+    want = round(math.log2(max(1.0, 4.0 * math.sqrt(n))))
+    cap = math.floor(math.log2(max(1, n // _IVF_MIN_POINTS_PER_LIST)))
+    return int(2 ** max(0, min(want, cap)))
 
 
 def choose_index(n: int, dim: int, flat_max: int, fp16: bool, *, ivf_pq_min: int = IVF_PQ_MIN) -> IndexChoice:
@@ -138,11 +139,13 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, choice: IndexChoice) -> fa
     n, dim = vectors.shape
     inner = faiss.index_factory(dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
     if choice.type == "hnsw":
-        faiss.downcast_index(inner).hnsw.efConstruction = int(choice.params.get("efConstruction", HNSW_EF_CONSTRUCTION))
+        hnsw: Any = faiss.downcast_index(inner)
+        hnsw.hnsw.efConstruction = int(choice.params.get("efConstruction", HNSW_EF_CONSTRUCTION))
     if not inner.is_trained:
         nlist = int(choice.params.get("nlist", 1))
         if n < nlist * _IVF_MIN_POINTS_PER_LIST:
-            raise ValueError(f"{choice.factory} needs at least {nlist * _IVF_MIN_POINTS_PER_LIST} vectors to train, got {n}")
+            need = nlist * _IVF_MIN_POINTS_PER_LIST
+            raise ValueError(f"{choice.factory} needs at least {need} vectors to train, got {n}")
         inner.train(np.ascontiguousarray(vectors))
     index = faiss.IndexIDMap2(inner)
     if n:

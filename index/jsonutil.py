@@ -52,7 +52,9 @@ def parse_json_bytes(data: bytes, name: str, allow_trailing_comma: bool = False)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise JsonFileError(f"{name}: invalid JSON at line {exc.lineno} column {exc.colno} (char {exc.pos}): {exc.msg}") from None
+        raise JsonFileError(
+            f"{name}: invalid JSON at line {exc.lineno} column {exc.colno} (char {exc.pos}): {exc.msg}"
+        ) from None
 
 
 def load_json_file(path: str | os.PathLike[str], allow_trailing_comma: bool = False) -> Any:

@@ -68,6 +68,7 @@ FILE_NAME_RE = re.compile(r"^(\d+)-([0-9A-Fa-f]{32})(\.[A-Za-z0-9]+)?$")
 DOCUMENT_EXTENSIONS = frozenset({".pdf", ".doc", ".docx", ".rtf", ".txt", ".odt", ".xls", ".xlsx"})
 #: Leftovers of interrupted downloads/writes, skipped silently.
 _PARTIAL_SUFFIXES = (".part", ".tmp")
+_UNKNOWN_SET = "unknown case set folder; expected MissingPersons, UnidentifiedPersons or UnclaimedPersons"
 
 
 class SourceError(NamusEdgeError):
@@ -216,7 +217,7 @@ def _scan_prepager(root: Path, col: _Collector) -> list[tuple[Path, str | None]]
     file_roots: list[tuple[Path, str | None]] = []
     for d in _subdirs(root):
         if not is_case_set_name(d.name):
-            col.problem(d, "unknown case set folder; expected MissingPersons, UnidentifiedPersons or UnclaimedPersons")
+            col.problem(d, _UNKNOWN_SET)
             continue
         cs = case_set_code(d.name)
         data_file = d / f"{d.name}.json"
@@ -238,7 +239,7 @@ def _scan_auto(snapshots: list[Path], col: _Collector) -> None:
     for snap in sorted(snapshots, key=lambda s: s.name):
         for d in _subdirs(snap):
             if not is_case_set_name(d.name):
-                col.problem(d, "unknown case set folder; expected MissingPersons, UnidentifiedPersons or UnclaimedPersons")
+                col.problem(d, _UNKNOWN_SET)
                 continue
             cs = case_set_code(d.name)
             for f in sorted(d.glob("*.json")):
@@ -260,7 +261,7 @@ def _scan_auto(snapshots: list[Path], col: _Collector) -> None:
 def _scan_store(root: Path, col: _Collector) -> None:
     for d in _subdirs(root / "cases"):
         if not is_case_set_name(d.name):
-            col.problem(d, "unknown case set folder; expected MissingPersons, UnidentifiedPersons or UnclaimedPersons")
+            col.problem(d, _UNKNOWN_SET)
             continue
         cs = case_set_code(d.name)
         for f in sorted(d.glob("*.json")):
@@ -288,7 +289,8 @@ def _match_files(
     documents: set[str] = set()
     for (cs, case_id), raw in col.records.items():
         for img in raw.get("images") or []:
-            key = ((img.get("files") or {}).get("original") or {}).get("storageKey") if isinstance(img, Mapping) else None
+            original = ((img.get("files") or {}).get("original") or {}) if isinstance(img, Mapping) else {}
+            key = original.get("storageKey") if isinstance(original, Mapping) else None
             if isinstance(key, str):
                 owner[key.lower()] = (cs, case_id)
         for doc in raw.get("documents") or []:
@@ -335,7 +337,10 @@ def _match_files(
 
 def _snapshot_time_from_name(name: str) -> datetime | None:
     m = SNAPSHOT_RE.match(name)
-    return datetime(*(int(g) for g in m.groups())) if m else None
+    if m is None:
+        return None
+    y, mo, d, h, mi, sec = (int(g) for g in m.groups())
+    return datetime(y, mo, d, h, mi, sec)
 
 
 def scan_source(path: str | os.PathLike[str], files_root: str | os.PathLike[str] | None = None) -> SourceScan:

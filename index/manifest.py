@@ -214,7 +214,12 @@ def check_model(manifest: Mapping[str, Any], expected: ModelIdentity) -> None:
         )
 
 
-def _check_file(bundle_dir: Path, rel: str, entry: Mapping[str, Any]) -> None:
+def check_file(bundle_dir: Path, rel: str, entry: Mapping[str, Any]) -> None:
+    """Check one listed file's presence, size and sha256.
+
+    Raises:
+        BundleVerificationError: naming the file and what is wrong.
+    """
     path = bundle_dir / rel
     if not path.is_file():
         raise BundleVerificationError(f"{path}: missing (listed in {MANIFEST_NAME})")
@@ -281,10 +286,10 @@ def verify_bundle(
     if expected_model is not None:
         check_model(manifest, expected_model)
     for rel in sorted(manifest["files"]):
-        _check_file(bundle_dir, rel, manifest["files"][rel])
+        check_file(bundle_dir, rel, manifest["files"][rel])
     if include_operator_files:
         for rel in sorted(manifest["operator_files"]):
-            _check_file(bundle_dir, rel, manifest["operator_files"][rel])
+            check_file(bundle_dir, rel, manifest["operator_files"][rel])
     listed = {MANIFEST_NAME, SIGNATURE_NAME, *manifest["files"], *manifest["operator_files"]}
     extra = _unlisted_files(bundle_dir, listed)
     if extra:

@@ -37,6 +37,7 @@ import shutil
 import ssl
 import tempfile
 import threading
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -51,8 +52,6 @@ from models.registry import sha256_file
 logger = logging.getLogger(__name__)
 
 LATEST_NAME = "latest.json"
-#: Topic suffix of the retained announcement (full topic: ``<mqtt.topic_prefix>/index/announce``).
-ANNOUNCE_SUFFIX = "index/announce"
 #: A bundle version must be a plain directory name (it becomes ``DIR/<version>/`` on servers and devices).
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -122,9 +121,11 @@ class Announcement:
         return cls(version=version, url=url, manifest_sha256=digest)
 
 
-def announce_topic(topic_prefix: str) -> str:
-    """The announcement topic for an MQTT topic prefix: ``<prefix>/index/announce``."""
-    return f"{topic_prefix.rstrip('/')}/{ANNOUNCE_SUFFIX}"
+def latest_url(url: str) -> str:
+    """``url`` itself when it names a ``.json`` file, else ``<url>/latest.json``."""
+    if urllib.parse.urlsplit(url).path.endswith(".json"):
+        return url
+    return url.rstrip("/") + "/" + LATEST_NAME
 
 
 def check_version(version: object) -> str:
@@ -348,27 +349,22 @@ def announce(
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
+    from edge.mqtt_publisher import announce_topic
+    from edge.secrets import resolve_credential_path
+
     topic = announce_topic(mqtt.topic_prefix)
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"namus-edge-publisher-{os.getpid()}")
     if mqtt.username:
         client.username_pw_set(mqtt.username, password)
     if mqtt.tls.enabled:
+        key_file = str(resolve_credential_path(mqtt.tls.key_file)) if mqtt.tls.key_file else None
         try:
             client.tls_set(
-                ca_certs=mqtt.tls.ca_file,
-                certfile=mqtt.tls.cert_file,
-                keyfile=mqtt.tls.key_file,
-                cert_reqs=ssl.CERT_REQUIRED,
+                ca_certs=mqtt.tls.ca_file, certfile=mqtt.tls.cert_file, keyfile=key_file, cert_reqs=ssl.CERT_REQUIRED
             )
         except (OSError, ssl.SSLError, ValueError) as exc:
-            raise PublishError(f"MQTT TLS setup failed: {exc}") from exc
+            raise PublishError(f"mqtt.tls: cannot load the CA, certificate or key: {exc}") from exc
         client.tls_insecure_set(mqtt.tls.insecure)
-    try:
-        code = client.connect(mqtt.host, mqtt.port, keepalive=max(5, int(timeout_s)))
-    except (OSError, ssl.SSLError) as exc:
-        raise PublishError(f"cannot connect to MQTT broker {mqtt.host}:{mqtt.port}: {exc}") from exc
-    if code != paho.MQTT_ERR_SUCCESS:
-        raise PublishError(f"cannot connect to MQTT broker {mqtt.host}:{mqtt.port}: {paho.error_string(code)}")
     connected = threading.Event()
     refused: list[str] = []
 
@@ -378,6 +374,12 @@ def announce(
         connected.set()
 
     client.on_connect = on_connect
+    try:
+        code = client.connect(mqtt.host, mqtt.port, keepalive=max(5, int(timeout_s)))
+    except (OSError, ssl.SSLError) as exc:
+        raise PublishError(f"cannot connect to MQTT broker {mqtt.host}:{mqtt.port}: {exc}") from exc
+    if code != paho.MQTT_ERR_SUCCESS:
+        raise PublishError(f"cannot connect to MQTT broker {mqtt.host}:{mqtt.port}: {paho.error_string(code)}")
     client.loop_start()
     try:
         if not connected.wait(timeout_s):

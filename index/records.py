@@ -56,6 +56,7 @@ RENDERING_CATEGORIES: frozenset[str] = frozenset({"AgeProgression", "Composite",
 #: Public website host used to build case links.
 PUBLIC_SITE = "https://www.namus.gov"
 
+_UNKNOWN_TEXT = frozenset({"unknown", "n/a", "none", "unk"})
 _STORAGE_KEY_RE = re.compile(r"^[0-9a-f]{32}$")
 _DATETIME_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,7}))?$")
 
@@ -246,6 +247,8 @@ class CaseRecord:
         images: The case's images in record order.
         agency: Case-owning (or primary) investigating agency name.
         agency_case_number: That agency's own case number (UP: falls back to the ME/C number).
+        deceased: True for UCP and for UP unless ``circumstances.status`` is "Unidentified Living".
+            Current ages of deceased persons are the age they would have today if alive.
     """
 
     case_set: CaseSetCode
@@ -269,6 +272,7 @@ class CaseRecord:
     images: tuple[ImageRef, ...]
     agency: str | None = None
     agency_case_number: str | None = None
+    deceased: bool = False
 
     def __post_init__(self) -> None:
         if self.case_set not in CASE_SETS:
@@ -334,7 +338,15 @@ def raw_state_name(raw: Mapping[str, Any], case_set: str) -> str | None:
     return _lookup_name(_sub(raw, parent, "address", "state"))
 
 
-def _image_refs(raw: Mapping[str, Any], case: str) -> tuple[ImageRef, ...]:
+def image_refs(raw: Mapping[str, Any], case: str) -> tuple[ImageRef, ...]:
+    """The usable images of a raw record, in record order.
+
+    An image lacking ``files.original.storageKey``/``href``, ``category.name`` or ``identityId``,
+    or repeating a storage key, is skipped with a warning naming ``case`` and its index.
+
+    Raises:
+        RecordError: ``images`` is present but not a list.
+    """
     images = raw.get("images") or []
     if not isinstance(images, list):
         raise RecordError(f"{case}: field images is not a list")
@@ -419,8 +431,10 @@ def _agency(raw: Mapping[str, Any], case_set: str) -> tuple[str | None, str | No
     if chosen is None and agencies:
         chosen = agencies[0]
     name = _text(chosen.get("name")) if chosen is not None else primary_name
+    if name is not None and name.lower() in _UNKNOWN_TEXT:
+        name = None
     number = _text(chosen.get("caseNumber")) if chosen is not None else None
-    if number is not None and number.lower() in {"unknown", "n/a", "none", "unk"}:
+    if number is not None and number.lower() in _UNKNOWN_TEXT:
         number = None
     if number is None and case_set == "UP":
         number = _text(_sub(raw, "caseIdentification", "caseNumber"))
@@ -443,9 +457,12 @@ def normalize_case(raw: Mapping[str, Any], case_set: str, today: date, site: str
       ``yearOfBirth`` (``found.year - yearOfBirth - 1`` .. ``found.year - yearOfBirth``), else
       ``missingMinAge/MaxAge``; ``date_last`` = ``circumstances.dateBodyFound``.
 
-    Current age = age range + whole years from ``date_last`` to ``today``. Without a date, MP
-    falls back to the record's own ``currentMinAge/MaxAge`` (computed by NamUs when the record was
-    served), other sets to None.
+    Current age = age range + whole years from ``date_last`` to ``today`` (the birthday is not
+    published, so the true age may be up to one year more). For MP the record's own
+    ``currentMinAge/MaxAge`` (computed by NamUs from the birth date when it served the record) is
+    also used: when ``modifiedDateTime`` is not after ``today`` it raises each bound by at most one
+    year (the person is at least that old today); without a date or age at last contact it is used
+    as is. Other sets without age or date get None.
 
     Args:
         raw: The case JSON as served by the API.
@@ -531,15 +548,32 @@ def normalize_case(raw: Mapping[str, Any], case_set: str, today: date, site: str
     if age_min is not None and age_max is not None and date_last is not None:
         elapsed = whole_years_between(date_last, today)
         cur_min, cur_max = age_min + elapsed, age_max + elapsed
-    elif cs == "MP":
-        cur_min = _number(si.get("currentMinAge"), case, "subjectIdentification.currentMinAge")
-        cur_max = _number(si.get("currentMaxAge"), case, "subjectIdentification.currentMaxAge")
-        cur_min = cur_max if cur_min is None else cur_min
-        cur_max = cur_min if cur_max is None else cur_max
-        if cur_min is not None and cur_max is not None and cur_min > cur_max:
-            cur_min, cur_max = cur_max, cur_min
+    rec_min: float | None = None
+    rec_max: float | None = None
+    if cs == "MP":
+        rec_min = _number(si.get("currentMinAge"), case, "subjectIdentification.currentMinAge")
+        rec_max = _number(si.get("currentMaxAge"), case, "subjectIdentification.currentMaxAge")
+        rec_min = rec_max if rec_min is None else rec_min
+        rec_max = rec_min if rec_max is None else rec_max
+        if rec_min is not None and rec_max is not None and rec_min > rec_max:
+            rec_min, rec_max = rec_max, rec_min
+    if cur_min is None and rec_min is not None:
+        cur_min, cur_max = rec_min, rec_max
+    elif cur_min is not None and cur_max is not None and rec_min is not None and rec_max is not None:
+        # NamUs computes currentMin/MaxAge from the (unpublished) birth date when it serves the
+        # record, i.e. at or after modifiedDateTime. If that is not after `today`, the person is at
+        # least that old today; whole years since last contact alone can be one year short.
+        try:
+            served_by = parse_namus_datetime(str(raw.get("modifiedDateTime"))).date() <= today
+        except ValueError:
+            served_by = False
+        if served_by:
+            cur_min = max(cur_min, min(rec_min, cur_min + 1))
+            cur_max = max(cur_max, min(rec_max, cur_max + 1))
 
     agency, agency_number = _agency(raw, cs)
+    status = _lookup_name(_sub(circ, "status"))
+    deceased = cs == "UCP" or (cs == "UP" and status != "Unidentified Living")
     resolved = raw.get("caseIsResolved")
     return CaseRecord(
         case_set=cs,
@@ -560,7 +594,8 @@ def normalize_case(raw: Mapping[str, Any], case_set: str, today: date, site: str
         link=case_link(cs, case_id, site),
         modified=_text(raw.get("modifiedDateTime")) or "",
         resolved=resolved is True,
-        images=_image_refs(raw, case),
+        images=image_refs(raw, case),
         agency=agency,
         agency_case_number=agency_number,
+        deceased=deceased,
     )

@@ -22,22 +22,38 @@ ARCFACE_TEMPLATE = np.array(
     dtype=np.float64,
 )
 
-#: dlib's mean-face positions (unit square) for eye centres and mouth corners, used to place
-#: the age model's 64x64 chip with padding 0.2 (MODELS.md section 2).
-AGE_CHIP_UNIT = np.array(
+#: Points of dlib's 68-point mean face (``get_face_chip_details`` in dlib
+#: ``image_transforms/interpolation.h``; unit square, x right, y down) that correspond to the
+#: detector's five landmarks: the six contour points of each eye (36-41 image-left, 42-47
+#: image-right), the nose tip (30) and the mouth corners (48, 54). dlib's 5-point chip (eye corners
+#: + nose base) lives in the same frame, so these place SCRFD/YuNet landmarks where dlib's chip
+#: puts the corresponding face parts.
+DLIB_MEAN_FACE_EYE_LEFT = np.array(
+    [[0.121737, 0.216423], [0.187122, 0.178758], [0.265825, 0.179852],
+     [0.334606, 0.231733], [0.260918, 0.245099], [0.182743, 0.244077]], dtype=np.float64)
+DLIB_MEAN_FACE_EYE_RIGHT = np.array(
+    [[0.645647, 0.231733], [0.714428, 0.179852], [0.793132, 0.178758],
+     [0.858516, 0.216423], [0.797510, 0.244077], [0.719335, 0.245099]], dtype=np.float64)
+DLIB_MEAN_FACE_NOSE_TIP = np.array([0.490127, 0.515625], dtype=np.float64)
+DLIB_MEAN_FACE_MOUTH_LEFT = np.array([0.254149, 0.780233], dtype=np.float64)
+DLIB_MEAN_FACE_MOUTH_RIGHT = np.array([0.726104, 0.780233], dtype=np.float64)
+
+#: The five detector landmarks (detector order: image-left eye centre, image-right eye centre,
+#: nose tip, image-left mouth corner, image-right mouth corner) on dlib's unit mean face.
+AGE_CHIP_UNIT = np.stack(
     [
-        [0.22733, 0.22140],
-        [0.75281, 0.22123],
-        [0.25415, 0.78023],
-        [0.72610, 0.78023],
-    ],
-    dtype=np.float64,
+        DLIB_MEAN_FACE_EYE_LEFT.mean(axis=0),
+        DLIB_MEAN_FACE_EYE_RIGHT.mean(axis=0),
+        DLIB_MEAN_FACE_NOSE_TIP,
+        DLIB_MEAN_FACE_MOUTH_LEFT,
+        DLIB_MEAN_FACE_MOUTH_RIGHT,
+    ]
 )
 AGE_CHIP_SIZE = 64
 AGE_CHIP_PADDING = 0.2
-#: Detector landmarks used for the age chip: eyes and mouth corners (the nose tip of SCRFD/YuNet
-#: is not dlib's nose base).
-AGE_CHIP_LANDMARKS = (0, 1, 3, 4)
+#: Detector landmarks used to place the age chip (indices into AGE_CHIP_UNIT / detector order);
+#: chosen by MAE on a UTKFace dev split (docs/age.md).
+AGE_CHIP_LANDMARKS = (0, 1, 2, 3, 4)
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -93,27 +109,100 @@ def align_arcface(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> 
                           borderValue=(0, 0, 0))
 
 
+def dlib_chip_transform(landmarks: np.ndarray, unit_points: np.ndarray, size: int, padding: float) -> np.ndarray:
+    """Image -> chip similarity of dlib's ``get_face_chip_details`` + ``extract_image_chip``.
+
+    dlib fits a similarity from the chip points ``(unit + padding) / (1 + 2 padding) * size`` to
+    the image landmarks (least squares in image space), then samples chip pixel ``u`` (0 ..
+    size-1) at ``centre + R (size*s - 1) / (size - 1) (u - (size-1)/2)``, where ``centre`` is the
+    image of chip point ``size/2`` and ``s``/``R`` are the fitted scale/rotation. This returns the
+    inverse of that sampling map, so ``cv2.warpAffine`` reproduces dlib's geometry.
+
+    Args:
+        landmarks: float (N, 2) image pixels (x, y), N >= 2.
+        unit_points: float (N, 2) the same points on the unit mean face.
+        size: chip side in pixels.
+        padding: border around the unit square, as a fraction of it.
+
+    Returns:
+        float64 (2, 3) matrix mapping image pixels to chip pixels.
+    """
+    chip_pts = (np.asarray(unit_points, np.float64) + padding) / (1 + 2 * padding) * size
+    t = umeyama(chip_pts, landmarks)  # chip -> image
+    scale = float(np.hypot(t[0, 0], t[1, 0]))
+    k = (size * scale - 1) / ((size - 1) * scale)
+    a = np.array([[k, 0.0, size / 2 - k * (size - 1) / 2], [0.0, k, size / 2 - k * (size - 1) / 2]])
+    g = np.vstack([t, [0.0, 0.0, 1.0]]) @ np.vstack([a, [0.0, 0.0, 1.0]])  # chip pixel -> image
+    return np.linalg.inv(g)[:2]
+
+
+def extract_chip(image: np.ndarray, m: np.ndarray, size: int, *, antialias: bool = True) -> np.ndarray:
+    """Warp ``image`` to a ``size`` x ``size`` chip with dlib's pyramid anti-aliasing.
+
+    Like dlib's ``extract_image_chip``, when the chip is much smaller than the face the image
+    region is first halved (5-tap Gaussian pyramid, ``cv2.pyrDown``) while the remaining scale
+    stays above 2, then sampled bilinearly; outside pixels are black.
+
+    Args:
+        image: uint8 (H, W, C) any colour order (kept).
+        m: float (2, 3) image -> chip matrix.
+        size: chip side in pixels.
+        antialias: use the pyramid (False: plain bilinear from full resolution).
+
+    Returns:
+        uint8 (size, size, C) chip.
+    """
+    m = np.asarray(m, dtype=np.float64)
+    scale = 1.0 / float(np.sqrt(abs(np.linalg.det(m[:, :2]))))  # image pixels per chip pixel
+    levels = 0
+    while antialias and scale > 2.0 ** (levels + 1):
+        levels += 1
+    if levels == 0:
+        return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=(0, 0, 0))
+    inv = cv2.invertAffineTransform(m)
+    corners = transform_points(inv, np.array([[0, 0], [size - 1, 0], [0, size - 1], [size - 1, size - 1]], float))
+    grow = 2 ** (levels + 2) + 2
+    h, w = image.shape[:2]
+    x0, y0 = (max(0, int(np.floor(v)) - grow) for v in corners.min(axis=0))
+    x1, y1 = (int(np.ceil(v)) + grow + 1 for v in corners.max(axis=0))
+    x1, y1 = min(w, x1), min(h, y1)
+    if x1 <= x0 or y1 <= y0:
+        return np.zeros((size, size) + image.shape[2:], dtype=np.uint8)
+    region = image[y0:y1, x0:x1]
+    for _ in range(levels):
+        region = cv2.pyrDown(region)
+    f = float(2**levels)
+    ml = np.empty((2, 3), dtype=np.float64)
+    ml[:, :2] = m[:, :2] * f  # level pixel l = (p - (x0, y0)) / f
+    ml[:, 2] = m[:, :2] @ np.array([x0, y0], dtype=np.float64) + m[:, 2]
+    return cv2.warpAffine(region, ml, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=(0, 0, 0))
+
+
 def age_chip_transform(landmarks: np.ndarray, size: int = AGE_CHIP_SIZE, padding: float = AGE_CHIP_PADDING) -> np.ndarray:
-    """Similarity (2, 3) from image landmarks to the dlib-style age chip (eyes + mouth corners)."""
-    dst = (AGE_CHIP_UNIT + padding) / (1 + 2 * padding) * size
-    src = np.asarray(landmarks, dtype=np.float64)[list(AGE_CHIP_LANDMARKS)]
-    return umeyama(src, dst)
+    """Image -> age-chip similarity (2, 3) from (5, 2) detector landmarks (dlib chip geometry)."""
+    idx = list(AGE_CHIP_LANDMARKS)
+    return dlib_chip_transform(np.asarray(landmarks, dtype=np.float64)[idx], AGE_CHIP_UNIT[idx], size, padding)
 
 
 def align_age_chip(image: np.ndarray, landmarks: np.ndarray, size: int = AGE_CHIP_SIZE,
                    padding: float = AGE_CHIP_PADDING) -> np.ndarray:
-    """Warp a face to the age model's chip.
+    """Warp a face to the age model's chip: dlib's ``get_face_chip_details(shape, 64, 0.2)`` chip.
+
+    The detector landmarks are placed on dlib's 68-point mean face (:data:`AGE_CHIP_UNIT`) and
+    the chip is sampled as dlib does (:func:`dlib_chip_transform`, :func:`extract_chip`).
 
     Args:
         image: uint8 (H, W, 3), any colour order (kept).
         landmarks: float (5, 2) image pixels, detector order.
+        size: chip side in pixels.
+        padding: dlib chip padding.
 
     Returns:
         uint8 (size, size, 3) chip.
     """
-    m = age_chip_transform(landmarks, size, padding)
-    return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                          borderValue=(0, 0, 0))
+    return extract_chip(image, age_chip_transform(landmarks, size, padding), size)
 
 
 def transform_points(m: np.ndarray, points: np.ndarray) -> np.ndarray:

@@ -1,9 +1,378 @@
-"""Command registration (placeholder until its owner adds commands)."""
+"""``namus-edge eval verify|age|detect``: accuracy of the configured models on labelled data.
+
+Later checks depend on exactly these flags and JSON keys: keep them stable.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.config import Config
+from edge.errors import ImageReadError, NamusEdgeError
+from models.evaluation import (
+    AGE_GAP_BUCKETS,
+    AGE_GROUPS,
+    average_precision,
+    bucket_of,
+    mae,
+    match_detections,
+    verification_metrics,
+)
+
+logger = logging.getLogger(__name__)
+
+DETECT_SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
+    ("<32", 0, 31.999),
+    ("32-63", 32, 63.999),
+    ("64-127", 64, 127.999),
+    ("128+", 128, 1e9),
+)
+
+
+class EvalInputError(NamusEdgeError):
+    """A manifest or pairs file is missing a column or has a bad value."""
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
-    """Add this module's commands to the root parser (none yet)."""
+    """Add the ``eval`` command group."""
+    p = sub.add_parser("eval", help="evaluate models on labelled data", parents=[parent])
+    esub = p.add_subparsers(dest="eval_command", metavar="TASK")
+    esub.required = True
+
+    v = esub.add_parser("verify", help="face verification on pairs", parents=[parent])
+    v.add_argument("--pairs", required=True, type=Path, help="CSV: path_a, path_b, label [, protocol, age_gap]")
+    v.add_argument("--root", required=True, type=Path, help="directory the CSV paths are relative to")
+    v.add_argument("--protocol", help="evaluate only pairs of this protocol")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=run_verify)
+
+    a = esub.add_parser("age", help="age estimation MAE", parents=[parent])
+    a.add_argument("--manifest", required=True, type=Path, help="CSV: path, age [, gender, race]")
+    a.add_argument("--root", required=True, type=Path)
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=run_age)
+
+    d = esub.add_parser("detect", help="face detection recall / precision / AP", parents=[parent])
+    d.add_argument("--manifest", required=True, type=Path, help="CSV: path, bboxes_xywh (JSON list)")
+    d.add_argument("--root", required=True, type=Path)
+    d.add_argument("--dataset", help="evaluate only rows whose `dataset` column equals this (e.g. fddb)")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=run_detect)
+
+
+# -- shared ---------------------------------------------------------------------------------------
+
+
+def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                raise EvalInputError(f"{path}: missing column(s) {', '.join(missing)}; has {reader.fieldnames}")
+            return list(reader)
+    except OSError as exc:
+        raise EvalInputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _analyzer(config: Config, with_age: bool) -> Any:
+    from models.analyzer import FaceAnalyzer
+
+    return FaceAnalyzer(config, with_age=with_age)
+
+
+def _largest_face(analyzer: Any, path: Path, *, need_age: bool) -> tuple[Any | None, str | None]:
+    """(face, problem): the largest face of an image with embedding (and age), or why none."""
+    from index.imagefile import read_image
+
+    try:
+        image = read_image(path)
+    except ImageReadError as exc:
+        return None, f"unreadable: {exc}"
+    dets = analyzer.detect(image, photo=True)
+    if not dets:
+        return None, "no face"
+    prepared = analyzer.prepare(image, dets[0])
+    emb = analyzer.embed([prepared])[0]
+    age = None
+    if need_age:
+        ages = analyzer.estimate_ages([prepared])
+        age = None if ages is None else float(ages[0])
+    return (emb, age), None
+
+
+def _progress(items: list, label: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(items, desc=label, unit="img", disable=None, leave=False)
+
+
+def _emit(result: dict, as_json: bool, render: Callable[[dict], str]) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, sort_keys=False, default=_json_default))
+    else:
+        print(render(result))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(type(o))
+
+
+def _nan_to_none(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
+# -- verify ---------------------------------------------------------------------------------------
+
+
+def run_verify(args: argparse.Namespace, config: Config) -> int:
+    """Handler of ``eval verify``."""
+    rows = _read_csv(args.pairs, ("path_a", "path_b", "label"))
+    if args.protocol:
+        rows = [r for r in rows if r.get("protocol") == args.protocol]
+        if not rows:
+            raise EvalInputError(f"{args.pairs}: no pairs with protocol {args.protocol!r}")
+    analyzer = _analyzer(config, with_age=False)
+    paths = sorted({r[k] for r in rows for k in ("path_a", "path_b")})
+    emb: dict[str, np.ndarray | None] = {}
+    problems: dict[str, str] = {}
+    for rel in _progress(paths, "embedding"):
+        face, problem = _largest_face(analyzer, args.root / rel, need_age=False)
+        emb[rel] = None if face is None else face[0]
+        if problem:
+            problems[rel] = problem
+    scores, labels, failed, protocols, gaps = [], [], [], [], []
+    for i, r in enumerate(rows):
+        try:
+            label = int(r["label"])
+        except ValueError as exc:
+            raise EvalInputError(f"{args.pairs}: row {i + 2}: label {r['label']!r} is not 0/1") from exc
+        if label not in (0, 1):
+            raise EvalInputError(f"{args.pairs}: row {i + 2}: label {label} is not 0/1")
+        a, b = emb[r["path_a"]], emb[r["path_b"]]
+        failed.append(a is None or b is None)
+        scores.append(0.0 if a is None or b is None else float(a @ b))
+        labels.append(label)
+        protocols.append(r.get("protocol") or "unspecified")
+        gap = (r.get("age_gap") or "").strip()
+        gaps.append(float(gap) if gap else None)
+    s, y, f = np.asarray(scores), np.asarray(labels), np.asarray(failed)
+
+    def metrics(mask: np.ndarray, protocol: str | None) -> dict:
+        cv = protocol == "lfw_view2_official"
+        return verification_metrics(s[mask], y[mask], f[mask], cross_validate=cv)
+
+    all_official = all(p == "lfw_view2_official" for p in protocols)
+    overall = metrics(np.ones(y.size, bool), "lfw_view2_official" if all_official else None)
+    by_protocol = {p: metrics(np.asarray([q == p for q in protocols]), p) for p in sorted(set(protocols))}
+    by_gap = {}
+    for name, _, _ in AGE_GAP_BUCKETS:
+        mask = np.asarray([g is not None and bucket_of(g, AGE_GAP_BUCKETS) == name for g in gaps])
+        if mask.any():
+            by_gap[name] = metrics(mask, None)
+    result = {
+        "model": {"detector": analyzer.detector_spec.name, "embedder": analyzer.embedder_spec.name},
+        "pairs": int(y.size),
+        "accuracy": overall["accuracy"],
+        "accuracy_protocol": overall["accuracy_protocol"],
+        "accuracy_best": overall["accuracy_best"],
+        "tar_at_far": overall["tar_at_far"],
+        "auc": overall["auc"],
+        "threshold": overall["threshold"],
+        "far_thresholds": overall["far_thresholds"],
+        "no_face": {"images": len(problems), "failed_pairs": int(f.sum()), "files": problems},
+        "by_protocol": by_protocol,
+        "by_age_gap": by_gap,
+    }
+    _emit(_nan_to_none(result), args.json, _render_verify)
+    return 0
+
+
+def _render_verify(r: dict) -> str:
+    lines = [
+        f"models: {r['model']['detector']} + {r['model']['embedder']}; {r['pairs']} pairs",
+        f"accuracy {r['accuracy']:.4f} ({r['accuracy_protocol']}), best-threshold {r['accuracy_best']:.4f} "
+        f"at {r['threshold']:.3f}; AUC {r['auc']:.4f}",
+        f"TAR@FAR1e-2 {r['tar_at_far']['1e-2']:.4f}  TAR@FAR1e-3 {r['tar_at_far']['1e-3']:.4f}",
+        f"no face: {r['no_face']['images']} images, {r['no_face']['failed_pairs']} failed pairs",
+        "",
+        f"{'group':<28}{'pairs':>6}{'acc':>9}{'AUC':>8}{'TAR@1e-2':>10}{'TAR@1e-3':>10}",
+    ]
+    groups = [("protocol " + k, v) for k, v in r["by_protocol"].items()]
+    groups += [("age gap " + k, v) for k, v in r["by_age_gap"].items()]
+    for name, m in groups:
+        lines.append(f"{name:<28}{m['pairs']:>6}{_f(m['accuracy']):>9}{_f(m['auc']):>8}"
+                     f"{_f(m['tar_at_far']['1e-2']):>10}{_f(m['tar_at_far']['1e-3']):>10}")
+    return "\n".join(lines)
+
+
+def _f(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+# -- age ------------------------------------------------------------------------------------------
+
+
+def run_age(args: argparse.Namespace, config: Config) -> int:
+    """Handler of ``eval age``."""
+    rows = _read_csv(args.manifest, ("path", "age"))
+    analyzer = _analyzer(config, with_age=True)
+    if analyzer.age is None:
+        raise EvalInputError("no age model configured (models.age is null)")
+    preds: list[tuple[dict[str, str], float, float]] = []
+    problems: dict[str, str] = {}
+    for i, r in enumerate(_progress(rows, "age")):
+        try:
+            true_age = float(r["age"])
+        except ValueError as exc:
+            raise EvalInputError(f"{args.manifest}: row {i + 2}: age {r['age']!r} is not a number") from exc
+        face, problem = _largest_face(analyzer, args.root / r["path"], need_age=True)
+        if face is None:
+            problems[r["path"]] = problem or "no face"
+            continue
+        preds.append((r, float(face[1]), true_age))
+
+    def summary(items: list[tuple[dict[str, str], float, float]]) -> dict:
+        return {"count": len(items), "mae": mae([p for _, p, _ in items], [t for _, _, t in items])}
+
+    groups: dict[str, list] = {name: [] for name, _, _ in AGE_GROUPS}
+    by_gender: dict[str, list] = defaultdict(list)
+    by_race: dict[str, list] = defaultdict(list)
+    for item in preds:
+        r, _, t = item
+        g = bucket_of(t, AGE_GROUPS)
+        if g:
+            groups[g].append(item)
+        if r.get("gender"):
+            by_gender[r["gender"]].append(item)
+        if r.get("race"):
+            by_race[r["race"]].append(item)
+    result = {
+        "model": analyzer.age_spec.name if analyzer.age_spec else None,
+        "images": len(rows),
+        "mae": summary(preds)["mae"],
+        "groups": {k: summary(v) for k, v in groups.items()},
+        "by_gender": {k: summary(v) for k, v in sorted(by_gender.items())},
+        "by_race": {k: summary(v) for k, v in sorted(by_race.items())},
+        "no_face": {"images": len(problems), "files": problems},
+        "flip": config.models.age_flip,
+        "calibrated": bool(config.models.age_calibration),
+    }
+    _emit(_nan_to_none(result), args.json, _render_age)
+    return 0
+
+
+def _render_age(r: dict) -> str:
+    lines = [f"age model {r['model']} (flip={r['flip']}, calibrated={r['calibrated']}): MAE {_f(r['mae'])} years "
+             f"over {r['images'] - r['no_face']['images']} faces; no face: {r['no_face']['images']}",
+             f"{'group':<12}{'count':>7}{'MAE':>8}"]
+    for title, key in (("age", "groups"), ("gender", "by_gender"), ("race", "by_race")):
+        for k, v in r[key].items():
+            lines.append(f"{title + ' ' + k:<12}{v['count']:>7}{_f(v['mae']):>8}")
+    return "\n".join(lines)
+
+
+# -- detect ---------------------------------------------------------------------------------------
+
+
+def run_detect(args: argparse.Namespace, config: Config) -> int:
+    """Handler of ``eval detect``."""
+    from index.imagefile import read_image
+    from models.backends.factory import create_backend
+    from models.detector import FaceDetector
+    from models.registry import get_spec, resolve
+
+    rows = _read_csv(args.manifest, ("path", "bboxes_xywh"))
+    if args.dataset:
+        rows = [r for r in rows if r.get("dataset") == args.dataset]
+        if not rows:
+            raise EvalInputError(f"{args.manifest}: no rows with dataset {args.dataset!r}")
+    det_name = config.models.selected()[0]
+    spec = get_spec(det_name)
+    detector = FaceDetector(create_backend(resolve(det_name, config.models.resolved_cache_dir()),
+                                           config.models.backend), spec, config.detection)
+    all_tp: dict[str, list] = {"0.4": [], "0.5": []}
+    all_scores: list[np.ndarray] = []
+    n_gt = 0
+    gt_hit: dict[str, list[tuple[float, bool]]] = {"0.4": [], "0.5": []}
+    unreadable: dict[str, str] = {}
+    n_images = 0
+    for i, r in enumerate(_progress(rows, "detect")):
+        raw = (r.get("bboxes_xywh") or "").strip()
+        if not raw or r.get("labeled", "1") == "0":
+            continue
+        try:
+            boxes = np.asarray(json.loads(raw), dtype=np.float64).reshape(-1, 4)
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise EvalInputError(f"{args.manifest}: row {i + 2}: bboxes_xywh {raw[:60]!r} is not a JSON list") from exc
+        gts = boxes.copy()
+        gts[:, 2:] += gts[:, :2]
+        try:
+            image = read_image(args.root / r["path"])
+        except ImageReadError as exc:
+            unreadable[r["path"]] = str(exc)
+            continue
+        n_images += 1
+        dets = detector.detect(image)
+        d = np.asarray([x.bbox for x in dets], np.float64).reshape(-1, 4)
+        sc = np.asarray([x.score for x in dets], np.float64)
+        all_scores.append(sc)
+        n_gt += gts.shape[0]
+        for key, thr in (("0.4", 0.4), ("0.5", 0.5)):
+            tp, matched = match_detections(d, sc, gts, thr)
+            all_tp[key].append(tp)
+            gt_hit[key].extend(zip(boxes[:, 3].tolist(), matched.tolist(), strict=True))
+    scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
+    tp5 = np.concatenate(all_tp["0.5"]) if all_tp["0.5"] else np.zeros(0, bool)
+    recall = {k: (float(np.mean([h for _, h in v])) if v else float("nan")) for k, v in gt_hit.items()}
+    by_size: dict[str, dict[str, Any]] = {}
+    for name, lo, hi in DETECT_SIZE_BUCKETS:
+        for key in ("0.4", "0.5"):
+            hits = [h for size, h in gt_hit[key] if lo <= size <= hi]
+            entry = by_size.setdefault(name, {"faces": len(hits), "recall": {}})
+            entry["recall"][key] = float(np.mean(hits)) if hits else None
+    result = {
+        "detector": spec.name,
+        "input_size": list(detector.input_size),
+        "score_threshold": config.detection.score_threshold,
+        "images": n_images,
+        "faces": n_gt,
+        "detections": int(scores.size),
+        "recall": recall,
+        "precision": float(tp5.mean()) if tp5.size else float("nan"),
+        "precision_iou": 0.5,
+        "ap": average_precision(tp5, scores, n_gt),
+        "ap_iou": 0.5,
+        "by_size": by_size,
+        "unreadable": unreadable,
+    }
+    _emit(_nan_to_none(result), args.json, _render_detect)
+    return 0
+
+
+def _render_detect(r: dict) -> str:
+    lines = [
+        f"detector {r['detector']} @ {r['input_size'][0]}x{r['input_size'][1]}, score >= {r['score_threshold']}: "
+        f"{r['images']} images, {r['faces']} faces, {r['detections']} detections",
+        f"recall@IoU0.4 {_f(r['recall']['0.4'])}  recall@IoU0.5 {_f(r['recall']['0.5'])}  "
+        f"precision@0.5 {_f(r['precision'])}  AP@0.5 {_f(r['ap'])}",
+        f"{'face height':<12}{'faces':>7}{'R@0.4':>8}{'R@0.5':>8}",
+    ]
+    for k, v in r["by_size"].items():
+        lines.append(f"{k:<12}{v['faces']:>7}{_f(v['recall']['0.4']):>8}{_f(v['recall']['0.5']):>8}")
+    return "\n".join(lines)

@@ -40,7 +40,7 @@ class FetchReport:
 
 def _read_url(url: str, timeout: float) -> bytes:
     req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - http(s) only, checked by caller
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
         return bytes(resp.read())
 
 

@@ -15,9 +15,9 @@ def create_backend(path: Path, cfg: BackendConfig) -> Backend:
         ModelLoadError: the backend cannot load the model or its provider is unavailable.
     """
     if cfg.kind == "tensorrt":
-        from models.backends.tensorrt_backend import TensorRTBackend  # noqa: PLC0415 - GPU only
+        from models.backends.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend.for_onnx(path, cfg)
-    from models.backends.onnxruntime_backend import OnnxRuntimeBackend  # noqa: PLC0415
+    from models.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(path, cfg)

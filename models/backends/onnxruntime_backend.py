@@ -27,8 +27,11 @@ _PROVIDER_NAMES = {
 
 
 def provider_list(cfg: BackendConfig) -> list[tuple[str, dict[str, Any]] | str]:
-    """The onnxruntime provider list for a backend config (the named provider, then CPU for
-    the nodes that provider does not support, as onnxruntime requires)."""
+    """The onnxruntime provider list for a backend config.
+
+    The named provider comes first, then CPU for the nodes it does not support (as
+    onnxruntime requires); the backend refuses to run if the named one is not active.
+    """
     if cfg.provider == "cpu":
         return ["CPUExecutionProvider"]
     if cfg.provider == "cuda":
@@ -53,7 +56,7 @@ class OnnxRuntimeBackend(Backend):
     """
 
     def __init__(self, path: Path, cfg: BackendConfig) -> None:
-        import onnxruntime as ort  # noqa: PLC0415 - imported where used (GPU builds differ)
+        import onnxruntime as ort
 
         wanted = _PROVIDER_NAMES[cfg.provider]
         available = ort.get_available_providers()

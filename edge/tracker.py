@@ -1,0 +1,318 @@
+"""Face tracking per camera: IoU association, embedding re-association, stable track ids.
+
+Each camera has its own tracks and its own id counter (1, 2, 3, ... in creation order; ids are
+never reused while the tracker lives). Per frame, :meth:`Tracker.update`:
+
+1. closes the camera's tracks unseen for more than ``matching.track_max_age_s``;
+2. pairs detections with open tracks greedily by IoU, highest first, while IoU >= ``track_iou``
+   (greedy rather than Hungarian: with a handful of faces per frame it gives the same pairs in
+   practice, needs no scipy, and ties resolve deterministically by order);
+3. pairs detections left over with tracks left over by cosine similarity between the
+   detection's embedding (when the caller passes one) and the track's embedding, highest
+   first, while cosine >= ``track_embed_sim`` - this re-attaches a face after a short
+   occlusion or a jump that broke IoU;
+4. opens a new track for every detection still unpaired.
+
+A track keeps the ``faces_per_track`` best faces by quality. The pipeline asks
+:meth:`Track.needs_embedding` before embedding a face (only new or better faces are embedded)
+and reports the result with :meth:`Track.add_face`, which also refreshes the track's
+embedding. Match votes live in :class:`edge.decision.DecisionEngine`, keyed by
+``(camera_id, track_id)``, so there is one source of truth for decisions; call
+``DecisionEngine.end_track`` for each track returned by :meth:`Tracker.pop_closed`.
+
+Not thread-safe: one inference loop owns a tracker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge.config import MatchingConfig
+from models.face import Detection
+
+
+def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """Pairwise intersection over union.
+
+    Args:
+        boxes_a: float (N, 4) boxes ``x1, y1, x2, y2`` in pixels.
+        boxes_b: float (M, 4) boxes, same convention.
+
+    Returns:
+        float64 (N, M) IoU in [0, 1]; 0 where a box has no area.
+    """
+    a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
+    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
+    out = np.zeros_like(inter)
+    np.divide(inter, union, out=out, where=union > 0)
+    return out
+
+
+def _greedy_pairs(scores: np.ndarray, minimum: float) -> list[tuple[int, int]]:
+    """Pairs (row, col) taken greedily by descending score while score >= minimum, each row/col once."""
+    if scores.size == 0:
+        return []
+    order = np.argsort(-scores, axis=None, kind="stable")
+    rows, cols = np.unravel_index(order, scores.shape)
+    used_r: set[int] = set()
+    used_c: set[int] = set()
+    pairs: list[tuple[int, int]] = []
+    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+        if scores[r, c] < minimum:
+            break
+        if r in used_r or c in used_c:
+            continue
+        used_r.add(r)
+        used_c.add(c)
+        pairs.append((r, c))
+    return pairs
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32).reshape(-1)
+    n = float(np.linalg.norm(v))
+    if n == 0.0 or not np.isfinite(n):
+        raise ValueError("embedding must be a finite, non-zero vector")
+    return v / n
+
+
+@dataclass(frozen=True)
+class KeptFace:
+    """One of a track's best faces.
+
+    Attributes:
+        quality: combined quality score in [0, 1].
+        timestamp: monotonic capture time (s).
+        bbox: float32 (4,) ``x1, y1, x2, y2`` pixels.
+        embedding: float32 (D,) L2-normalised.
+        age: estimated age in years, or ``None``.
+    """
+
+    quality: float
+    timestamp: float
+    bbox: np.ndarray
+    embedding: np.ndarray
+    age: float | None = None
+
+
+@dataclass
+class Track:
+    """A face followed across frames of one camera (owned and mutated by :class:`Tracker`).
+
+    Attributes:
+        camera_id: the camera.
+        track_id: stable id, unique per camera, increasing from 1.
+        bbox: float32 (4,) last box, ``x1, y1, x2, y2`` pixels.
+        first_seen: monotonic time of the first detection (s).
+        last_seen: monotonic time of the latest detection (s).
+        hits: frames in which the track was detected.
+        faces_per_track: how many best faces are kept.
+        faces: the kept faces, best quality first.
+    """
+
+    camera_id: str
+    track_id: int
+    bbox: np.ndarray
+    first_seen: float
+    last_seen: float
+    faces_per_track: int
+    hits: int = 1
+    faces: list[KeptFace] = field(default_factory=list)
+    _embedding: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def embedding(self) -> np.ndarray | None:
+        """float32 (D,) L2-normalised mean of the kept faces' embeddings, or ``None`` before any."""
+        return self._embedding
+
+    @property
+    def best_face(self) -> KeptFace | None:
+        """The highest-quality kept face, or ``None``."""
+        return self.faces[0] if self.faces else None
+
+    def needs_embedding(self, quality: float) -> bool:
+        """Whether a face of this quality would enter the kept set (so is worth embedding).
+
+        True while fewer than ``faces_per_track`` faces are kept, or when ``quality`` beats the
+        worst kept face.
+        """
+        if len(self.faces) < self.faces_per_track:
+            return True
+        return quality > self.faces[-1].quality
+
+    def add_face(
+        self, quality: float, bbox: np.ndarray, timestamp: float, embedding: np.ndarray, age: float | None = None
+    ) -> bool:
+        """Offer an embedded face; keep it if it is among the best ``faces_per_track``.
+
+        Args:
+            quality: combined quality in [0, 1].
+            bbox: float (4,) ``x1, y1, x2, y2`` pixels.
+            timestamp: monotonic capture time (s).
+            embedding: float (D,) face embedding (normalised here).
+            age: estimated age in years, or ``None``.
+
+        Returns:
+            Whether the face was kept (the track embedding is refreshed when it was).
+        """
+        if not self.needs_embedding(quality):
+            return False
+        emb = _unit(embedding)
+        if self.faces and self.faces[0].embedding.shape != emb.shape:
+            raise ValueError(
+                f"track {self.track_id}: embedding dimension {emb.shape[0]} differs from the track's "
+                f"{self.faces[0].embedding.shape[0]}"
+            )
+        face = KeptFace(float(quality), float(timestamp), np.asarray(bbox, np.float32).reshape(4), emb, age)
+        self.faces.append(face)
+        self.faces.sort(key=lambda f: -f.quality)
+        del self.faces[self.faces_per_track :]
+        self._embedding = _unit(np.mean([f.embedding for f in self.faces], axis=0))
+        return True
+
+
+@dataclass(frozen=True)
+class TrackedFace:
+    """A detection with the track it was assigned to in this frame.
+
+    Attributes:
+        camera_id: the camera.
+        track_id: the track's id.
+        detection_index: index of the detection in the list given to ``update``.
+        detection: the detection.
+        track: the (mutable) track, for ``needs_embedding`` / ``add_face``.
+        new: the track was opened by this detection.
+        reattached: the track was continued by embedding similarity (IoU failed).
+    """
+
+    camera_id: str
+    track_id: int
+    detection_index: int
+    detection: Detection
+    track: Track = field(compare=False, repr=False)
+    new: bool = False
+    reattached: bool = False
+
+
+class Tracker:
+    """Multi-camera face tracker (see the module docstring for the association rules).
+
+    Args:
+        cfg: matching settings (``track_iou``, ``track_embed_sim``, ``track_max_age_s``,
+            ``faces_per_track``).
+    """
+
+    def __init__(self, cfg: MatchingConfig) -> None:
+        self.cfg = cfg
+        self._tracks: dict[str, dict[int, Track]] = {}
+        self._next_id: dict[str, int] = {}
+        self._closed: list[Track] = []
+
+    def tracks(self, camera_id: str) -> list[Track]:
+        """The camera's open tracks, oldest first."""
+        return list(self._tracks.get(camera_id, {}).values())
+
+    def _close(self, camera_id: str, now: float | None = None) -> list[Track]:
+        """Close the camera's tracks older than ``track_max_age_s`` at ``now`` (all when ``now`` is None)."""
+        tracks = self._tracks.get(camera_id, {})
+        gone = [t for t in tracks.values() if now is None or now - t.last_seen > self.cfg.track_max_age_s]
+        for t in gone:
+            del tracks[t.track_id]
+        self._closed.extend(gone)
+        return gone
+
+    def expire(self, timestamp: float) -> list[Track]:
+        """Close every camera's tracks unseen for more than ``track_max_age_s`` at ``timestamp``.
+
+        For cameras that stopped delivering frames; ``update`` already expires its own camera.
+
+        Returns:
+            The tracks closed now (also queued for :meth:`pop_closed`).
+        """
+        closed: list[Track] = []
+        for cam in list(self._tracks):
+            closed += self._close(cam, now=timestamp)
+        return closed
+
+    def close_camera(self, camera_id: str) -> list[Track]:
+        """Close all tracks of a camera (end of stream). Returns them (also queued for :meth:`pop_closed`)."""
+        return self._close(camera_id)
+
+    def pop_closed(self) -> list[Track]:
+        """Tracks closed since the last call, in closing order (hand them to ``DecisionEngine.end_track``)."""
+        closed, self._closed = self._closed, []
+        return closed
+
+    def update(
+        self,
+        camera_id: str,
+        detections: list[Detection],
+        timestamp: float,
+        embeddings: dict[int, np.ndarray] | None = None,
+    ) -> list[TrackedFace]:
+        """Assign one frame's detections to tracks.
+
+        Args:
+            camera_id: the camera the frame came from.
+            detections: the frame's detections (boxes in frame pixels).
+            timestamp: monotonic capture time of the frame (s).
+            embeddings: optional float (D,) embeddings by detection index, used to re-attach a
+                detection to a track when IoU fails.
+
+        Returns:
+            One :class:`TrackedFace` per detection, in detection order.
+        """
+        self._close(camera_id, now=timestamp)
+        tracks = self._tracks.setdefault(camera_id, {})
+        candidates = list(tracks.values())
+        assigned: dict[int, tuple[Track, bool]] = {}
+
+        if candidates and detections:
+            ious = iou_matrix(np.stack([t.bbox for t in candidates]), np.stack([d.bbox for d in detections]))
+            for ti, di in _greedy_pairs(ious, max(self.cfg.track_iou, 1e-9)):
+                assigned[di] = (candidates[ti], False)
+
+        if embeddings:
+            free_dets = [i for i in range(len(detections)) if i not in assigned and i in embeddings]
+            used = {id(t) for t, _ in assigned.values()}
+            free_tracks = [t for t in candidates if id(t) not in used and t.embedding is not None]
+            if free_dets and free_tracks:
+                det_emb = np.stack([_unit(embeddings[i]) for i in free_dets])
+                trk_emb = np.stack([t.embedding for t in free_tracks if t.embedding is not None])
+                if det_emb.shape[1] == trk_emb.shape[1]:
+                    sims = trk_emb @ det_emb.T
+                    for ti, di in _greedy_pairs(sims, self.cfg.track_embed_sim):
+                        assigned[free_dets[di]] = (free_tracks[ti], True)
+
+        out: list[TrackedFace] = []
+        for i, det in enumerate(detections):
+            if i in assigned:
+                track, reattached = assigned[i]
+                track.bbox = np.asarray(det.bbox, np.float32).copy()
+                track.last_seen = timestamp
+                track.hits += 1
+                out.append(TrackedFace(camera_id, track.track_id, i, det, track, new=False, reattached=reattached))
+                continue
+            tid = self._next_id.get(camera_id, 1)
+            self._next_id[camera_id] = tid + 1
+            track = Track(
+                camera_id=camera_id,
+                track_id=tid,
+                bbox=np.asarray(det.bbox, np.float32).copy(),
+                first_seen=timestamp,
+                last_seen=timestamp,
+                faces_per_track=self.cfg.faces_per_track,
+            )
+            tracks[tid] = track
+            out.append(TrackedFace(camera_id, tid, i, det, track, new=True))
+        return out
