@@ -1,9 +1,41 @@
-"""Command registration (placeholder until its owner adds commands)."""
+"""Top-level device commands: ``config``, and (with the runtime) ``run``, ``scan`` and ``demo``."""
 
 from __future__ import annotations
 
 import argparse
+import json
+
+from edge.config import Config
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
-    """Add this module's commands to the root parser (none yet)."""
+    """Add the ``config`` command group (and the runtime commands when present)."""
+    p = sub.add_parser("config", help="show, document or check the configuration", parents=[parent])
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION")
+    csub.required = True
+    s = csub.add_parser("show", help="print the effective configuration (after --config and --set) as JSON",
+                        parents=[parent])
+    s.set_defaults(func=_show)
+    d = csub.add_parser("defaults", help="print the documented default config.yaml", parents=[parent])
+    d.set_defaults(func=_defaults)
+    r = csub.add_parser("reference", help="print the Markdown reference of every key", parents=[parent])
+    r.set_defaults(func=_reference)
+
+
+def _show(args: argparse.Namespace, config: Config) -> int:
+    print(json.dumps(config.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _defaults(args: argparse.Namespace, config: Config) -> int:
+    from edge.config_doc import render_yaml
+
+    print(render_yaml(), end="")
+    return 0
+
+
+def _reference(args: argparse.Namespace, config: Config) -> int:
+    from edge.config_doc import render_reference
+
+    print("\n".join(render_reference()))
+    return 0

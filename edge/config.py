@@ -372,14 +372,15 @@ class Config(StrictModel):
     sync: SyncConfig = Field(default_factory=SyncConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
 
-    @model_validator(mode="after")
-    def _unique_cameras(self) -> Config:
+    @field_validator("cameras")
+    @classmethod
+    def _unique_cameras(cls, cameras: list[CameraConfig]) -> list[CameraConfig]:
         seen: set[str] = set()
-        for cam in self.cameras:
+        for cam in cameras:
             if cam.id in seen:
                 raise ValueError(f"camera id {cam.id!r} is used twice")
             seen.add(cam.id)
-        return self
+        return cameras
 
 
 # --------------------------------------------------------------------------------------------

@@ -316,9 +316,7 @@ class DecisionEngine:
         """Tracks holding at least one vote (tracks without votes hold no state)."""
         return len(self._tracks)
 
-    def candidate(
-        self, matches: Sequence[CaseMatchLike], estimated_age: float | None
-    ) -> Candidate | None:
+    def candidate(self, matches: Sequence[CaseMatchLike], estimated_age: float | None) -> Candidate | None:
         """The case this face votes for, or ``None`` (below threshold, ambiguous, or age-implausible)."""
         cand = best_candidate(matches)
         if cand is None or cand.score < self.cfg.threshold or cand.margin < self.cfg.margin:

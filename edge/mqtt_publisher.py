@@ -164,7 +164,10 @@ class MqttPublisher:
             clean_session=None if v5 else True,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
         )
-        client.enable_logger(logging.getLogger(__name__ + ".paho"))
+        # paho's own messages (including an ERROR-level line on every failed reconnect) go to
+        # DEBUG; this module logs the connection events that matter at their real level.
+        paho_logger = logging.getLogger(__name__ + ".paho")
+        client.on_log = lambda _client, _userdata, _level, text: paho_logger.debug("%s", text)
         # Room for availability/status beside the outbox window, so paho never queues ours.
         client.max_inflight_messages_set(cfg.max_inflight + 8)
         client.max_queued_messages_set(0)
@@ -479,6 +482,12 @@ class MqttPublisher:
                 # paho keeps unacknowledged messages and re-sends them after the reconnect;
                 # nothing newer goes out before they are acknowledged, to keep the order.
                 self._resend_pending = bool(self._inflight)
+                if self._inflight:
+                    logger.info(
+                        "MQTT: %d message(s) were not acknowledged when the connection dropped; "
+                        "they are re-sent first after the reconnect",
+                        len(self._inflight),
+                    )
         if not self._inflight:
             self._resend_pending = False
         return acked

@@ -510,17 +510,10 @@ class CaptureThread(threading.Thread):
             for k, v in values.items():
                 setattr(self, f"_{k}", v)
 
-    def _wait_backoff(self, attempt: int, what: str) -> bool:
-        """Log and wait the back-off delay; return ``True`` when asked to stop meanwhile."""
+    def _wait_backoff(self, attempt: int, reason: str) -> bool:
+        """Log ``reason`` with the back-off delay and wait; return ``True`` when asked to stop meanwhile."""
         delay = backoff_delay(attempt, self.cam.reconnect_initial_s, self.cam.reconnect_max_s, self._rng)
-        logger.warning(
-            "camera %s: %s (%s); reconnecting in %.2f s (attempt %d)",
-            self.cam.id,
-            what,
-            redact(self.cam.source),
-            delay,
-            attempt + 1,
-        )
+        logger.warning("%s; reconnecting in %.2f s (attempt %d)", reason, delay, attempt + 1)
         return self.stop_event.wait(delay)
 
     def _enqueue(self, frame: Frame) -> bool:
@@ -553,7 +546,7 @@ class CaptureThread(threading.Thread):
                         if not live:
                             raise
                         self._set(reconnect_attempts=self._reconnect_attempts + 1)
-                        if self._wait_backoff(attempt, f"cannot open source: {exc}"):
+                        if self._wait_backoff(attempt, str(exc)):
                             break
                         attempt += 1
                         continue
@@ -579,7 +572,7 @@ class CaptureThread(threading.Thread):
                             continue
                         logger.info("camera %s: end of file after %d frames", self.cam.id, index)
                         break
-                    if self._wait_backoff(attempt, "source lost"):
+                    if self._wait_backoff(attempt, f"camera {self.cam.id}: {source.description}: source lost"):
                         break
                     attempt += 1
                     continue

@@ -26,6 +26,25 @@ def expected_age(probabilities: np.ndarray) -> np.ndarray:
     return (p @ AGE_BINS) / np.maximum(p.sum(axis=1), 1e-12)
 
 
+def calibrate(ages: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Map raw age estimates through a piecewise-linear calibration.
+
+    Args:
+        ages: float (N,) raw estimates in years.
+        points: float (K, 2) ``(raw, calibrated)`` knots, K >= 2, raw strictly increasing.
+            Estimates outside ``[raw_0, raw_K-1]`` get the end value (np.interp clipping).
+
+    Returns:
+        float32 (N,) calibrated ages in years.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2 or pts.shape[0] < 2:
+        raise ValueError(f"age calibration must be (K>=2, 2) points, got shape {pts.shape}")
+    if not np.all(np.diff(pts[:, 0]) > 0):
+        raise ValueError(f"age calibration raw values must be strictly increasing, got {pts[:, 0].tolist()}")
+    return np.interp(np.asarray(ages, dtype=np.float64), pts[:, 0], pts[:, 1]).astype(np.float32)
+
+
 class AgeEstimator:
     """Batched age estimates from 64x64 chips.
 
@@ -46,6 +65,8 @@ class AgeEstimator:
         self.spec = spec
         self.flip = flip
         self.calibration = None if calibration is None else np.asarray(calibration, np.float64)
+        if self.calibration is not None:
+            calibrate(np.zeros(1), self.calibration)  # validate now, not on the first face
         self.max_batch = max_batch
         self._input = backend.inputs[0].name
 
@@ -70,5 +91,5 @@ class AgeEstimator:
             return np.zeros((0,), np.float32)
         ages = expected_age(self.probabilities(chips_bgr))
         if self.calibration is not None:
-            ages = np.interp(ages, self.calibration[:, 0], self.calibration[:, 1]).astype(np.float32)
+            ages = calibrate(ages, self.calibration)
         return ages

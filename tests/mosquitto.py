@@ -196,6 +196,7 @@ class MosquittoBroker:
             f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir}/",
+            "autosave_interval 1",
             f"log_dest file {self.log_path}",
             "log_type error",
             "log_type warning",
@@ -260,6 +261,22 @@ class MosquittoBroker:
         finally:
             if proc.stderr:
                 proc.stderr.close()
+
+    def kill(self) -> None:
+        """SIGKILL the broker (a crash: nothing saved since the last 1 s autosave) and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        self.stop()
+
+    def freeze(self) -> None:
+        """SIGSTOP the broker: connections stay open but nothing is answered (no PUBACK)."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT a frozen broker."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
 
     def restart(self, timeout: float = 10.0) -> MosquittoBroker:
         """Stop and start again on the same port (config and password file rewritten)."""

