@@ -237,7 +237,7 @@ def lower_opset(model: ModelProto, target: int) -> list[str]:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
             imp.version = target
-    return [f"opset {current} -> {target} ({rewrites} nodes rewritten, {len(model.graph.node) - rewrites} relabelled)"]
+    return [f"opset {current} -> {target} ({rewrites} nodes rewritten to their opset-{target} form)"]
 
 
 def _lower_node_18(model: ModelProto, node: onnx.NodeProto) -> str | None:

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import cv2
@@ -336,7 +337,7 @@ def test_file_scan_is_lossless_and_ordered(hamilton):
         t.join(5)
     assert [f.index for f in frames] == list(range(HAMILTON_FRAMES))
     assert all(f.camera_id == "cam1" and f.image.shape == (360, 640, 3) for f in frames)
-    assert all(b.timestamp >= a.timestamp for a, b in zip(frames, frames[1:], strict=False))
+    assert all(b.timestamp >= a.timestamp for a, b in pairwise(frames))
     st = t.stats()
     assert st.frames_read == HAMILTON_FRAMES and st.frames_queued == HAMILTON_FRAMES
     assert st.dropped == 0 and st.error is None and not st.running
