@@ -9,8 +9,8 @@ of a frame), and recall@1 on two query difficulties:
   ``cos(q, g) = c`` exactly, for c = 0.85 (easy) and c = 0.5 (weak but real, the usual old-photo case).
   Random 512-D distractors reach cosine ~0.25 at 1M, so the exact answer is ``g``;
 * ``--real``: embeddings of real faces from ../shared/data (+ augmentations) enrolled in a gallery padded
-  with random unit vectors; queries are other photos of enrolled identities (see bench/real_embeddings
-  below); difficulty is split by the true (best same-identity) cosine.
+  with random unit vectors; queries are other photos of enrolled identities (see real_workload below);
+  difficulty is split by the true (best same-identity) cosine.
 
 Every index is wrapped in ``IndexIDMap2`` with int64 ids, as in the bundle, except IVF-Flat/IVF-SQ8 which
 store ids natively (``add_with_ids``); the IDMap overhead is measured on flat fp32.
@@ -123,6 +123,143 @@ def synthetic_workload(n: int, dim: int, n_queries: int, seed: int) -> Workload:
     return Workload("synthetic", gallery, ids, queries, correct, np.ascontiguousarray(lat))
 
 
+# --------------------------------------------------------------------------------------------- real embeddings
+
+AUGMENTATIONS = ("flip", "bright", "dark", "rot+8", "rot-8", "blur", "jpeg30")
+
+
+def _augment(img: np.ndarray, kind: str) -> np.ndarray:
+    """One augmentation of a uint8 (H, W, 3) BGR image (same shape and dtype)."""
+    import cv2
+
+    if kind == "flip":
+        return np.ascontiguousarray(img[:, ::-1])
+    if kind in ("bright", "dark"):
+        return cv2.convertScaleAbs(img, alpha=1.0, beta=40 if kind == "bright" else -40)
+    if kind.startswith("rot"):
+        h, w = img.shape[:2]
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), float(kind[3:]), 1.0)
+        return cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REFLECT)
+    if kind == "blur":
+        return cv2.GaussianBlur(img, (0, 0), 2.0)
+    if kind == "jpeg30":
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 30])
+        return cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else img
+    raise ValueError(f"unknown augmentation {kind!r}")
+
+
+def _read_manifest(path: Any) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def compute_real_embeddings(data_dir: Any, cache: Any) -> dict[str, np.ndarray]:
+    """Embed real faces once (cached in an .npz outside the repo) with the project's FaceAnalyzer.
+
+    Gallery: for every identity of verification/ (LFW fold 5, FG-NET, BBT) its first photo plus
+    augmentations (AUGMENTATIONS); UTKFace photos (no identity labels) as single-photo distractors.
+    Queries: the other photos of identities with two or more photos.
+
+    Returns:
+        gallery (G, D) float32, gallery_label (G,) int64 (identity index; UTKFace rows get unique
+        negative labels), query (Q, D) float32, query_label (Q,) int64, model name array.
+    """
+    from pathlib import Path
+
+    import cv2
+
+    from edge.config import load_config
+    from models.analyzer import FaceAnalyzer
+
+    cache = Path(cache)
+    if cache.exists():
+        with np.load(cache) as z:
+            log.info("real embeddings from cache %s", cache)
+            return {k: z[k] for k in z.files}
+    data_dir = Path(data_dir)
+    config = load_config()
+    analyzer = FaceAnalyzer(config, with_age=False)
+
+    def embed(img: np.ndarray | None) -> np.ndarray | None:
+        if img is None:
+            return None
+        faces = [f for f in analyzer.analyze(img, photo=True) if f.embedding.size]
+        return faces[0].embedding.astype(np.float32) if faces else None  # largest face
+
+    by_id: dict[str, list[Path]] = {}
+    for row in _read_manifest(data_dir / "verification" / "manifest.csv"):
+        by_id.setdefault(row["identity"], []).append(data_dir / "verification" / row["path"])
+    gal, gal_lab, qry, qry_lab = [], [], [], []
+    t0 = time.perf_counter()
+    for label, identity in enumerate(sorted(by_id)):
+        paths = sorted(by_id[identity])
+        first = cv2.imread(str(paths[0]), cv2.IMREAD_COLOR)
+        for img in [first, *(_augment(first, a) for a in AUGMENTATIONS)] if first is not None else []:
+            v = embed(img)
+            if v is not None:
+                gal.append(v)
+                gal_lab.append(label)
+        for p in paths[1:]:
+            v = embed(cv2.imread(str(p), cv2.IMREAD_COLOR))
+            if v is not None:
+                qry.append(v)
+                qry_lab.append(label)
+        if label % 50 == 0:
+            log.info("real embeddings: %d/%d identities, %.0fs", label, len(by_id), time.perf_counter() - t0)
+    for j, row in enumerate(_read_manifest(data_dir / "age" / "manifest.csv")):
+        if row["dataset"] != "utkface":
+            continue  # FG-NET rows point at verification/ images already used above
+        v = embed(cv2.imread(str(data_dir / "age" / row["path"]), cv2.IMREAD_COLOR))
+        if v is not None:
+            gal.append(v)
+            gal_lab.append(-1 - j)
+    out = {"gallery": np.stack(gal), "gallery_label": np.asarray(gal_lab, np.int64), "query": np.stack(qry),
+           "query_label": np.asarray(qry_lab, np.int64), "model": np.asarray(config.models.selected()[1])}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **out)
+    log.info("real embeddings: %d gallery, %d queries in %.0fs -> %s", len(gal), len(qry),
+             time.perf_counter() - t0, cache)
+    return out
+
+
+def real_workload(n: int, seed: int, data_dir: str | None, cache: str | None) -> Workload:
+    """Real face embeddings enrolled among random unit padding vectors up to n rows (positions shuffled).
+
+    Query difficulty is the true cosine (best same-identity gallery row): "easy" >= 0.5, "hard" < 0.5.
+    """
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    data = Path(data_dir) if data_dir else repo.parent / "shared" / "data"
+    cache_path = Path(cache) if cache else Path.home() / ".cache" / "namus-edge" / "bench" / "real_embeddings.npz"
+    emb = compute_real_embeddings(data, cache_path)
+    real, real_lab = emb["gallery"], emb["gallery_label"]
+    dim = real.shape[1]
+    rng = np.random.default_rng(seed)
+    n = max(n, len(real))
+    gallery = random_unit(n, dim, rng)
+    pos = rng.choice(n, size=len(real), replace=False)
+    gallery[pos] = real
+    ids = gallery_ids(n)
+    ids_of: dict[int, set[int]] = {}
+    for p, lab in zip(pos, real_lab, strict=True):
+        ids_of.setdefault(int(lab), set()).add(int(ids[p]))
+    q, q_lab = emb["query"], emb["query_label"]
+    true_cos = np.array([float(np.max(real[real_lab == lab] @ v)) for v, lab in zip(q, q_lab, strict=True)])
+    queries, correct = {}, {}
+    for name, mask in (("easy", true_cos >= 0.5), ("hard", true_cos < 0.5)):
+        queries[name] = np.ascontiguousarray(q[mask])
+        correct[name] = [frozenset(ids_of[int(lab)]) for lab in q_lab[mask]]
+    lat = np.ascontiguousarray(q[rng.permutation(len(q))])
+    notes = {"real_gallery": len(real), "queries_easy": int((true_cos >= 0.5).sum()),
+             "queries_hard": int((true_cos < 0.5).sum()), "true_cos_median": float(np.median(true_cos)),
+             "model": str(emb["model"])}
+    log.info("real workload N=%d: %s", n, notes)
+    return Workload("real", gallery, ids, queries, correct, lat, notes)
+
+
 # --------------------------------------------------------------------------------------------- indexes
 
 
@@ -145,7 +282,7 @@ class Built:
 
 def ivf_nlist(n: int, factor: float = 4.0) -> int:
     """IVF list count ~ factor*sqrt(N) (FAISS rule of thumb: factor 4 to 16), at least 16."""
-    return max(16, int(round(factor * math.sqrt(n))))
+    return max(16, round(factor * math.sqrt(n)))
 
 
 @dataclass
@@ -442,9 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            hnsw_efc=40 if args.quick else args.hnsw_efc, nprobes=nprobes, efsearches=efs,
                            nlist_factor=args.nlist_factor)
         if args.real:
-            from bench.real_embeddings import real_workload
-
-            wl = real_workload(n, args.dim, args.seed, args.data_dir, args.cache)
+            wl = real_workload(n, args.seed, args.data_dir, args.cache)
         else:
             wl = synthetic_workload(n, args.dim, n_queries, args.seed)
         results.extend(measure_size(wl, families, ctx, st))

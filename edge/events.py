@@ -339,7 +339,9 @@ class MatchEvent:
         _str("image_key", self.image_key, max_len=512)
         _set(self, "frames", _int("frames", self.frames, 1))
         if self.review_required is not True:
-            raise EventError(f"review_required: must be true (events are candidates for review), got {self.review_required!r}")
+            raise EventError(
+                f"review_required: must be true (events are candidates for review), got {self.review_required!r}"
+            )
         if self.crop_jpeg_b64 is not None:
             self._check_crop(self.crop_jpeg_b64)
 
@@ -354,9 +356,14 @@ class MatchEvent:
 
     @staticmethod
     def _check_bbox(value: object) -> tuple[float, float, float, float]:
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 4:  # type: ignore[arg-type]
+        # Tuples, lists and 1-D numpy arrays are accepted; strings are not coordinates.
+        try:
+            values = [] if isinstance(value, (str, bytes)) else list(value)  # type: ignore[call-overload]
+        except TypeError:
+            values = []
+        if len(values) != 4:
             raise EventError(f"bbox: expected [x1, y1, x2, y2], got {value!r}")
-        x1, y1, x2, y2 = (_float(f"bbox[{i}]", v, 0.0, 1e6) for i, v in enumerate(value))  # type: ignore[union-attr]
+        x1, y1, x2, y2 = (_float(f"bbox[{i}]", v, 0.0, 1e6) for i, v in enumerate(values))
         if not (x2 > x1 and y2 > y1):
             raise EventError(f"bbox: {[x1, y1, x2, y2]} must satisfy x1 < x2 and y1 < y2 (pixels)")
         return (x1, y1, x2, y2)

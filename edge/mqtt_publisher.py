@@ -362,7 +362,7 @@ class MqttPublisher:
         def deliver(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
             try:
                 callback(message.topic, bytes(message.payload))
-            except Exception:  # noqa: BLE001 - a subscriber's bug must not kill the network thread
+            except Exception:  # a subscriber's bug must not kill paho's network thread
                 logger.exception("MQTT subscription callback for %s failed", topic)
 
         with self._subs_lock:

@@ -174,7 +174,7 @@ class Outbox:
             raise OutboxError(f"outbox payload must be bytes, got {type(payload).__name__}")
         if isinstance(qos, bool) or qos not in (0, 1, 2):
             raise OutboxError(f"outbox qos must be 0, 1 or 2, got {qos!r}")
-        return topic, bytes(payload), int(qos), bool(retain)  # type: ignore[call-overload]
+        return topic, bytes(payload), int(qos), bool(retain)
 
     # -- reading and acknowledging ----------------------------------------------------------
 

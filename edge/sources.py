@@ -63,6 +63,10 @@ class SourceError(NamusEdgeError):
     """A video source cannot be opened or read (missing file, unsupported backend, refused stream)."""
 
 
+class SourceUnsupportedError(SourceError):
+    """The source can never open in this installation (e.g. no GStreamer in OpenCV); retrying is pointless."""
+
+
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
@@ -268,8 +272,10 @@ class VideoSource:
         """Open (or reopen) the capture.
 
         Raises:
-            SourceError: the file is missing, this OpenCV lacks the needed backend, or the
-                backend refuses the source; the message names the camera and the source.
+            SourceUnsupportedError: this OpenCV lacks the needed backend, or the pipeline cannot
+                work (no ``appsink``); retrying cannot help.
+            SourceError: the file is missing or the backend refuses the source (live sources are
+                retried by :class:`CaptureThread`); the message names the camera and the source.
         """
         self.release()
         where = f"camera {self.camera_id}: {self.description}"
@@ -289,13 +295,13 @@ class VideoSource:
                 cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # freshest frame; not every driver honours it
         elif self.kind == "gstreamer":
             if not gstreamer_available():
-                raise SourceError(
+                raise SourceUnsupportedError(
                     f"{where}: this OpenCV build has no GStreamer support (cv2.getBuildInformation() does not "
                     "report 'GStreamer: YES'); install an OpenCV built with GStreamer (on Jetson: JetPack's "
                     "python3-opencv) or use a file/rtsp/usb source"
                 )
             if "appsink" not in self.source:
-                raise SourceError(f"{where}: a GStreamer pipeline for OpenCV must end in 'appsink'")
+                raise SourceUnsupportedError(f"{where}: a GStreamer pipeline for OpenCV must end in 'appsink'")
             cap = cv2.VideoCapture(self.source, cv2.CAP_GSTREAMER)
         else:  # pragma: no cover - Literal exhausts the kinds
             raise SourceError(f"{where}: unknown source kind {self.kind!r}")
@@ -441,8 +447,9 @@ class CaptureThread(threading.Thread):
 
     Live sources (stream, usb, gstreamer) are reopened after a loss, waiting
     :func:`backoff_delay` between attempts (a WARNING names the delay); files stop at the end
-    (or restart when ``cam.loop``). A file that cannot be opened stops the thread with
-    ``stats().error`` set and an ERROR log. The queue is closed when the thread ends, which is
+    (or restart when ``cam.loop``). A file that cannot be opened, or a source this installation
+    can never open (:class:`SourceUnsupportedError`), stops the thread with ``stats().error``
+    set and an ERROR log. The queue is closed when the thread ends, which is
     the consumer's end-of-stream signal.
 
     Args:
@@ -543,7 +550,7 @@ class CaptureThread(threading.Thread):
                     try:
                         source.open()
                     except SourceError as exc:
-                        if not live:
+                        if not live or isinstance(exc, SourceUnsupportedError):
                             raise
                         self._set(reconnect_attempts=self._reconnect_attempts + 1)
                         if self._wait_backoff(attempt, str(exc)):

@@ -298,11 +298,13 @@ class NamusClient:
                 data = self._json("POST", path, body)
             except NamusApiError as exc:
                 if exc.status == 400 and "invalid field name" in str(exc).lower() and len(projections) > 1:
-                    logger.warning(
-                        "%s search rejects projections %s (%s); using namus2Number only", cs, projections, exc
-                    )
                     with self._lock:
+                        first = cs not in self._projections
                         self._projections[cs] = ("namus2Number",)
+                    if first:
+                        logger.warning(
+                            "%s search rejects projections %s (%s); using namus2Number only", cs, projections, exc
+                        )
                     continue
                 raise
             results = data.get("results") if isinstance(data, Mapping) else None

@@ -156,7 +156,7 @@ def run_verify(args: argparse.Namespace, config: Config) -> int:
         emb[rel] = None if face is None else face[0]
         if problem:
             problems[rel] = problem
-    scores, labels, failed, protocols, gaps = [], [], [], [], []
+    scores, labels, failed, protocols, gaps, datasets = [], [], [], [], [], []
     for i, r in enumerate(rows):
         try:
             label = int(r["label"])
@@ -169,6 +169,7 @@ def run_verify(args: argparse.Namespace, config: Config) -> int:
         scores.append(0.0 if a is None or b is None else float(a @ b))
         labels.append(label)
         protocols.append(r.get("protocol") or "unspecified")
+        datasets.append(r.get("dataset") or "unspecified")
         gap = (r.get("age_gap") or "").strip()
         gaps.append(float(gap) if gap else None)
     s, y, f = np.asarray(scores), np.asarray(labels), np.asarray(failed)
@@ -180,6 +181,8 @@ def run_verify(args: argparse.Namespace, config: Config) -> int:
     all_official = all(p == "lfw_view2_official" for p in protocols)
     overall = metrics(np.ones(y.size, bool), "lfw_view2_official" if all_official else None)
     by_protocol = {p: metrics(np.asarray([q == p for q in protocols]), p) for p in sorted(set(protocols))}
+    # one-class protocols (e.g. FG-NET positives vs age-matched negatives) only make sense together
+    by_dataset = {d: metrics(np.asarray([q == d for q in datasets]), None) for d in sorted(set(datasets))}
     by_gap = {}
     for name, _, _ in AGE_GAP_BUCKETS:
         mask = np.asarray([g is not None and bucket_of(g, AGE_GAP_BUCKETS) == name for g in gaps])
@@ -197,6 +200,7 @@ def run_verify(args: argparse.Namespace, config: Config) -> int:
         "far_thresholds": overall["far_thresholds"],
         "no_face": {"images": len(problems), "failed_pairs": int(f.sum()), "files": problems},
         "by_protocol": by_protocol,
+        "by_dataset": by_dataset,
         "by_age_gap": by_gap,
     }
     _emit(_nan_to_none(result), args.json, _render_verify)
@@ -214,6 +218,7 @@ def _render_verify(r: dict) -> str:
         f"{'group':<28}{'pairs':>6}{'acc':>9}{'AUC':>8}{'TAR@1e-2':>10}{'TAR@1e-3':>10}",
     ]
     groups = [("protocol " + k, v) for k, v in r["by_protocol"].items()]
+    groups += [("dataset " + k, v) for k, v in r["by_dataset"].items()]
     groups += [("age gap " + k, v) for k, v in r["by_age_gap"].items()]
     for name, m in groups:
         lines.append(f"{name:<28}{m['pairs']:>6}{_f(m['accuracy']):>9}{_f(m['auc']):>8}"

@@ -96,7 +96,9 @@ def test_inline_crop_round_trip() -> None:
 def test_age_model_optional() -> None:
     event = make_event(
         estimated_age=None,
-        models=EventModels(detector=ModelRef(name="d", sha256="00112233"), embedder=ModelRef(name="e", sha256="44556677")),
+        models=EventModels(
+            detector=ModelRef(name="d", sha256="00112233"), embedder=ModelRef(name="e", sha256="44556677")
+        ),
         case=CaseRef(id_formatted="UP9", case_set="UP", name="", link="https://www.namus.gov/x"),
     )
     data = json.loads(event.to_json())
@@ -163,7 +165,7 @@ def test_invalid_case(kwargs: dict[str, Any], message: str) -> None:
 
 @pytest.mark.parametrize("digest", ["abc", "ABCDEF12", "g" * 8, "0" * 65])
 def test_invalid_model_digest(digest: str) -> None:
-    with pytest.raises(EventError, match="models.sha256"):
+    with pytest.raises(EventError, match=r"models\.sha256"):
         ModelRef(name="det", sha256=digest)
 
 

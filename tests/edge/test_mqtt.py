@@ -21,6 +21,7 @@ from edge.config import MqttConfig
 from edge.events import MatchEvent
 from edge.mqtt_publisher import AUTH_REFUSED_MESSAGE, MqttError, MqttPublisher, announce_topic
 from edge.outbox import Outbox
+from edge.secrets import SecretError, read_mqtt_password
 from tests.edge.test_events import make_event
 from tests.mosquitto import Collector, MosquittoBroker, make_tls_files
 
@@ -240,7 +241,7 @@ def test_events_survive_process_kill(
     cfg_json = json.dumps(cfg.model_dump(mode="json"))
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, cfg_json, make_event().to_json(), str(outbox_path)],
-        cwd=REPO, capture_output=True, timeout=60,
+        check=False, cwd=REPO, capture_output=True, timeout=60,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     ids = json.loads(proc.stdout.decode().strip().splitlines()[-1])
@@ -267,7 +268,7 @@ def test_tls_with_password(
     secret = "tls-Pa55word-7f3a"
     broker = mosquitto_factory(users={"dev": secret, "reader": "r3ader"}, tls=True)
     with Collector(broker, [MATCH], username="reader", password="r3ader") as sub:
-        pub, box = publishers(broker.mqtt_config(username="dev"), password=secret)
+        pub, _ = publishers(broker.mqtt_config(username="dev"), password=secret)
         assert wait_until(lambda: pub.connected, 5), broker.log_text()
         sent = [make_event(track_id=i) for i in range(3)]
         for e in sent:
@@ -296,23 +297,27 @@ def test_wrong_password_logs_once_and_retries(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     right, wrong = "right-Secret-91", "wrong-Secret-42"
-    broker = mosquitto_factory(users={"dev": right})
-    pub, box = publishers(broker.mqtt_config(username="dev"), password=wrong)
-    event = make_event()
-    pub.publish_event(event)
-    time.sleep(2.0)
-    assert not pub.connected
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1 and errors[0].startswith(AUTH_REFUSED_MESSAGE)
-    refusals = [r for r in caplog.records if "still refuses" in r.getMessage()]
-    assert len(refusals) >= 1  # it kept retrying, with back-off, without raising
-    assert len(box) == 1
-    # The operator fixes the broker's password file: the publisher gets in and delivers.
-    with Collector(broker, [MATCH], username="dev", password=right) as sub:
-        broker.set_users({"dev": wrong})
+    broker = mosquitto_factory(users={"dev": right, "reader": "r3ader"}, persistence=True)
+    # A persistent-session subscriber: it keeps its subscription across the broker restart below.
+    reader = {"username": "reader", "password": "r3ader", "client_id": "col-e", "clean_session": False}
+    with Collector(broker, [MATCH], **reader) as sub:
+        pub, box = publishers(broker.mqtt_config(username="dev"), password=wrong)
+        event = make_event()
+        pub.publish_event(event)
+        time.sleep(2.0)
+        assert not pub.connected
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and errors[0].startswith(AUTH_REFUSED_MESSAGE)
+        refusals = [r for r in caplog.records if "still refuses" in r.getMessage()]
+        assert len(refusals) >= 1  # it kept retrying, with back-off, without raising
+        assert len(box) == 1 and sub.messages == []
+        # The operator fixes the broker's password file: the publisher gets in and delivers.
+        broker.set_users({"dev": wrong, "reader": "r3ader"})
         broker.restart()
         assert wait_until(lambda: pub.connected, 5)
         assert pub.flush(5)
+        assert sub.wait_for(lambda m: len(m) >= 1, 5)
+        assert events_on(sub)[0].event_id == event.event_id
     text = "\n".join(f"{r.getMessage()} {r.args!r}" for r in caplog.records)
     assert wrong not in text and right not in text
     assert "Connected to MQTT broker" in text
@@ -410,7 +415,7 @@ def test_status_is_retained_state(mosquitto: MosquittoBroker, publishers: Callab
         pub.publish_status({"bad": object()})
     with Collector(mosquitto, [STATUS]) as sub:  # subscribes after the publish: retained
         assert sub.wait_for(lambda m: len(m) >= 1, 3)
-        topic, payload, retained = sub.messages[0]
+        _, payload, retained = sub.messages[0]
         assert retained and json.loads(payload) == status
 
 
@@ -424,3 +429,48 @@ def test_client_id_and_topics(tmp_path: Path) -> None:
         assert MqttPublisher(MqttConfig(client_id="x"), "d", box).client_id == "x"
         with pytest.raises(MqttError, match="device_id"):
             MqttPublisher(MqttConfig(), "a/b", box)
+
+
+# secrets ----------------------------------------------------------------------------------------
+
+
+def test_password_from_systemd_credentials_and_env(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt-password").write_text("s3cret\n\n")
+    env = {"CREDENTIALS_DIRECTORY": str(creds), "NAMUS_EDGE_MQTT_PASSWORD": "from-env\n"}
+    # Relative names resolve inside $CREDENTIALS_DIRECTORY; exactly one trailing newline is removed.
+    assert read_mqtt_password(MqttConfig(password_file="mqtt-password"), env) == "s3cret\n"
+    assert read_mqtt_password(MqttConfig(password_file="$CREDENTIALS_DIRECTORY/mqtt-password"), env) == "s3cret\n"
+    assert read_mqtt_password(MqttConfig(password_file=str(creds / "mqtt-password")), {}) == "s3cret\n"
+    # Without a file, the variable named by password_env.
+    assert read_mqtt_password(MqttConfig(), env) == "from-env"
+    assert read_mqtt_password(MqttConfig(password_env="OTHER"), env) is None
+    assert read_mqtt_password(MqttConfig(password_env=None), env) is None
+    assert read_mqtt_password(MqttConfig(), {}) is None
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read"),
+        (b"", "is empty"),
+        (b"\n", "is empty"),
+        (b"\xff\xfepw-bytes", "not UTF-8"),
+    ],
+)
+def test_password_file_errors_name_the_file_not_the_secret(
+    tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    path = tmp_path / "pw"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(SecretError, match=message) as info:
+        read_mqtt_password(MqttConfig(password_file=str(path)), {"NAMUS_EDGE_MQTT_PASSWORD": "env-pw"})
+    assert str(path) in str(info.value) and "mqtt.password_file" in str(info.value)
+    assert "pw-bytes" not in str(info.value) and "env-pw" not in str(info.value)
+
+
+def test_reconnect_bounds_are_validated() -> None:
+    with pytest.raises(ValueError, match="reconnect_min_s"):
+        MqttConfig(reconnect_min_s=10, reconnect_max_s=1)

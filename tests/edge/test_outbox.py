@@ -24,7 +24,8 @@ def test_put_peek_ack_in_order(tmp_path: Path) -> None:
         assert len(box) == 5
         items = box.peek(3)
         assert [i.seq for i in items] == seqs[:3]
-        assert [(i.topic, i.payload, i.qos, i.retain) for i in items] == [(f"t/{i}", f"p{i}".encode(), 1, False) for i in range(3)]
+        expected = [(f"t/{i}", f"p{i}".encode(), 1, False) for i in range(3)]
+        assert [(i.topic, i.payload, i.qos, i.retain) for i in items] == expected
         assert [i.seq for i in box.peek(10, after=seqs[2])] == seqs[3:]
         assert box.ack(seqs[1]) is True
         assert box.ack(seqs[1]) is False
@@ -59,7 +60,7 @@ def test_survives_sigkill(tmp_path: Path) -> None:
         "for i in range(20): box.put('k/t', str(i).encode())\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, timeout=60, check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     with Outbox(path) as box:
         assert [i.payload for i in box.peek(100)] == [str(i).encode() for i in range(20)]

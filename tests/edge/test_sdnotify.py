@@ -33,7 +33,7 @@ def drain(sock: socket.socket, wait: float) -> list[bytes]:
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
         try:
             out.append(sock.recv(4096))
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return out
 
 

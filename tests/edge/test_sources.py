@@ -25,6 +25,7 @@ from edge.sources import (
     MaskCache,
     RegionMask,
     SourceError,
+    SourceUnsupportedError,
     backoff_delay,
     frame_queue_for,
     gstreamer_available,
@@ -306,8 +307,13 @@ def test_gstreamer_needs_support_in_this_opencv():
         finally:
             src.release()
     else:
-        with pytest.raises(SourceError, match="no GStreamer support"):
+        with pytest.raises(SourceUnsupportedError, match="no GStreamer support"):
             open_source(cam(pipeline))
+        # the capture thread does not retry a permanent error forever: it stops with the reason
+        t, q, _ = run_capture(cam(pipeline, reconnect_initial_s=0.05))
+        t.join(5)
+        assert not t.is_alive() and q.get(timeout=1) is None
+        assert "GStreamer" in (t.stats().error or "") and t.stats().reconnect_attempts == 0
 
 
 @pytest.mark.parametrize(

@@ -30,8 +30,8 @@ def photos(test_images: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def face_crops(data_dir: Path) -> list[Path]:
-    """Real face crops (BBT, 150x150): 8 people, one photo each plus a few more."""
-    return list_images(data_dir / "verification" / "bbt")[::6]
+    """Real face crops (BBT, 150x150): every 4th of the 40 photos of 8 people."""
+    return list_images(data_dir / "verification" / "bbt")[::4]
 
 
 def _static(shape: tuple) -> bool:
@@ -63,10 +63,6 @@ def test_detector_fixed_shapes_equal_original_on_real_photos(model_cache, photos
     assert all(_static(s) for s in shapes), shapes
     per_stride = [s[-2] for s in shapes[:3]]  # SCRFD (N, 1) / YuNet (1, N, 1) score outputs
     assert tuple(per_stride) == rows
-    # the declared shapes are the ones onnxruntime actually returns
-    assert [d.shape for d in report.diffs] == [
-        tuple(s[i] for i in range(len(s))) if spec.family == "yunet" else s for s in shapes
-    ] or all(len(d.shape) == len(s) for d, s in zip(report.diffs, shapes, strict=True))
     assert report.opset[1] <= 17 and report.ir_version[1] <= 8
     assert report.path == tmp_path / f"{name}_{w}x{h}.onnx" and report.path.is_file()
     onnx.checker.check_model(onnx.load(str(report.path)), full_check=True)

@@ -39,19 +39,18 @@ def _check_state(state: Path, pubkey: Path, model) -> str:
         assert bundle.version == live
     for vdir in (state / VERSIONS_DIR).iterdir():
         verify_bundle(vdir, [pubkey], model, include_operator_files=False)
-    assert not any(p.name.startswith("trash-") for p in (state / TMP_DIR).iterdir()) or True
     return live
 
 
 def test_sigkill_at_random_points_always_leaves_a_loadable_current(make_bundle, keys, device_model, tmp_path):
     pubkey = keys["operator"][1]
-    bundles = [make_bundle(300, seed=100 + i) for i in range(4)]
+    bundles = [make_bundle(160, seed=100 + i) for i in range(4)]
     tree = tmp_path / "www"
     tree.mkdir()
     state = tmp_path / "state"
     rng = random.Random(20240501)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{Path(__file__).parent}"}
-    with LoopbackHTTPServer(tree, throttle_s=0.004, chunk=16384) as server:
+    with LoopbackHTTPServer(tree, throttle_s=0.003, chunk=8192) as server:
         worker = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("sync_worker.py"))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO,
@@ -84,6 +83,7 @@ def test_sigkill_at_random_points_always_leaves_a_loadable_current(make_bundle, 
             publish_bundle(bundles[1], tree)
             outcome, duration = run(None)
             assert outcome == "exit 0"
+            print(f"one uninterrupted sync: {duration:.3f} s")
             _check_state(state, pubkey, device_model)
 
             kills = 0

@@ -129,9 +129,11 @@ class NamusTestServer:
                     fmt = ".png" if "png" in orig["mimeType"] else ".jpg"
                     self.images[orig["href"]] = (synthetic_image(zlib.crc32(key.encode()) + n, fmt), orig["mimeType"])
 
-    def requests(self, method: str | None = None, contains: str = "") -> list[tuple[str, str, str]]:
+    def requests(self, method: str | None = None, contains: str = "", path: str | None = None) -> list[tuple[str, str, str]]:
+        """Logged (method, path, User-Agent) filtered by method, path substring or exact path."""
         with self.lock:
-            return [r for r in self.log if (method is None or r[0] == method) and contains in r[1]]
+            return [r for r in self.log if (method is None or r[0] == method) and contains in r[1]
+                    and (path is None or r[1] == path)]
 
     def inject(self, path: str, *kinds: str) -> None:
         with self.lock:

@@ -71,10 +71,10 @@ def test_fetch_all_resumable_store(server: NamusTestServer, tmp_path: Path) -> N
     assert len(r1.fetched) == 19 and r1.unchanged == () and r1.removed == ()
     assert r1.images_downloaded == expected_faces and r1.images_present == 0
     assert r1.minimal_projection == ("UCP",)  # the server rejects modifiedDateTime for UCP with HTTP 400
-    assert len(server.requests("GET", f"{API}/States")) == 2  # 429 then 200
-    assert len(server.requests("GET", mp2336)) == 2  # 503 then 200
-    assert len(server.requests("GET", up2336)) == 2  # reset then 200
-    assert len(server.requests("GET", slow_image)) == 2  # timed out then 200
+    assert len(server.requests("GET", path=f"{API}/States")) == 2  # 429 then 200
+    assert len(server.requests("GET", path=mp2336)) == 2  # 503 then 200
+    assert len(server.requests("GET", path=up2336)) == 2  # reset then 200
+    assert len(server.requests("GET", path=slow_image)) == 2  # timed out then 200
     agents = {ua for _, _, ua in server.requests()}
     assert agents == {UA}
 
@@ -148,7 +148,7 @@ def test_failures_after_retries_are_reported(server: NamusTestServer, tmp_path: 
     assert set(failed) == {"case MP2336", bad_image}
     assert "HTTP 503" in failed["case MP2336"] and "gave up after 3 attempt(s)" in failed["case MP2336"]
     assert "not an image (first bytes 3c 68 74 6d" in failed[bad_image]
-    assert len(server.requests("GET", mp2336)) == 3
+    assert len(server.requests("GET", path=mp2336)) == 3
     assert sorted(r.fetched) == ["MP21001", "MP33530", "MP36723", "MP4598"]
     assert not list(tmp_path.rglob("4598-*")) and not list(tmp_path.rglob("*.part"))
     assert not r.ok
