@@ -1,5 +1,7 @@
 """Packaging for namus-edge: on-device face search against the NamUs index."""
 
+from glob import glob
+
 from setuptools import find_packages, setup
 
 setup(
@@ -38,6 +40,7 @@ setup(
         "bench": ["insightface>=0.7.3", "psutil>=5.9"],
         "demo": ["scikit-image>=0.21", "amqtt>=0.11"],
     },
+    data_files=[("share/namus-edge/systemd", sorted(glob("systemd/*"))), ("share/namus-edge", ["config.yaml"])],
     entry_points={"console_scripts": ["namus-edge=edge.cli:main"]},
     classifiers=["Programming Language :: Python :: 3", "Operating System :: POSIX :: Linux"],
 )

@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "models.eval_cli",
     "index.cli",
     "export.cli",
+    "edge.install_cli",
 )
 
 

@@ -112,6 +112,8 @@ class MqttPublisher:
 
     Construction does no I/O; :meth:`start` loads TLS files and starts connecting in the
     background (retrying with back-off forever; connection problems are logged, never raised).
+    ``mqtt.enabled`` is the caller's decision: a publisher, once started, always connects.
+    Lifecycle: ``start()`` once, ``close()`` once (or use it as a context manager).
 
     Args:
         cfg: The ``mqtt`` config section.
@@ -218,6 +220,8 @@ class MqttPublisher:
         """
         if self._started:
             return
+        if self._stopping.is_set():
+            raise MqttError("this MqttPublisher was closed; create a new one")
         if self._cfg.tls.enabled:
             self._configure_tls()
         self._started = True
@@ -458,6 +462,9 @@ class MqttPublisher:
                     self._send_more()
                 except OutboxError:
                     logger.exception("MQTT: cannot read the outbox; retrying")
+                    time.sleep(1.0)
+                except Exception:  # a dead sender would silently stop all alerts: log and go on
+                    logger.exception("MQTT: unexpected error while sending the outbox; retrying")
                     time.sleep(1.0)
 
     def _drain_events(self) -> list[int]:

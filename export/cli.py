@@ -215,6 +215,8 @@ def _check(args: argparse.Namespace, config: Config) -> int:
     from models.backends.tensorrt_backend import TensorRTBackend
 
     spec, source = _model_file(config, args.model)
+    if not args.engine.is_file():
+        raise ExportUsageError(f"--engine {args.engine} does not exist")
     manifest = read_manifest(args.engine)
     if manifest.key.source_sha256 != spec.sha256:
         raise ExportUsageError(f"{args.engine} was built from {manifest.key.model} "

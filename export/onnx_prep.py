@@ -376,6 +376,9 @@ def prepare_model(
     if spec.contract.size is not None and tuple(size) != spec.contract.size:
         fw, fh = spec.contract.size
         raise PrepError(f"{spec.name} has a fixed {fw}x{fh} input; {size[0]}x{size[1]} is not supported")
+    if spec.role == "detector" and (size[0] % 32 or size[1] % 32 or min(size) <= 0):
+        raise PrepError(f"{spec.name}: detector input {size[0]}x{size[1]} must be positive multiples of 32 "
+                        "(strides 8/16/32)")
     model = onnx.load_from_string(data)
     opset0, ir0, nodes0 = _default_opset(model), model.ir_version, len(model.graph.node)
     changes = fix_shapes(model, spec, size, batch)

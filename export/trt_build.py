@@ -137,13 +137,13 @@ def plan_build(
         )
     if prec != "int8" and calib_dir is not None:
         raise TrtBuildError(f"--calib is only used for --precision int8 (asked {prec})")
+    if calib_crop == "align" and spec.role == "detector":
+        raise TrtBuildError(f"--calib-crop align is for embedders and the age model, not the detector {spec.name}")
     if calib_dir is not None:
         found = len(list_images(calib_dir))  # CalibrationError when the folder is missing
         if found < MIN_CALIBRATION_IMAGES:
             raise TrtBuildError(f"INT8 calibration needs at least {MIN_CALIBRATION_IMAGES} face images in "
                                 f"{calib_dir}, found {found}")
-    if calib_crop == "align" and spec.role == "detector":
-        raise TrtBuildError(f"--calib-crop align is for embedders and the age model, not the detector {spec.name}")
     if dla_core is not None:
         if not (jetson if jetson is not None else is_jetson()):
             raise TrtBuildError(

@@ -409,6 +409,8 @@ def _error_body(exc: urllib.error.HTTPError) -> str:
         text = exc.read(2000).decode("utf-8", "replace")
     except (OSError, http.client.HTTPException):
         text = ""
+    finally:
+        exc.close()
     return " ".join(text.split())[:500] or (exc.reason if isinstance(exc.reason, str) else "")
 
 

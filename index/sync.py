@@ -466,6 +466,8 @@ def _sync_locked(
             fsync_dir(final.parent)
     except BundleError as exc:
         return refused(version, str(exc))
+    except OSError as exc:  # disk full, permissions: the previous bundle stays live
+        return refused(version, f"cannot write under {state_dir}: {exc.strerror or exc} ({exc.filename})")
 
     # 5. switch, 6. load check, rollback
     previous = live

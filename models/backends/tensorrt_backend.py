@@ -4,7 +4,7 @@ Each engine runs in its own execution context on a CUDA stream of the device's r
 primary context: inputs are copied into page-locked host buffers, moved to the GPU with
 asynchronous copies, executed with ``execute_async_v3`` (TensorRT >= 8.5) and copied back on
 the same stream. Device and host buffers are allocated once for the profile's largest shape;
-each call sets the actual input shape (dynamic batch).
+each call sets the actual input shape (dynamic batch); a larger batch runs in chunks.
 
 A detector may have several engines, one per input size (SCRFD exports are static per size):
 :meth:`TensorRTBackend.for_onnx` finds every engine built from the model file for the running
@@ -272,7 +272,12 @@ class TensorRTBackend(Backend):
                     f"`namus-edge export trt --model {self._default.manifest.key.model} --size {hw[1]}x{hw[0]}`"
                 )
             engine = self._load(hw)
-        return engine.infer(feeds)
+        limit = engine.manifest.key.batch.max
+        if x.shape[0] <= limit:
+            return engine.infer(feeds)
+        # more faces than the profile allows: run in chunks of the profile's largest batch
+        parts = [engine.infer({**feeds, self._inputs[0].name: x[i : i + limit]}) for i in range(0, x.shape[0], limit)]
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
     def close(self) -> None:
         for engine in self._loaded.values():

@@ -249,7 +249,7 @@ def test_is_jetson_from_l4t_files(tmp_path):
 
 def test_tensorrt_backend_needs_engine_dir(model_cache):
     cfg = BackendConfig(kind="tensorrt")
-    with pytest.raises(ModelLoadError, match="needs models.backend.engine_dir"):
+    with pytest.raises(ModelLoadError, match=r"needs models\.backend\.engine_dir"):
         create_backend(model_cache / get_spec("age_v1").filename, cfg)
 
 

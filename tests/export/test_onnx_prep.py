@@ -16,7 +16,6 @@ from export.onnx_prep import (
     PrepError,
     default_sizes,
     lower_opset,
-    prepare_and_verify,
     prepare_model,
     read_metadata,
 )
@@ -49,14 +48,13 @@ DETECTOR_CASES = [
 
 
 @pytest.mark.parametrize(("name", "size", "rows"), DETECTOR_CASES)
-def test_detector_fixed_shapes_equal_original_on_real_photos(model_cache, photos, tmp_path, name, size, rows):
-    spec = get_spec(name)
-    inputs, _ = load_inputs(photos, spec, size)  # letterboxed real photos, contract normalisation
-    model, report = prepare_and_verify(model_cache / spec.filename, spec, size, inputs, tmp_path)
-
+def test_detector_fixed_shapes_equal_original_on_real_photos(prepared, name, size, rows):
+    report = prepared(name, size)  # letterboxed real photos, contract normalisation, verified in prepare_and_verify
     assert report.diffs and all(d.ok for d in report.diffs), report.diffs
     assert max(d.max_abs for d in report.diffs) < 1e-4
     w, h = size
+    assert report.path is not None and report.path.name == f"{name}_{w}x{h}.onnx"
+    model = onnx.load(str(report.path))
     inp = model.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in inp] == [1, 3, h, w]
     shapes = list(report.output_shapes.values())
@@ -64,8 +62,7 @@ def test_detector_fixed_shapes_equal_original_on_real_photos(model_cache, photos
     per_stride = [s[-2] for s in shapes[:3]]  # SCRFD (N, 1) / YuNet (1, N, 1) score outputs
     assert tuple(per_stride) == rows
     assert report.opset[1] <= 17 and report.ir_version[1] <= 8
-    assert report.path == tmp_path / f"{name}_{w}x{h}.onnx" and report.path.is_file()
-    onnx.checker.check_model(onnx.load(str(report.path)), full_check=True)
+    onnx.checker.check_model(model, full_check=True)
 
 
 def test_scrfd_declared_output_shapes_match_a_run(model_cache, photos):
@@ -77,30 +74,25 @@ def test_scrfd_declared_output_shapes_match_a_run(model_cache, photos):
     assert [o.shape for o in outs] == list(report.output_shapes.values())
 
 
-def test_age_opset_18_lowered_to_17_equal_on_real_faces_with_dynamic_batch(model_cache, face_crops, tmp_path):
-    spec = get_spec("age_v1")
-    inputs, used = load_inputs(face_crops, spec, (64, 64))
-    assert len(used) >= 8
-    model, report = prepare_and_verify(model_cache / spec.filename, spec, (64, 64), inputs, tmp_path)
-
+def test_age_opset_18_lowered_to_17_equal_on_real_faces_with_dynamic_batch(prepared, face_crops):
+    report = prepared("age_v1", (64, 64))
     assert report.opset == (18, 17)
     assert report.ir_version == (10, 8)
     assert any("opset 18 -> 17" in c for c in report.changes)
     assert max(d.max_abs for d in report.diffs) < 1e-5
-    # one run over the whole batch: the batch axis stayed dynamic
-    assert report.diffs[0].shape == (len(used), 81)
-    dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
-    assert dim0.dim_param == "batch"
+    # one run over the whole batch of real faces: the batch axis stayed dynamic
+    assert report.diffs[0].shape == (len(face_crops), 81)
+    model = onnx.load(str(report.path))
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     assert all(n.op_type != "Pad" or len(n.input) <= 3 for n in model.graph.node)
+    onnx.checker.check_model(model, full_check=True)
 
 
-def test_embedder_simplified_equal_on_real_faces(model_cache, face_crops, tmp_path):
-    spec = get_spec("edgeface_xs")
-    inputs, used = load_inputs(face_crops, spec, (112, 112))
-    _, report = prepare_and_verify(model_cache / spec.filename, spec, (112, 112), inputs, tmp_path)
+def test_embedder_simplified_equal_on_real_faces(prepared, face_crops):
+    report = prepared("edgeface_xs", (112, 112))
     assert report.simplified and report.nodes[1] < report.nodes[0]
     assert report.output_shapes["embedding"] == ("batch", 512)
-    assert report.diffs[0].shape == (len(used), 512)
+    assert report.diffs[0].shape == (len(face_crops), 512)
     assert max(d.max_abs for d in report.diffs) < 1e-4
 
 
@@ -140,6 +132,12 @@ def test_fixed_size_model_refuses_other_size(model_cache):
     with pytest.raises(PrepError, match=r"fixed 640x640 input; 320x320 is not supported"):
         prepare_model(model_cache / spec.filename, spec, (320, 320), batch=1)
     assert default_sizes(spec, [(320, 320)]) == [(640, 640)]
+
+
+def test_detector_size_must_be_multiple_of_32(model_cache):
+    spec = get_spec("det_500m")
+    with pytest.raises(PrepError, match=r"640x600 must be positive multiples of 32"):
+        prepare_model(model_cache / spec.filename, spec, (640, 600), batch=1)
 
 
 def test_wrong_file_refused(model_cache):

@@ -15,6 +15,7 @@ from index.bundle import BundleWriter
 from index.manifest import ModelIdentity
 from index.signing import generate_keypair
 from index.sync import expected_model_from_config
+from tests.mosquitto import mosquitto, mosquitto_factory  # noqa: F401 - fixtures re-exported for pytest
 
 #: Another registered embedder (SFace, 128-d): a bundle built with it must be refused by a device
 #: that runs the default edgeface_xs.

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 
+import index.bundle  # noqa: F401  (imported once here: faiss is used by the load check in every child)
 from index.manifest import ModelIdentity
 from index.sync import sync_once
 

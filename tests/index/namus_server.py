@@ -93,7 +93,7 @@ class NamusTestServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def base_url(self) -> str:
@@ -129,7 +129,9 @@ class NamusTestServer:
                     fmt = ".png" if "png" in orig["mimeType"] else ".jpg"
                     self.images[orig["href"]] = (synthetic_image(zlib.crc32(key.encode()) + n, fmt), orig["mimeType"])
 
-    def requests(self, method: str | None = None, contains: str = "", path: str | None = None) -> list[tuple[str, str, str]]:
+    def requests(
+        self, method: str | None = None, contains: str = "", path: str | None = None
+    ) -> list[tuple[str, str, str]]:
         """Logged (method, path, User-Agent) filtered by method, path substring or exact path."""
         with self.lock:
             return [r for r in self.log if (method is None or r[0] == method) and contains in r[1]
