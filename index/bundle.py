@@ -624,9 +624,7 @@ class BundleWriter:
             conn.executemany(
                 f"INSERT INTO cases ({', '.join(CASE_KEYS)}) VALUES ({', '.join('?' * len(CASE_KEYS))})", case_rows
             )
-            face_rows = [
-                tuple(json.dumps(f["bbox"]) if k == "bbox" else f[k] for k in FACE_KEYS) for f in self._faces
-            ]
+            face_rows = [tuple(json.dumps(f["bbox"]) if k == "bbox" else f[k] for k in FACE_KEYS) for f in self._faces]
             conn.executemany(
                 f"INSERT INTO faces ({', '.join(FACE_KEYS)}) VALUES ({', '.join('?' * len(FACE_KEYS))})", face_rows
             )

