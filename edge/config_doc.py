@@ -64,7 +64,7 @@ def render_yaml(model: BaseModel | None = None, indent: int = 0) -> str:
             lines.append(render_yaml(value, indent + 1))
         elif name == "cameras" and value == []:
             lines.append("")
-            lines.append(f"{pad}# Video sources; none by default (`namus-edge scan --source FILE` needs none). Example:")
+            lines.append(f"{pad}# Video sources; none by default (`namus-edge scan` needs none). Example:")
             example = yaml.safe_dump([CAMERA_EXAMPLE], sort_keys=False).strip().splitlines()
             lines.append(f"{pad}# cameras:")
             lines.extend(f"{pad}#   {ln}" for ln in example)
@@ -119,7 +119,7 @@ def render_reference(model_cls: type[BaseModel] = Config, prefix: str = "") -> l
             rows += render_reference(sub, key + ".")
             continue
         if name == "cameras":
-            rows.append(f"| `cameras` | list | `[]` | video sources, each with the keys `cameras[].*` below |")
+            rows.append("| `cameras` | list | `[]` | video sources, each with the keys `cameras[].*` below |")
             rows += render_reference(CameraConfig, "cameras[].")
             continue
         default = "required" if defaults is None and field.is_required() else (

@@ -59,7 +59,7 @@ def synthesize_clip(photo_bgr: np.ndarray, out_path: Path, *, frames: int = 90, 
     """
     w, h = size
     rng = np.random.default_rng(seed)
-    writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (w, h))
     if not writer.isOpened():
         raise DemoError(f"cannot write {out_path} with the MJPG codec")
     ph, pw = photo_bgr.shape[:2]
@@ -107,7 +107,7 @@ class EmbeddedBroker:
         if exe:
             conf = self.workdir / "mosquitto.conf"
             conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-            self._proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,  # noqa: S603
+            self._proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL)
             self.kind = "mosquitto"
         else:
@@ -209,7 +209,7 @@ def run_demo(config: Config, *, photos: Sequence[Path] = (), models_from: str | 
     files.mkdir(parents=True, exist_ok=True)
     image_entries = []
     for i, img in enumerate(images):
-        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        _, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
         key = hashlib.md5(buf.tobytes(), usedforsecurity=False).hexdigest()
         (files / f"1-{key}.jpg").write_bytes(buf.tobytes())
         image_entries.append({"id": i + 1, "identityId": i + 1, "category": {"name": "FacialCaseId"},

@@ -171,11 +171,11 @@ class Pipeline:
             self.engine.end_track(track.camera_id, track.track_id)
         if not candidates:
             return 0
-        prepared = [c.prepared for c in candidates]
+        batch = [c.prepared for c in candidates]
         t0 = time.perf_counter()
-        embeddings = self.analyzer.embed(prepared)
+        embeddings = self.analyzer.embed(batch)
         t1 = time.perf_counter()
-        ages = self.analyzer.estimate_ages(prepared)
+        ages = self.analyzer.estimate_ages(batch)
         t2 = time.perf_counter()
         index = self._current_index
         results = index.search(embeddings, top_k=self.config.matching.top_k) if index is not None else [

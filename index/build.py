@@ -28,7 +28,7 @@ from edge.errors import BundleError, NamusEdgeError
 from index.bundle import Bundle, BundleWriter, case_diff
 from index.faces import choose_face, face_thumbnail
 from index.imagefile import check_image_file
-from index.layouts import SourceProblem, scan_source
+from index.layouts import scan_source
 from index.manifest import ModelIdentity
 from index.records import CaseRecord, ImageRef
 
@@ -256,6 +256,7 @@ def build_bundle(
         for (photo, prepared, choice, _), vec in zip(pending, vectors, strict=True):
             _add(photo, vec, prepared.detection.bbox, prepared.quality.score, prepared.detection.score,
                  choice.ambiguous, _thumb(photo, prepared.detection.bbox))
+            photo.pixels = None  # decoded photos are not kept once embedded
         pending.clear()
 
     def _thumb(photo: _Photo, bbox: np.ndarray) -> bytes | None:
@@ -301,7 +302,7 @@ def build_bundle(
                     photo.pixels = None
                     continue
                 t0 = time.perf_counter()
-                assert photo.pixels is not None  # noqa: S101 - set by _load_photo when no problem
+                assert photo.pixels is not None
                 dets, padded = analyzer.detector.detect_photo(photo.pixels)
                 choice = choose_face(dets, photo.pixels.shape, center_margin=config.index.center_margin,
                                      min_face_px=config.index.min_face_px)
@@ -317,8 +318,6 @@ def build_bundle(
                 pending.append((photo, prepared, choice, padded))
                 if len(pending) >= EMBED_BATCH:
                     flush()
-                    for p, *_ in pending:
-                        p.pixels = None
             flush()
     except BaseException:
         writer.abort()

@@ -548,7 +548,9 @@ class BundleWriter:
         if diff is not None:
             (tmp / DIFF_NAME).write_bytes(manifest_bytes({"base_version": self.base_version, **diff}))
             operator_names.append(DIFF_NAME)
-        for rel in (*DEVICE_FILES, *operator_names):
+        # Durable before the rename makes them visible. Thumbnails are skipped (tens of thousands of
+        # fsyncs); a thumbnail lost to a power cut is caught by `index verify`, not by a device.
+        for rel in (*DEVICE_FILES, *(n for n in operator_names if not n.startswith(f"{THUMBS_DIR}/"))):
             _fsync_file(tmp / rel)
         files = {rel: file_entry(tmp / rel) for rel in DEVICE_FILES}
         operator_files = {rel: file_entry(tmp / rel) for rel in sorted(operator_names)}

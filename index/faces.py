@@ -70,12 +70,14 @@ def face_thumbnail(image_bgr: np.ndarray, bbox: np.ndarray, size: int = 160, qua
     Args:
         image_bgr: uint8 (H, W, 3) BGR photo.
         bbox: (4,) x1, y1, x2, y2 in photo pixels.
+        size: longer side of the thumbnail in pixels (smaller crops are not upscaled).
+        quality: JPEG quality.
     """
     h, w = image_bgr.shape[:2]
     x1, y1, x2, y2 = (float(v) for v in bbox)
     px, py = (x2 - x1) * THUMB_PAD, (y2 - y1) * THUMB_PAD
     xa, ya = max(0, int(x1 - px)), max(0, int(y1 - py))
-    xb, yb = min(w, int(math.ceil(x2 + px))), min(h, int(math.ceil(y2 + py)))
+    xb, yb = min(w, math.ceil(x2 + px)), min(h, math.ceil(y2 + py))
     crop = image_bgr[ya:yb, xa:xb]
     scale = size / max(crop.shape[:2])
     if scale < 1:

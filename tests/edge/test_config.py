@@ -83,7 +83,7 @@ def test_override_list_element_and_errors():
     assert data["cameras"][0]["fps_cap"] == 5
     with pytest.raises(ConfigError, match="no list element"):
         apply_overrides(data, ["cameras.3.fps_cap=5"])
-    with pytest.raises(ConfigError, match="dotted.key=value"):
+    with pytest.raises(ConfigError, match=r"dotted\.key=value"):
         parse_override("novalue")
 
 

@@ -9,7 +9,6 @@ from datetime import date
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 from namus_factory import SyntheticCase, lfw_identities, raw_record, storage_key, write_prepager
 
@@ -80,7 +79,7 @@ def test_real_samples_all_case_sets(samples_with_files, tmp_path, config, analyz
     con = sqlite3.connect(tmp_path / "b" / "meta.sqlite3")
     texts = []
     for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'"):
-        for row in con.execute(f"SELECT * FROM {table}"):  # noqa: S608 - table names from sqlite_master
+        for row in con.execute(f"SELECT * FROM {table}"):
             texts += [str(v) for v in row if v is not None]
     con.close()
     dump = "\n".join(texts)

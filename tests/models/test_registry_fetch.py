@@ -10,7 +10,6 @@ import json
 import threading
 import zipfile
 from functools import partial
-from pathlib import Path
 
 import pytest
 
@@ -56,7 +55,7 @@ def test_registry_matches_shared_models_md(shared_dir):
 
 
 def test_unknown_model_lists_known():
-    with pytest.raises(ModelError, match="known models: .*det_500m"):
+    with pytest.raises(ModelError, match=r"known models: .*det_500m"):
         get_spec("w600k_r50")
 
 
@@ -109,7 +108,7 @@ def test_fetch_zip_member_from_official_style_url(mirror, http_root, tmp_path):
 
 
 def test_official_refuses_models_without_official_url(tmp_path):
-    with pytest.raises(ModelError, match="no official download"):
+    with pytest.raises(ModelError, match=r"no official download"):
         fetch_model(get_spec("edgeface_xs"), "official", tmp_path)
 
 

@@ -1,0 +1,824 @@
+"""Frame pipeline benchmark (issue 7): our face pipeline against InsightFace's FaceAnalysis on the same frames.
+
+Both sides run the same ONNX files from the verified model cache: SCRFD ``det_500m`` at the configured
+detector input (640x640) and threshold, the configured embedder (EdgeFace-XS by default) and ``age-v1``.
+InsightFace's ``FaceAnalysis`` is pointed at a temporary folder holding links to those files, so it finds
+them locally and never downloads (the worker also refuses every outgoing socket connection). ``age-v1`` is
+not an InsightFace model, so the InsightFace side runs it the InsightFace way: an extra task in
+``FaceAnalysis.models`` that our :class:`models.age.AgeEstimator` serves one face at a time (the same chip
+and model as ours, so both sides do the same work).
+
+Rows (``--impls``):
+
+* ``insightface``: ``FaceAnalysis.get(frame)`` (detect; per face: align + embed + age, batch 1);
+* ``plain``: ``FaceAnalyzer.analyze(frame)`` (detect; align + quality; embed and age of the frame's faces
+  in one batch);
+* ``batch``: the video loop without tracking: every face is embedded, in batches shared across frames
+  (flushed at ``service.batch_max_faces`` faces or after ``--batch-frames`` frames);
+* ``track``: the video loop with :class:`edge.tracker.Tracker`: only faces that pass the quality gates and
+  that their track wants (new track, or better than its worst kept face; at most one pending face per
+  track, the best) are embedded, one batch per frame;
+* ``track+batch``: both (what the edge pipeline does).
+
+The video rows also search each embedded face in a FAISS flat inner-product index of 10,000 random unit
+vectors (top ``matching.top_k``), as the pipeline searches its bundle; InsightFace has no search stage, so
+this is extra work on our side only. ``edge/pipeline.py`` did not exist when this benchmark was written:
+the video rows drive the same steps (``FaceAnalyzer.detect/prepare/embed/estimate_ages`` + ``Tracker``)
+directly.
+
+Every (case, row, threads) runs in its own subprocess (fair peak RSS, no shared caches). Frames are made
+or decoded outside the timed sections; CPU use is process CPU time over the timed wall time (100 % = one
+core). The first frame is processed once untimed to warm up. Identity checks compare every row's faces
+with InsightFace's, frame by frame, matched by IoU.
+
+Benchmarks never fail: they print a markdown table (``--json`` prints one JSON object instead).
+
+Usage::
+
+    python -m bench.pipeline --quick --json
+    nice -n 10 python -m bench.pipeline --threads 1,2 --out /tmp/pipeline.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from bench.common import machine_info, machine_markdown, markdown_table, peak_rss_mb
+
+log = logging.getLogger("bench.pipeline")
+
+REPO = Path(__file__).resolve().parents[1]
+IMPLS = ("insightface", "plain", "batch", "track", "track+batch")
+VIDEO_FPS = 30.0
+SEARCH_GALLERY = 10_000
+QUICK_CASE = "synthetic-1080p-5faces"
+STAGES = ("detect", "align", "embed", "age", "track", "search")
+
+
+def shared_dir() -> Path:
+    """../shared beside the checkout, or $NAMUS_EDGE_SHARED."""
+    env = os.environ.get("NAMUS_EDGE_SHARED")
+    return Path(env) if env else REPO.parent / "shared"
+
+
+# --------------------------------------------------------------------------------------------- cases
+
+
+@dataclass(frozen=True)
+class Case:
+    """One frame source.
+
+    Attributes:
+        name: case label used in tables.
+        kind: "synthetic" (faces pasted over a background) or "video" (a file decoded with OpenCV).
+        width: frame width in pixels (synthetic).
+        height: frame height in pixels (synthetic).
+        faces: number of pasted faces (synthetic).
+        frames: frames to process.
+        path: the video file (video).
+    """
+
+    name: str
+    kind: str
+    width: int = 0
+    height: int = 0
+    faces: int = 0
+    frames: int = 40
+    path: str = ""
+
+
+def all_cases(frames: int) -> dict[str, Case]:
+    """The benchmark cases: 720p/1080p synthetic frames with 1, 5 and 20 faces, and the two real videos."""
+    video = shared_dir() / "data" / "video"
+    out: dict[str, Case] = {}
+    for h, w in ((720, 1280), (1080, 1920)):
+        for n in (1, 5, 20):
+            name = f"synthetic-{h}p-{n}face{'s' if n > 1 else ''}"
+            out[name] = Case(name, "synthetic", w, h, n, frames)
+    out["video-hamilton"] = Case("video-hamilton", "video", frames=275, path=str(video / "hamilton_short_clip.mp4"))
+    out["video-bbt"] = Case("video-bbt", "video", frames=5, path=str(video / "faceapi_bbt_5frames.mp4"))
+    return out
+
+
+def lfw_photos(data_dir: Path, count: int, seed: int) -> list[Path]:
+    """`count` LFW photos of different identities (seeded choice), from verification/manifest.csv."""
+    by_id: dict[str, Path] = {}
+    with (data_dir / "verification" / "manifest.csv").open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            if row["dataset"] == "lfw":
+                by_id.setdefault(row["identity"], data_dir / "verification" / row["path"])
+    names = sorted(by_id)
+    rng = np.random.default_rng(seed)
+    return [by_id[names[i]] for i in rng.choice(len(names), size=count, replace=False)]
+
+
+class SyntheticScene:
+    """Frames of `faces` LFW face crops (with some context) drifting slowly over a smooth background.
+
+    Each face sits in its own grid cell and moves on a slow ellipse (a few pixels per frame), so a
+    tracker can follow it while the crops, the detections and the embeddings change a little.
+
+    Args:
+        width: frame width in pixels.
+        height: frame height in pixels.
+        faces: number of faces (1 .. 30).
+        data_dir: ../shared/data.
+        seed: seeds the background, the photos and the motion.
+    """
+
+    def __init__(self, width: int, height: int, faces: int, data_dir: Path, seed: int = 7) -> None:
+        rng = np.random.default_rng(seed + faces * 1000 + height)
+        small = rng.integers(40, 200, size=(9, 16, 3), dtype=np.uint8)
+        bg = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+        noise = rng.normal(0, 6, size=(height, width, 1)).astype(np.float32)
+        self.background = np.clip(bg.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+        cols = math.ceil(math.sqrt(faces * width / height))
+        rows = math.ceil(faces / cols)
+        cell_w, cell_h = width // cols, height // rows
+        side = int(min(cell_w, cell_h) * 0.62)
+        self.crops: list[np.ndarray] = []
+        self.base: list[tuple[float, float]] = []
+        self.motion: list[tuple[float, float, float, float]] = []
+        for k, path in enumerate(lfw_photos(data_dir, faces, seed)):
+            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if img is None:
+                raise OSError(f"cannot read {path}")
+            h, w = img.shape[:2]
+            m = int(min(h, w) * 0.16)  # LFW 250x250: keep the face and some hair/shoulders
+            crop = img[m:h - m, m:w - m]
+            self.crops.append(cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA))
+            r, c = divmod(k, cols)
+            self.base.append((c * cell_w + (cell_w - side) / 2, r * cell_h + (cell_h - side) / 2))
+            amp = (cell_w - side) * 0.3, (cell_h - side) * 0.3
+            self.motion.append((amp[0], amp[1], float(rng.uniform(40, 90)), float(rng.uniform(0, 2 * math.pi))))
+        self.side = side
+
+    def frame(self, t: int) -> np.ndarray:
+        """Frame number `t`: uint8 (height, width, 3) BGR."""
+        out = self.background.copy()
+        hh, ww = out.shape[:2]
+        for crop, (bx, by), (ax, ay, period, phase) in zip(self.crops, self.base, self.motion, strict=True):
+            a = 2 * math.pi * t / period + phase
+            x = int(round(bx + ax * math.cos(a)))
+            y = int(round(by + ay * math.sin(a)))
+            x, y = min(max(x, 0), ww - self.side), min(max(y, 0), hh - self.side)
+            out[y:y + self.side, x:x + self.side] = crop
+        return out
+
+
+def iter_frames(case: Case, data_dir: Path) -> Iterator[np.ndarray]:
+    """The case's frames, uint8 (H, W, 3) BGR, made or decoded one at a time."""
+    if case.kind == "synthetic":
+        scene = SyntheticScene(case.width, case.height, case.faces, data_dir)
+        for t in range(case.frames):
+            yield scene.frame(t)
+        return
+    cap = cv2.VideoCapture(case.path)
+    if not cap.isOpened():
+        raise OSError(f"cannot open video {case.path}")
+    try:
+        for _ in range(case.frames):
+            ok, frame = cap.read()
+            if not ok:
+                break
+            yield frame
+    finally:
+        cap.release()
+
+
+# --------------------------------------------------------------------------------------------- timing
+
+
+class StageClock:
+    """Accumulates wall seconds per stage (also used to wrap library methods in place)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self.active = False
+
+    def wrap(self, stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn` timed into `stage` while the clock is active."""
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if not self.active:
+                return fn(*args, **kwargs)
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[stage] += time.perf_counter() - t0
+
+        return timed
+
+    def add(self, stage: str, t0: float) -> None:
+        """Add the time since `t0` (perf_counter) to `stage`."""
+        if self.active:
+            self.seconds[stage] += time.perf_counter() - t0
+
+
+@dataclass
+class FaceLog:
+    """Faces a run produced, for the identity checks (bbox/kps in frame pixels, emb NaN when not embedded)."""
+
+    frame: list[int] = field(default_factory=list)
+    bbox: list[np.ndarray] = field(default_factory=list)
+    kps: list[np.ndarray] = field(default_factory=list)
+    score: list[float] = field(default_factory=list)
+    emb: list[np.ndarray | None] = field(default_factory=list)
+
+    def add(self, frame: int, bbox: Any, kps: Any, score: float, emb: np.ndarray | None) -> None:
+        """Record one face."""
+        self.frame.append(frame)
+        self.bbox.append(np.asarray(bbox, np.float32).reshape(4))
+        self.kps.append(np.asarray(kps, np.float32).reshape(5, 2))
+        self.score.append(float(score))
+        self.emb.append(None if emb is None or np.size(emb) == 0 else np.asarray(emb, np.float32).reshape(-1))
+
+    def save(self, path: Path, dim: int) -> None:
+        """Write an .npz: frame (F,), bbox (F, 4), kps (F, 5, 2), score (F,), emb (F, D) NaN rows = not embedded."""
+        emb = np.full((len(self.frame), dim), np.nan, np.float32)
+        for i, e in enumerate(self.emb):
+            if e is not None:
+                emb[i] = e / max(float(np.linalg.norm(e)), 1e-12)
+        np.savez(path, frame=np.asarray(self.frame, np.int32), bbox=np.asarray(self.bbox, np.float32).reshape(-1, 4),
+                 kps=np.asarray(self.kps, np.float32).reshape(-1, 5, 2), score=np.asarray(self.score, np.float32),
+                 emb=emb)
+
+
+# --------------------------------------------------------------------------------------------- worker side
+
+
+def _forbid_network() -> None:
+    """Refuse every outgoing connection in this process (InsightFace must not download)."""
+
+    def refuse(self: socket.socket, address: Any) -> None:
+        raise ConnectionRefusedError(f"bench.pipeline: network access is forbidden here (tried {address!r})")
+
+    socket.socket.connect = refuse  # type: ignore[method-assign]
+    socket.socket.connect_ex = refuse  # type: ignore[method-assign, assignment]
+    socket.create_connection = lambda *a, **k: refuse(None, a[0] if a else None)  # type: ignore[assignment]
+
+
+def _config(threads: int) -> Any:
+    from edge.config import load_config
+
+    return load_config(overrides=[f"models.backend.intra_op_threads={threads}", "models.backend.inter_op_threads=1"])
+
+
+def _age_estimator(config: Any) -> Any:
+    """Our AgeEstimator for the configured age model (as FaceAnalyzer builds it)."""
+    from models.age import AgeEstimator
+    from models.backends.factory import create_backend
+    from models.registry import get_spec, resolve
+
+    name = config.models.selected()[2]
+    cache = config.models.resolved_cache_dir()
+    points = config.models.age_calibration
+    cal = None if not points else np.asarray(sorted(points), np.float64)
+    est = AgeEstimator(create_backend(resolve(name, cache), config.models.backend), get_spec(name),
+                       flip=config.models.age_flip, calibration=cal)
+    est.warmup(config.models.backend.warmup_runs)
+    return est
+
+
+def insightface_root(config: Any, folder: Path) -> Path:
+    """Make `folder`/models/namus-bench with links to our verified detector and embedder files; returns it."""
+    from models.registry import resolve
+
+    det, emb, _ = config.models.selected()
+    cache = config.models.resolved_cache_dir()
+    d = folder / "models" / "namus-bench"
+    d.mkdir(parents=True, exist_ok=True)
+    for name in (det, emb):
+        p = resolve(name, cache)  # verifies size + sha256
+        (d / p.name).symlink_to(p)
+    return d
+
+
+class _AgeTask:
+    """age-v1 as a FaceAnalysis task: one face per call, like InsightFace's own genderage model."""
+
+    taskname = "age"
+
+    def __init__(self, estimator: Any, clock: StageClock) -> None:
+        from models.aligner import align_age_chip
+
+        self.estimator = estimator
+        self.chip = clock.wrap("align", align_age_chip)
+        self.estimate = clock.wrap("age", estimator.estimate)
+
+    def prepare(self, ctx_id: int, **kwargs: Any) -> None:
+        """Nothing to prepare (FaceAnalysis API)."""
+
+    def get(self, img: np.ndarray, face: Any) -> float:
+        """Age of one face (sets ``face.age`` as InsightFace's attribute models do)."""
+        chip = self.chip(img, face.kps)
+        face.age = float(self.estimate(chip[None])[0])
+        return face.age
+
+
+def run_insightface(case: Case, data_dir: Path, threads: int, with_age: bool, clock: StageClock,
+                    faces: FaceLog, info: dict[str, Any]) -> tuple[int, float, float]:
+    """InsightFace FaceAnalysis over the case; returns (frames, wall s, cpu s) of the timed part."""
+    import onnxruntime as ort
+    from insightface.app import FaceAnalysis
+    from insightface.model_zoo import arcface_onnx
+
+    config = _config(threads)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_insightface_"))
+    model_dir = insightface_root(config, tmp)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    app = FaceAnalysis(name=str(model_dir), root=str(tmp), providers=["CPUExecutionProvider"], sess_options=so)
+    size = tuple(config.detection.input_size)
+    app.prepare(ctx_id=0, det_thresh=config.detection.score_threshold, det_size=size)
+    app.det_model.nms_thresh = config.detection.nms_threshold
+    rec = app.models["recognition"]
+    info["insightface_models"] = {k: {"class": type(m).__name__, "file": Path(m.model_file).name,
+                                      "input_mean": getattr(m, "input_mean", None),
+                                      "input_std": getattr(m, "input_std", None)} for k, m in app.models.items()}
+    app.det_model.detect = clock.wrap("detect", app.det_model.detect)
+    arcface_onnx.face_align.norm_crop = clock.wrap("align", arcface_onnx.face_align.norm_crop)
+    rec.get_feat = clock.wrap("embed", rec.get_feat)
+    if with_age:
+        app.models["age"] = _AgeTask(_age_estimator(config), clock)
+    wall = cpu = 0.0
+    n = 0
+    for i, frame in enumerate(iter_frames(case, data_dir)):
+        if i == 0:
+            app.get(frame)  # warm-up, untimed
+        clock.active = True
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = app.get(frame)
+        wall += time.perf_counter() - t0
+        cpu += time.process_time() - c0
+        clock.active = False
+        n += 1
+        for f in result:
+            faces.add(i, f.bbox, f.kps, f.det_score, f.embedding)
+    return n, wall, cpu
+
+
+def run_plain(case: Case, data_dir: Path, threads: int, with_age: bool, clock: StageClock, faces: FaceLog,
+              info: dict[str, Any]) -> tuple[int, float, float]:
+    """FaceAnalyzer.analyze per frame; returns (frames, wall s, cpu s) of the timed part."""
+    from models.analyzer import FaceAnalyzer
+
+    analyzer = FaceAnalyzer(_config(threads), with_age=with_age)
+    analyzer.detect = clock.wrap("detect", analyzer.detect)  # type: ignore[method-assign]
+    analyzer.prepare = clock.wrap("align", analyzer.prepare)  # type: ignore[method-assign]
+    analyzer.embed = clock.wrap("embed", analyzer.embed)  # type: ignore[method-assign]
+    analyzer.estimate_ages = clock.wrap("age", analyzer.estimate_ages)  # type: ignore[method-assign]
+    wall = cpu = 0.0
+    n = 0
+    for i, frame in enumerate(iter_frames(case, data_dir)):
+        if i == 0:
+            analyzer.analyze(frame)
+        clock.active = True
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = analyzer.analyze(frame)
+        wall += time.perf_counter() - t0
+        cpu += time.process_time() - c0
+        clock.active = False
+        n += 1
+        for f in result:
+            faces.add(i, f.bbox, f.landmarks, f.det_score, f.embedding)
+    return n, wall, cpu
+
+
+@dataclass
+class _Pending:
+    frame: int
+    timestamp: float
+    prepared: Any
+    track: Any
+
+
+def run_video(case: Case, data_dir: Path, threads: int, with_age: bool, clock: StageClock, faces: FaceLog,
+              info: dict[str, Any], *, track: bool, batch: bool, batch_frames: int) -> tuple[int, float, float]:
+    """The video loop (detect, [track + gates], embed/age in batches, search); returns (frames, wall s, cpu s)."""
+    import faiss
+
+    from edge.tracker import Tracker
+    from models.analyzer import FaceAnalyzer
+
+    config = _config(threads)
+    analyzer = FaceAnalyzer(config, with_age=with_age)
+    faiss.omp_set_num_threads(threads)
+    rng = np.random.default_rng(1)
+    gallery = rng.standard_normal((SEARCH_GALLERY, analyzer.dim), dtype=np.float32)
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    index = faiss.IndexFlatIP(analyzer.dim)
+    index.add(gallery)
+    top_k = config.matching.top_k
+    max_faces = config.service.batch_max_faces
+    tracker = Tracker(config.matching)
+    queue: list[_Pending] = []
+    by_track: dict[int, int] = {}  # track id -> position in queue (one pending face per track)
+    counts = {"queued": 0, "skipped_by_track": 0, "failed_gates": 0, "replaced_pending": 0, "batches": 0}
+
+    def flush() -> None:
+        if not queue:
+            return
+        prepared = [p.prepared for p in queue]
+        t0 = time.perf_counter()
+        emb = analyzer.embed(prepared)
+        clock.add("embed", t0)
+        t0 = time.perf_counter()
+        ages = analyzer.estimate_ages(prepared)
+        clock.add("age", t0)
+        t0 = time.perf_counter()
+        index.search(emb, top_k)
+        clock.add("search", t0)
+        t0 = time.perf_counter()
+        for k, p in enumerate(queue):
+            if p.track is not None:
+                q = p.prepared.quality
+                p.track.add_face(q.score, p.prepared.detection.bbox, p.timestamp, emb[k],
+                                 None if ages is None else float(ages[k]))
+        clock.add("track", t0)
+        for k, p in enumerate(queue):
+            d = p.prepared.detection
+            faces.add(p.frame, d.bbox, d.landmarks, d.score, emb[k])
+        counts["batches"] += 1
+        queue.clear()
+        by_track.clear()
+
+    wall = cpu = 0.0
+    n = 0
+    for i, frame in enumerate(iter_frames(case, data_dir)):
+        if i == 0:
+            analyzer.analyze(frame)  # warm-up, untimed
+        ts = i / VIDEO_FPS
+        clock.active = True
+        w0, c0 = time.perf_counter(), time.process_time()
+        t0 = time.perf_counter()
+        dets = analyzer.detect(frame)
+        clock.add("detect", t0)
+        if track:
+            t0 = time.perf_counter()
+            tracked = tracker.update("bench", dets, ts)
+            clock.add("track", t0)
+            for tf in tracked:
+                t0 = time.perf_counter()
+                p = analyzer.prepare(frame, tf.detection)
+                clock.add("align", t0)
+                q = p.quality
+                if not q.passed:
+                    counts["failed_gates"] += 1
+                    continue
+                if tf.track_id in by_track:
+                    j = by_track[tf.track_id]
+                    if q.score > queue[j].prepared.quality.score:
+                        queue[j] = _Pending(i, ts, p, tf.track)
+                        counts["replaced_pending"] += 1
+                    continue
+                if not tf.track.needs_embedding(q.score):
+                    counts["skipped_by_track"] += 1
+                    continue
+                by_track[tf.track_id] = len(queue)
+                queue.append(_Pending(i, ts, p, tf.track))
+                counts["queued"] += 1
+        else:
+            for d in dets:
+                t0 = time.perf_counter()
+                p = analyzer.prepare(frame, d)
+                clock.add("align", t0)
+                queue.append(_Pending(i, ts, p, None))
+                counts["queued"] += 1
+        if not batch or len(queue) >= max_faces or (queue and i - queue[0].frame + 1 >= batch_frames):
+            flush()
+        wall += time.perf_counter() - w0
+        cpu += time.process_time() - c0
+        clock.active = False
+        n += 1
+    clock.active = True
+    w0, c0 = time.perf_counter(), time.process_time()
+    flush()  # end of stream
+    wall += time.perf_counter() - w0
+    cpu += time.process_time() - c0
+    clock.active = False
+    info["video_counts"] = counts
+    return n, wall, cpu
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Run one (case, impl, threads) and write its result JSON and face log into --out-dir."""
+    _forbid_network()
+    cv2.setNumThreads(args.threads)
+    case = all_cases(args.frames)[args.case]
+    if args.frames and case.kind == "synthetic":
+        case = Case(**{**asdict(case), "frames": args.frames})
+    data_dir = Path(args.data_dir) if args.data_dir else shared_dir() / "data"
+    clock = StageClock()
+    faces = FaceLog()
+    info: dict[str, Any] = {}
+    t_load = time.perf_counter()
+    with_age = not args.no_age
+    if args.impl == "insightface":
+        n, wall, cpu = run_insightface(case, data_dir, args.threads, with_age, clock, faces, info)
+    elif args.impl == "plain":
+        n, wall, cpu = run_plain(case, data_dir, args.threads, with_age, clock, faces, info)
+    else:
+        n, wall, cpu = run_video(case, data_dir, args.threads, with_age, clock, faces, info,
+                                 track="track" in args.impl, batch="batch" in args.impl,
+                                 batch_frames=args.batch_frames)
+    total_s = time.perf_counter() - t_load
+    embedded = sum(e is not None for e in faces.emb)
+    dim = next((len(e) for e in faces.emb if e is not None), 1)
+    out = Path(args.out_dir)
+    faces.save(out / f"{args.case}__{args.impl}__t{args.threads}.npz", dim)
+    detected = len(faces.frame) if args.impl in ("insightface", "plain", "batch") else None
+    result = {
+        "case": case.name, "impl": args.impl, "threads": args.threads, "frames": n, "age": with_age,
+        "wall_s": wall, "cpu_s": cpu, "fps": n / wall if wall > 0 else float("nan"),
+        "ms_per_frame": 1e3 * wall / max(n, 1), "cpu_pct": 100.0 * cpu / wall if wall > 0 else float("nan"),
+        "stage_ms": {k: 1e3 * v / max(n, 1) for k, v in clock.seconds.items()},
+        "faces_embedded": embedded, "faces_detected": detected, "peak_rss_mb": peak_rss_mb(),
+        "run_s": total_s, "load_avg": os.getloadavg(), **info,
+    }
+    (out / f"{args.case}__{args.impl}__t{args.threads}.json").write_text(json.dumps(result), encoding="utf-8")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- parent side
+
+
+def run_job(case: str, impl: str, threads: int, args: argparse.Namespace, out_dir: Path) -> dict[str, Any] | None:
+    """Run one worker subprocess; returns its result (None when it failed, with the error logged)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
+           "MKL_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "bench.pipeline", "--worker", "--case", case, "--impl", impl, "--threads",
+           str(threads), "--frames", str(args.frames), "--batch-frames", str(args.batch_frames),
+           "--out-dir", str(out_dir)]
+    if args.no_age:
+        cmd.append("--no-age")
+    if args.data_dir:
+        cmd += ["--data-dir", args.data_dir]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    path = out_dir / f"{case}__{impl}__t{threads}.json"
+    if proc.returncode != 0 or not path.exists():
+        log.error("%s / %s / t%d failed (exit %d):\n%s", case, impl, threads, proc.returncode, proc.stderr[-3000:])
+        return None
+    res: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    log.info("%-24s %-12s t%d: %6.2f frames/s, %5.0f ms/frame, CPU %3.0f%%, RSS %4.0f MiB, embedded %d",
+             case, impl, threads, res["fps"], res["ms_per_frame"], res["cpu_pct"], res["peak_rss_mb"],
+             res["faces_embedded"])
+    return res
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def compare_faces(ref: dict[str, np.ndarray], ours: dict[str, np.ndarray], *, all_faces: bool) -> dict[str, Any]:
+    """Match our faces to InsightFace's per frame by IoU and compare boxes, landmarks and embeddings.
+
+    Args:
+        ref: InsightFace's face log (every detected face, all embedded).
+        ours: one of our face logs.
+        all_faces: ours lists every detected face (plain, batch): also compare counts per frame.
+
+    Returns:
+        Counts, the minimum matched IoU, the largest box/landmark coordinate difference (px) and the
+        minimum/mean embedding cosine over faces embedded on both sides.
+    """
+    from edge.tracker import iou_matrix
+
+    frames = sorted(set(ref["frame"].tolist()) | set(ours["frame"].tolist()))
+    count_mismatch, unmatched = 0, 0
+    ious, box_d, kps_d, cos = [], [], [], []
+    for f in frames:
+        a = np.flatnonzero(ref["frame"] == f)
+        b = np.flatnonzero(ours["frame"] == f)
+        if all_faces and len(a) != len(b):
+            count_mismatch += 1
+        if len(a) == 0 or len(b) == 0:
+            unmatched += len(b)
+            continue
+        m = iou_matrix(ours["bbox"][b], ref["bbox"][a])  # (ours, ref)
+        for bi in range(len(b)):
+            ai = int(m[bi].argmax())
+            if m[bi, ai] < 0.5:
+                unmatched += 1
+                continue
+            ious.append(float(m[bi, ai]))
+            box_d.append(float(np.abs(ours["bbox"][b[bi]] - ref["bbox"][a[ai]]).max()))
+            kps_d.append(float(np.abs(ours["kps"][b[bi]] - ref["kps"][a[ai]]).max()))
+            eo, er = ours["emb"][b[bi]], ref["emb"][a[ai]]
+            if not (np.isnan(eo).any() or np.isnan(er).any()):
+                cos.append(float(eo @ er))
+    c = np.asarray(cos) if cos else np.asarray([np.nan])
+    return {
+        "faces_ref": int(len(ref["frame"])), "faces_ours": int(len(ours["frame"])),
+        "frames_count_mismatch": count_mismatch if all_faces else None, "unmatched": unmatched,
+        "min_iou": min(ious) if ious else float("nan"), "max_box_diff_px": max(box_d) if box_d else float("nan"),
+        "max_kps_diff_px": max(kps_d) if kps_d else float("nan"), "embeddings_compared": len(cos),
+        "min_cos": float(np.nanmin(c)), "mean_cos": float(np.nanmean(c)),
+        "share_cos_ge_0999": float(np.mean(c >= 0.999)) if cos else float("nan"),
+    }
+
+
+def _insightface_letterbox(image: np.ndarray, size: tuple[int, int]) -> Any:
+    """InsightFace's SCRFD resize (cv2.resize default bilinear, truncated size) in our Letterbox type."""
+    from models.detector import Letterbox
+
+    w_in, h_in = size
+    h, w = image.shape[:2]
+    if h / w > h_in / w_in:
+        nh, nw = h_in, int(h_in / (h / w))
+    else:
+        nw, nh = w_in, int(w_in * (h / w))
+    canvas = np.zeros((h_in, w_in, 3), np.uint8)
+    canvas[:nh, :nw] = cv2.resize(image, (nw, nh))
+    return Letterbox(canvas, nh / h)
+
+
+def parity_diagnostics(case: Case, data_dir: Path, ref: dict[str, np.ndarray], frames: int) -> dict[str, Any]:
+    """Where do the two pipelines differ? Run on the first `frames` frames, in this (parent) process.
+
+    * embedder: our align_arcface + FaceEmbedder on InsightFace's own landmarks versus InsightFace's
+      embedding (same crop geometry and model, so this isolates normalisation/colour order);
+    * resize: our full analyzer with InsightFace's detector resize (bilinear, truncated size) instead of
+      ours (INTER_AREA when shrinking, rounded size) versus InsightFace (isolates the letterbox).
+    """
+    import models.detector as detector_mod
+    from models.aligner import align_arcface
+    from models.analyzer import FaceAnalyzer
+
+    analyzer = FaceAnalyzer(_config(1), with_age=False)
+    cos_emb: list[float] = []
+    log_resize = FaceLog()
+    original = detector_mod.letterbox
+    for i, frame in enumerate(iter_frames(Case(**{**asdict(case), "frames": min(case.frames, frames)}), data_dir)):
+        idx = np.flatnonzero(ref["frame"] == i)
+        if len(idx):
+            crops = np.stack([align_arcface(frame, ref["kps"][j]) for j in idx])
+            e = analyzer.embedder.embed(crops)
+            cos_emb += [float(x) for x in np.sum(e * ref["emb"][idx], axis=1)]
+        detector_mod.letterbox = _insightface_letterbox  # type: ignore[assignment]
+        try:
+            for f in analyzer.analyze(frame):
+                log_resize.add(i, f.bbox, f.landmarks, f.det_score, f.embedding)
+        finally:
+            detector_mod.letterbox = original
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "resize.npz"
+        log_resize.save(p, analyzer.dim)
+        resized = _load(p)
+    sub = {k: v[ref["frame"] < frames] for k, v in ref.items()}
+    return {"frames": frames,
+            "embedder_min_cos": min(cos_emb) if cos_emb else float("nan"), "embedder_faces": len(cos_emb),
+            "with_insightface_resize": compare_faces(sub, resized, all_faces=True)}
+
+
+# --------------------------------------------------------------------------------------------- output
+
+TABLE_COLUMNS = ["case", "impl", "threads", "frames", "fps", "ratio", "ms_per_frame", "detect", "align", "embed",
+                 "age", "track", "search", "cpu_pct", "peak_rss_mb", "embedded", "min_cos", "max_box_diff_px"]
+
+
+def table_rows(results: Sequence[dict[str, Any]], identity: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flatten worker results into table rows with the ratio to InsightFace (same case and threads)."""
+    base = {(r["case"], r["threads"]): r["fps"] for r in results if r["impl"] == "insightface"}
+    rows = []
+    for r in results:
+        ident = identity.get(f"{r['case']}|{r['impl']}|{r['threads']}", {})
+        ref = base.get((r["case"], r["threads"]))
+        rows.append({**{k: r[k] for k in ("case", "impl", "threads", "frames", "fps", "ms_per_frame", "cpu_pct",
+                                          "peak_rss_mb")},
+                     **{k: v for k, v in r["stage_ms"].items()},
+                     "ratio": r["fps"] / ref if ref else None, "embedded": r["faces_embedded"],
+                     "min_cos": ident.get("min_cos"), "max_box_diff_px": ident.get("max_box_diff_px")})
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns 0 (benchmarks never fail)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m bench.pipeline")
+    ap.add_argument("--cases", default=None, help=f"comma list of cases (default all; --quick: {QUICK_CASE})")
+    ap.add_argument("--impls", default=",".join(IMPLS), help=f"rows to run, from {','.join(IMPLS)}")
+    ap.add_argument("--threads", default="1,2", help="onnxruntime intra-op threads (same on both sides)")
+    ap.add_argument("--frames", type=int, default=40, help="frames per synthetic case (videos: all frames)")
+    ap.add_argument("--batch-frames", type=int, default=4,
+                    help="batched rows: flush after this many frames at the latest")
+    ap.add_argument("--no-age", action="store_true", help="run without the age model on both sides")
+    ap.add_argument("--parity-frames", type=int, default=5, help="frames per case for the parity diagnostics")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"{QUICK_CASE} only, 30 frames, insightface/plain/track+batch at 1 thread (< 1 min)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of markdown")
+    ap.add_argument("--out", default=None, help="also write every number (JSON) to this file")
+    ap.add_argument("--data-dir", default=None, help="../shared/data")
+    ap.add_argument("--log-level", default="INFO")
+    # worker mode (internal)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--case", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--impl", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out-dir", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    if args.worker:
+        args.threads = int(args.threads)
+        return worker(args)
+
+    if args.quick:
+        args.frames = min(args.frames, 30)
+        if args.impls == ap.get_default("impls"):
+            args.impls = "insightface,plain,track+batch"
+        if args.threads == ap.get_default("threads"):
+            args.threads = "1"
+        args.parity_frames = min(args.parity_frames, 3)
+    cases_all = all_cases(args.frames)
+    names = args.cases.split(",") if args.cases else ([QUICK_CASE] if args.quick else list(cases_all))
+    unknown = [c for c in names if c not in cases_all]
+    impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+    if unknown or any(i not in IMPLS for i in impls):
+        ap.error(f"unknown case or impl; cases: {','.join(cases_all)}; impls: {','.join(IMPLS)}")
+    if "insightface" not in impls:
+        impls.insert(0, "insightface")  # the reference of every ratio and identity check
+    threads = [int(t) for t in args.threads.split(",")]
+    data_dir = Path(args.data_dir) if args.data_dir else shared_dir() / "data"
+    info = machine_info(extra_libraries=("insightface",))
+    t_all = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    identity: dict[str, dict[str, Any]] = {}
+    parity: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
+        out_dir = Path(tmp)
+        for case in names:
+            for t in threads:
+                for impl in impls:
+                    res = run_job(case, impl, t, args, out_dir)
+                    if res is not None:
+                        results.append(res)
+                ref_path = out_dir / f"{case}__insightface__t{t}.npz"
+                if not ref_path.exists():
+                    continue
+                ref = _load(ref_path)
+                for impl in impls[1:]:
+                    p = out_dir / f"{case}__{impl}__t{t}.npz"
+                    if p.exists():
+                        identity[f"{case}|{impl}|{t}"] = compare_faces(ref, _load(p),
+                                                                       all_faces=impl in ("plain", "batch"))
+                if t == threads[0] and args.parity_frames > 0:
+                    parity[case] = parity_diagnostics(cases_all[case], data_dir, ref, args.parity_frames)
+    info["load_avg_end"] = tuple(round(v, 2) for v in os.getloadavg())
+    info["total_s"] = round(time.perf_counter() - t_all, 1)
+    rows = table_rows(results, identity)
+    summary: dict[str, Any] = {"machine": info, "argv": sys.argv, "results": results, "identity": identity,
+                               "parity": parity}
+    quick = {r["impl"]: r for r in rows if r["case"] == QUICK_CASE and r["threads"] == threads[0]}
+    if quick.get("insightface"):
+        best = "track+batch" if "track+batch" in quick else next((i for i in quick if i != "insightface"), None)
+        summary["case"] = QUICK_CASE
+        summary["threads"] = threads[0]
+        summary["ratio_impl"] = best
+        summary["ratio_vs_insightface"] = quick[best]["ratio"] if best else None
+        summary["ratio_plain_vs_insightface"] = quick["plain"]["ratio"] if "plain" in quick else None
+        summary["fps"] = {k: v["fps"] for k, v in quick.items()}
+        summary["identity_plain"] = identity.get(f"{QUICK_CASE}|plain|{threads[0]}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=1, default=float), encoding="utf-8")
+    if args.json:
+        print(json.dumps(summary, default=float))
+        return 0
+    print(machine_markdown(info))
+    print(f"- Load average at end: {info['load_avg_end']}; total {info['total_s']} s")
+    print()
+    print(markdown_table(rows, TABLE_COLUMNS))
+    print()
+    ident_rows = [{"row": k, **{kk: vv for kk, vv in v.items()}} for k, v in identity.items()]
+    print(markdown_table(ident_rows, ["row", "faces_ref", "faces_ours", "frames_count_mismatch", "unmatched",
+                                      "min_iou", "max_box_diff_px", "max_kps_diff_px", "embeddings_compared",
+                                      "min_cos", "mean_cos", "share_cos_ge_0999"]))
+    print()
+    par_rows = [{"case": k, "embedder_min_cos": v["embedder_min_cos"], "embedder_faces": v["embedder_faces"],
+                 **{f"resize_{kk}": vv for kk, vv in v["with_insightface_resize"].items()}} for k, v in parity.items()]
+    print(markdown_table(par_rows, ["case", "embedder_faces", "embedder_min_cos", "resize_frames_count_mismatch",
+                                    "resize_min_iou", "resize_max_box_diff_px", "resize_min_cos"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""`namus-edge scan`: clips of enrolled and unenrolled people, real videos, events on MQTT and in JSONL."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import cv2
+import pytest
+from namus_factory import SyntheticCase, lfw_identities, write_prepager
+
+from edge.cli import main
+from edge.config import load_config
+from edge.demo import synthesize_clip
+from index.build import build_bundle
+from index.signing import generate_keypair
+from models.analyzer import FaceAnalyzer
+from tests.mosquitto import Collector
+
+N_CASES = 12
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, data_dir, model_cache):
+    """A signed bundle of N_CASES LFW people (first photo enrolled) and their other photos."""
+    root = tmp_path_factory.mktemp("scan")
+    lfw = lfw_identities(data_dir)
+    people = [k for k, v in lfw.items() if len(v) >= 3][:N_CASES]
+    cases = [SyntheticCase("MP", 7000 + i, n.split(":")[1], "Test", [lfw[n][0]], age_at_last=None)
+             for i, n in enumerate(people)]
+    write_prepager(root / "src", cases)
+    key, pub = generate_keypair(root / "op.key")
+    config = load_config()
+    analyzer = FaceAnalyzer(config, model_cache, with_age=False)
+    build_bundle(config, str(root / "src"), root / "bundle", key, analyzer=analyzer, today=date(2026, 11, 23))
+    unenrolled = [v[0] for k, v in lfw.items() if len(v) == 1][:3]
+    return {"root": root, "bundle": root / "bundle", "pub": pub, "lfw": lfw, "people": people,
+            "unenrolled": unenrolled}
+
+
+def _sets(world, tmp_path, *extra):
+    return ["--set", f"index.bundle={world['bundle']}", "--set", f"sync.pubkeys=[{world['pub']}]",
+            "--set", f"service.state_dir={tmp_path}", "--set", "matching.age_check.enabled=false", *extra]
+
+
+def _events(path):
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_enrolled_person_gives_one_event_on_mqtt_and_jsonl(world, tmp_path, mosquitto, model_cache, monkeypatch):
+    monkeypatch.setenv("NAMUS_EDGE_MODELS", str(model_cache))
+    person = world["people"][4]
+    probe = cv2.imread(str(world["lfw"][person][1]))  # another photo than the enrolled one
+    clip = synthesize_clip(probe, tmp_path / "clip.avi", frames=75)
+    events_path = tmp_path / "events.jsonl"
+    with Collector(mosquitto, ["namus-edge/#"]) as sub:
+        rc = main(["scan", "--source", str(clip), "--events", str(events_path), "--mqtt",
+                   *_sets(world, tmp_path, "--set", f"mqtt.port={mosquitto.port}", "--set", "mqtt.host=127.0.0.1")])
+        assert rc == 0
+        assert sub.wait_for(lambda msgs: any(t.endswith("/match") for t, _, _ in msgs), timeout=10)
+        mqtt_events = [json.loads(p) for p in sub.on("namus-edge/edge-01/match")]
+    file_events = _events(events_path)
+    assert len(file_events) == 1, file_events
+    e = file_events[0]
+    assert e["case"]["id_formatted"] == "MP7004"
+    assert e["schema_version"] == 1 and e["review_required"] is True
+    assert e["similarity"] >= load_config().matching.threshold and e["frames"] >= 3
+    assert [m["event_id"] for m in mqtt_events] == [e["event_id"]]
+
+
+def test_unenrolled_people_and_real_videos_give_no_event(world, tmp_path, data_dir, model_cache, monkeypatch, capsys):
+    monkeypatch.setenv("NAMUS_EDGE_MODELS", str(model_cache))
+    clips = [synthesize_clip(cv2.imread(str(p)), tmp_path / f"stranger{i}.avi", frames=36, seed=i)
+             for i, p in enumerate(world["unenrolled"][:2])]
+    clips += [data_dir / "video" / "hamilton_short_clip.mp4", data_dir / "video" / "faceapi_bbt_5frames.mp4"]
+    events_path = tmp_path / "events.jsonl"
+    for clip in clips:
+        assert main(["scan", "--source", str(clip), "--events", str(events_path), *_sets(world, tmp_path)]) == 0
+    assert _events(events_path) == []
+    out = capsys.readouterr()
+    # privacy: faces that match nothing are never logged or printed
+    for person in world["people"]:
+        assert person.split(":")[1] not in out.out + out.err
+
+
+def test_scan_without_index_is_a_clear_error(tmp_path, capsys, model_cache, monkeypatch, data_dir):
+    monkeypatch.setenv("NAMUS_EDGE_MODELS", str(model_cache))
+    rc = main(["scan", "--source", str(data_dir / "video" / "faceapi_bbt_5frames.mp4"),
+               "--set", f"index.bundle={tmp_path / 'none'}"])
+    assert rc == 1
+    assert "no loadable index" in capsys.readouterr().err
