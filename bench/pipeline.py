@@ -176,8 +176,8 @@ class SyntheticScene:
         hh, ww = out.shape[:2]
         for crop, (bx, by), (ax, ay, period, phase) in zip(self.crops, self.base, self.motion, strict=True):
             a = 2 * math.pi * t / period + phase
-            x = int(round(bx + ax * math.cos(a)))
-            y = int(round(by + ay * math.sin(a)))
+            x = round(bx + ax * math.cos(a))
+            y = round(by + ay * math.sin(a))
             x, y = min(max(x, 0), ww - self.side), min(max(y, 0), hh - self.side)
             out[y:y + self.side, x:x + self.side] = crop
         return out
@@ -434,7 +434,9 @@ def run_video(case: Case, data_dir: Path, threads: int, with_age: bool, clock: S
     tracker = Tracker(config.matching)
     queue: list[_Pending] = []
     by_track: dict[int, int] = {}  # track id -> position in queue (one pending face per track)
-    counts = {"queued": 0, "skipped_by_track": 0, "failed_gates": 0, "replaced_pending": 0, "batches": 0}
+    counts = {"queued": 0, "skipped_by_track": 0, "failed_gates": 0, "replaced_pending": 0, "kept_pending": 0,
+              "batches": 0}
+    first_frame = [0]  # frame of the oldest queued face (the batching latency bound)
 
     def flush() -> None:
         if not queue:
@@ -491,10 +493,14 @@ def run_video(case: Case, data_dir: Path, threads: int, with_age: bool, clock: S
                     if q.score > queue[j].prepared.quality.score:
                         queue[j] = _Pending(i, ts, p, tf.track)
                         counts["replaced_pending"] += 1
+                    else:
+                        counts["kept_pending"] += 1
                     continue
                 if not tf.track.needs_embedding(q.score):
                     counts["skipped_by_track"] += 1
                     continue
+                if not queue:
+                    first_frame[0] = i
                 by_track[tf.track_id] = len(queue)
                 queue.append(_Pending(i, ts, p, tf.track))
                 counts["queued"] += 1
@@ -503,9 +509,11 @@ def run_video(case: Case, data_dir: Path, threads: int, with_age: bool, clock: S
                 t0 = time.perf_counter()
                 p = analyzer.prepare(frame, d)
                 clock.add("align", t0)
+                if not queue:
+                    first_frame[0] = i
                 queue.append(_Pending(i, ts, p, None))
                 counts["queued"] += 1
-        if not batch or len(queue) >= max_faces or (queue and i - queue[0].frame + 1 >= batch_frames):
+        if not batch or len(queue) >= max_faces or (queue and i - first_frame[0] + 1 >= batch_frames):
             flush()
         wall += time.perf_counter() - w0
         cpu += time.process_time() - c0
@@ -526,8 +534,6 @@ def worker(args: argparse.Namespace) -> int:
     _forbid_network()
     cv2.setNumThreads(args.threads)
     case = all_cases(args.frames)[args.case]
-    if args.frames and case.kind == "synthetic":
-        case = Case(**{**asdict(case), "frames": args.frames})
     data_dir = Path(args.data_dir) if args.data_dir else shared_dir() / "data"
     clock = StageClock()
     faces = FaceLog()
@@ -630,7 +636,7 @@ def compare_faces(ref: dict[str, np.ndarray], ours: dict[str, np.ndarray], *, al
                 cos.append(float(eo @ er))
     c = np.asarray(cos) if cos else np.asarray([np.nan])
     return {
-        "faces_ref": int(len(ref["frame"])), "faces_ours": int(len(ours["frame"])),
+        "faces_ref": len(ref["frame"]), "faces_ours": len(ours["frame"]),
         "frames_count_mismatch": count_mismatch if all_faces else None, "unmatched": unmatched,
         "min_iou": min(ious) if ious else float("nan"), "max_box_diff_px": max(box_d) if box_d else float("nan"),
         "max_kps_diff_px": max(kps_d) if kps_d else float("nan"), "embeddings_compared": len(cos),

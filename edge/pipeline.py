@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
@@ -243,6 +244,11 @@ class Pipeline:
             crop = _face_jpeg(image, cand.prepared.detection.bbox)
         logger.info("match: camera %s track %d -> %s (similarity %.3f over %d frames)", d.camera_id, d.track_id,
                     d.id_formatted, d.similarity, d.frames)
+        debug_dir = self.config.service.debug_save_frames
+        if debug_dir:  # explicit debug option: the frame of a *match* only, never other frames
+            path = Path(debug_dir) / f"{event.event_id}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), image)
         self._emit(event, crop)
 
 

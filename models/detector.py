@@ -19,6 +19,7 @@ import numpy as np
 from edge.config import DetectionConfig
 from edge.errors import ModelError
 from models.backends.base import Backend
+from models.boxes import iou_matrix
 from models.face import Detection
 from models.registry import ModelSpec
 
@@ -92,15 +93,7 @@ def distance2kps(points: np.ndarray, distance: np.ndarray) -> np.ndarray:
 
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """IoU of one xyxy box (4,) against many (N, 4); returns float (N,)."""
-    xx1 = np.maximum(box[0], boxes[:, 0])
-    yy1 = np.maximum(box[1], boxes[:, 1])
-    xx2 = np.minimum(box[2], boxes[:, 2])
-    yy2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
-    area_a = (box[2] - box[0]) * (box[3] - box[1])
-    area_b = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    union = area_a + area_b - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+    return iou_matrix(box[None], boxes)[0]
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from models.boxes import iou_matrix
+
 AGE_GROUPS: tuple[tuple[str, float, float], ...] = (
     ("0-15", 0, 15),
     ("16-30", 16, 30),
@@ -170,20 +172,6 @@ def mae(pred: Sequence[float], true: Sequence[float]) -> float:
 
 
 # -- detection ----------------------------------------------------------------------------------
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU between xyxy boxes a (N, 4) and b (M, 4): float (N, M)."""
-    if a.size == 0 or b.size == 0:
-        return np.zeros((a.shape[0], b.shape[0]))
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
 
 
 def match_detections(

@@ -122,3 +122,9 @@ def test_reference_lists_every_leaf_key():
     for key in ("models.backend.provider", "detection.input_size", "matching.age_check.enabled",
                 "mqtt.tls.ca_file", "cameras[].source", "sync.pubkeys", "service.device_id"):
         assert f"`{key}`" in rows
+
+
+def test_configuration_reference_doc_is_current():
+    text = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    table = "\n".join(render_reference())
+    assert table in text, "docs/configuration.md is stale: regenerate it with `namus-edge config reference`"

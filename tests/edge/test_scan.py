@@ -55,7 +55,8 @@ def test_enrolled_person_gives_one_event_on_mqtt_and_jsonl(world, tmp_path, mosq
     events_path = tmp_path / "events.jsonl"
     with Collector(mosquitto, ["namus-edge/#"]) as sub:
         rc = main(["scan", "--source", str(clip), "--events", str(events_path), "--mqtt",
-                   *_sets(world, tmp_path, "--set", f"mqtt.port={mosquitto.port}", "--set", "mqtt.host=127.0.0.1")])
+                   *_sets(world, tmp_path, "--set", f"mqtt.port={mosquitto.port}", "--set", "mqtt.host=127.0.0.1",
+                          "--set", f"service.debug_save_frames={tmp_path / 'debug'}")])
         assert rc == 0
         assert sub.wait_for(lambda msgs: any(t.endswith("/match") for t, _, _ in msgs), timeout=10)
         mqtt_events = [json.loads(p) for p in sub.on("namus-edge/edge-01/match")]
@@ -66,6 +67,8 @@ def test_enrolled_person_gives_one_event_on_mqtt_and_jsonl(world, tmp_path, mosq
     assert e["schema_version"] == 1 and e["review_required"] is True
     assert e["similarity"] >= load_config().matching.threshold and e["frames"] >= 3
     assert [m["event_id"] for m in mqtt_events] == [e["event_id"]]
+    # the explicit debug option saves the frame of the match, and nothing else
+    assert [p.name for p in (tmp_path / "debug").iterdir()] == [f"{e['event_id']}.jpg"]
 
 
 def test_unenrolled_people_and_real_videos_give_no_event(world, tmp_path, data_dir, model_cache, monkeypatch, capsys):
@@ -77,6 +80,9 @@ def test_unenrolled_people_and_real_videos_give_no_event(world, tmp_path, data_d
     for clip in clips:
         assert main(["scan", "--source", str(clip), "--events", str(events_path), *_sets(world, tmp_path)]) == 0
     assert _events(events_path) == []
+    # nothing about the strangers is written anywhere: no images, no embeddings
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix not in (".avi",)]
+    assert [p.name for p in written] == ["events.jsonl"] or written == []
     out = capsys.readouterr()
     # privacy: faces that match nothing are never logged or printed
     for person in world["people"]:
