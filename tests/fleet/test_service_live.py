@@ -64,7 +64,7 @@ def _status(sub, prefix="namus-edge/edge-01/status"):
 def test_run_service_live_update_watchdog_and_sigterm(tmp_path, make_bundle, keys, served, mosquitto, device_model,
                                                       model_cache):
     tree, server = served
-    priv, pub = keys["operator"]
+    _, pub = keys["operator"]
     v1, v2 = make_bundle(20, seed=11), make_bundle(24, seed=12)
     r1 = publish_bundle(v1, tree)
     state = tmp_path / "state"
