@@ -186,3 +186,27 @@ def test_build_errors(tmp_path, config, analyzer, key):
 def test_raw_record_factory_is_valid():
     rec = raw_record(SyntheticCase("UCP", 5, "A", "B", [Path("/x/y.jpg")]))
     assert rec["idFormatted"] == "UCP5" and len(rec["images"][0]["files"]["original"]["storageKey"]) == 32
+
+
+def test_build_from_api_source_over_loopback(tmp_path, shared_dir, key, capsys, model_cache, monkeypatch):
+    """`index build --source api`: the NamUs client against a real loopback server with the real samples."""
+    from namus_server import NamusTestServer
+
+    monkeypatch.setenv("NAMUS_EDGE_MODELS", str(model_cache))
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    srv = NamusTestServer(shared_dir / "namus" / "samples").start()
+    try:
+        rc = main(["index", "build", "--source", "api", "--out", str(tmp_path / "b"), "--key", str(key), "--json",
+                   "--today", "2026-11-23",
+                   "--set", f"index.api.base_url={srv.base_url}", "--set", f"index.api.store_dir={tmp_path / 'store'}",
+                   "--set", "index.api.backoff_s=0.01", "--set", "index.api.timeout_s=5"])
+    finally:
+        srv.stop()
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    # the 9 real face crops served as the cases' photos are all indexed, across the three case sets
+    assert out["faces"] >= 9 and set(out["cases_in_bundle"]) == {"MP", "UP", "UCP"}
+    assert (tmp_path / "store").is_dir()
+    b = Bundle.load(tmp_path / "b")
+    assert b.case("MP2336") is not None and b.case("UP2336") is None
+    b.close()

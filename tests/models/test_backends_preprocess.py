@@ -1,0 +1,84 @@
+"""Backends (explicit provider, no silent fallback) and input normalisation goldens."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge.config import BackendConfig, load_config
+from edge.errors import ModelLoadError
+from models.backends.factory import create_backend
+from models.backends.onnxruntime_backend import provider_list
+from models.preprocess import to_blob
+from models.registry import get_spec, resolve
+
+
+@pytest.mark.parametrize(
+    ("model", "pixel_bgr", "expected_rgb_values"),
+    [
+        # ArcFace-style (EdgeFace): RGB, (x - 127.5) / 127.5
+        ("edgeface_xs", (0, 127.5, 255), (1.0, 0.0, -1.0)),
+        # SFace: raw RGB 0-255 (normalisation inside the graph)
+        ("sface", (10, 20, 30), (30.0, 20.0, 10.0)),
+        # age-v1: RGB, (x - mean) / 256
+        ("age_v1", (104.298, 117.001, 122.782), (0.0, 0.0, 0.0)),
+        # YuNet: BGR raw
+        ("yunet_dynamic", (1, 2, 3), (1.0, 2.0, 3.0)),
+        # SCRFD: RGB, (x - 127.5) / 128
+        ("det_500m", (127.5, 127.5, 255.5), (1.0, 0.0, 0.0)),
+    ],
+)
+def test_to_blob_contract_table(model, pixel_bgr, expected_rgb_values):
+    contract = get_spec(model).contract
+    img = np.zeros((2, 4, 4, 3), np.float32)
+    img[...] = pixel_bgr
+    blob = to_blob(img, contract)
+    assert blob.shape == (2, 3, 4, 4) and blob.dtype == np.float32
+    np.testing.assert_allclose(blob[0, :, 0, 0], expected_rgb_values, atol=1e-5)
+
+
+def test_to_blob_rejects_wrong_shape():
+    with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
+        to_blob(np.zeros((4, 4, 3), np.uint8), get_spec("edgeface_xs").contract)
+
+
+def test_provider_lists():
+    assert provider_list(BackendConfig()) == ["CPUExecutionProvider"]
+    trt = provider_list(BackendConfig(provider="tensorrt", trt_engine_cache_dir="/x", trt_fp16=True))
+    assert trt[0][0] == "TensorrtExecutionProvider" and trt[0][1]["trt_engine_cache_path"] == "/x"
+    assert trt[-1] == "CPUExecutionProvider"
+
+
+def test_unavailable_provider_is_refused_not_silently_cpu(model_cache):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA; the refusal path needs a CPU-only build")
+    path = resolve("yunet_dynamic", model_cache)
+    with pytest.raises(ModelLoadError, match="provider=cuda needs CUDAExecutionProvider"):
+        create_backend(path, BackendConfig(provider="cuda"))
+
+
+def test_backend_reports_engine_and_threads(model_cache, caplog):
+    caplog.set_level("INFO")
+    b = create_backend(resolve("yunet_dynamic", model_cache), BackendConfig(intra_op_threads=2))
+    assert b.engine == "onnxruntime:CPUExecutionProvider"
+    assert "CPUExecutionProvider (threads intra=2" in caplog.text
+    assert [i.name for i in b.inputs] == ["input"] and len(b.outputs) == 12
+
+
+@pytest.mark.parametrize("size", [(640, 640), (640, 384), (320, 320)])
+@pytest.mark.parametrize("detector", ["det_500m", "yunet_dynamic"])
+def test_detector_input_sizes_agree(detector, size, model_cache, test_images):
+    import cv2
+
+    from models.analyzer import FaceAnalyzer
+
+    cfg = load_config(overrides=["models.set=custom", f"models.detector={detector}",
+                                 f"detection.input_size=[{size[0]},{size[1]}]", "models.age=null"])
+    a = FaceAnalyzer(cfg, model_cache, with_age=False)
+    img = cv2.imread(str(test_images / "obama_2012.jpg"))
+    dets = a.detect(img)
+    assert len(dets) == 1
+    # same face box at every input size (a few pixels of the 232x344 box)
+    np.testing.assert_allclose(dets[0].bbox, [378, 83, 610, 427], atol=25)
