@@ -20,11 +20,13 @@ unit:
 
 test: lint typecheck unit
 
+# Benchmarks measure, never fail; run them as modules (bench/ is not installed). Results: docs/benchmarks.md.
 bench:
-	$(PY) bench/search.py
-	$(PY) bench/pipeline.py
-	$(PY) bench/ingest.py
+	$(PY) -m bench.search
+	$(PY) -m bench.pipeline
+	$(PY) -m bench.ingest
 
 bench-quick:
-	$(PY) bench/search.py --quick
-	$(PY) bench/pipeline.py --quick --json
+	$(PY) -m bench.search --quick
+	$(PY) -m bench.pipeline --quick --json
+	$(PY) -m bench.ingest --quick

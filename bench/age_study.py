@@ -134,13 +134,13 @@ def published_chip(image: np.ndarray, lm: np.ndarray) -> np.ndarray:
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
 
 
-def dlib_chip(points: Sequence[int], padding: float = 0.2, antialias: bool = True) -> ChipFn:
+def dlib_chip(points: Sequence[int], padding: float = 0.2, pyramid_above: float | None = 2.0) -> ChipFn:
     """A dlib-geometry chip from the given detector landmarks on dlib's 68-point mean face."""
     idx = list(points)
 
     def fn(image: np.ndarray, lm: np.ndarray) -> np.ndarray:
         m = dlib_chip_transform(lm[idx].astype(np.float64), AGE_CHIP_UNIT[idx], AGE_CHIP_SIZE, padding)
-        return extract_chip(image, m, AGE_CHIP_SIZE, antialias=antialias)
+        return extract_chip(image, m, AGE_CHIP_SIZE, pyramid_above=pyramid_above)
 
     return fn
 
@@ -151,8 +151,12 @@ VARIANTS: dict[str, tuple[str, ChipFn]] = {
     "dlib4": ("dlib geometry, eyes + mouth corners, pyramid", dlib_chip((0, 1, 3, 4))),
     "dlib5": ("dlib geometry, 5 pts (+ nose tip), pyramid", dlib_chip((0, 1, 2, 3, 4))),
     "dlib3": ("dlib geometry, eyes + nose tip, pyramid", dlib_chip((0, 1, 2))),
-    "dlib5_noaa": ("dlib5 without pyramid (plain bilinear)", dlib_chip((0, 1, 2, 3, 4), antialias=False)),
-    "dlib4_noaa": ("dlib4 without pyramid (plain bilinear)", dlib_chip((0, 1, 3, 4), antialias=False)),
+    # Listed before the *_noaa variants: on UTKFace (scale ~3.3 image px per chip px) they give
+    # identical chips, and min() keeps the first of equal MAEs.
+    "dlib4_aa4": ("dlib4, halve only while the scale exceeds 4", dlib_chip((0, 1, 3, 4), pyramid_above=4.0)),
+    "dlib5_aa4": ("dlib5, halve only while the scale exceeds 4", dlib_chip((0, 1, 2, 3, 4), pyramid_above=4.0)),
+    "dlib5_noaa": ("dlib5 without pyramid (plain bilinear)", dlib_chip((0, 1, 2, 3, 4), pyramid_above=None)),
+    "dlib4_noaa": ("dlib4 without pyramid (plain bilinear)", dlib_chip((0, 1, 3, 4), pyramid_above=None)),
     "dlib5_p015": ("dlib5, padding 0.15", dlib_chip((0, 1, 2, 3, 4), padding=0.15)),
     "dlib5_p025": ("dlib5, padding 0.25", dlib_chip((0, 1, 2, 3, 4), padding=0.25)),
     "dlib4_p025": ("dlib4, padding 0.25", dlib_chip((0, 1, 3, 4), padding=0.25)),
@@ -200,14 +204,16 @@ def variant_probabilities(
 
 
 def report(pred: np.ndarray, true: np.ndarray) -> dict[str, Any]:
-    """MAE overall and per age group, with counts and mean signed error."""
+    """MAE overall and per age group, with counts, mean signed error and the MAE's standard error."""
     err = pred - true
     groups = {}
     for name, lo, hi in GROUPS:
         m = (true >= lo) & (true <= hi)
         groups[name] = {"n": int(m.sum()), "mae": float(np.abs(err[m]).mean()) if m.any() else None,
                         "bias": float(err[m].mean()) if m.any() else None}
-    return {"n": int(true.size), "mae": float(np.abs(err).mean()), "bias": float(err.mean()), "groups": groups}
+    se = float(np.abs(err).std(ddof=1) / np.sqrt(err.size)) if err.size > 1 else None
+    return {"n": int(true.size), "mae": float(np.abs(err).mean()), "mae_se": se, "bias": float(err.mean()),
+            "groups": groups}
 
 
 # -- calibration --------------------------------------------------------------------------------
@@ -254,8 +260,10 @@ def fit_calibration(raw: np.ndarray, true: np.ndarray, knots: int, stat: str = "
 
     lo = y[0] - slope(0, 1) * (x[0] - 0.0)
     hi = y[-1] + slope(-2, -1) * (80.0 - x[-1])
-    pts = np.column_stack([np.concatenate([[0.0], x, [80.0]]), np.concatenate([[max(lo, 0.0)], y, [hi]])])
-    return np.round(pts, 2)
+    pts = np.round(np.column_stack([np.concatenate([[0.0], x, [80.0]]),
+                                    np.concatenate([[max(lo, 0.0)], y, [hi]])]), 2)
+    keep = np.concatenate([[True], np.diff(pts[:, 0]) >= 0.1])  # strictly increasing after rounding
+    return pts[keep]
 
 
 def apply_calibration(raw: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -277,8 +285,8 @@ def choose_and_fit(raw: np.ndarray, true: np.ndarray, seed: int) -> tuple[np.nda
             e += np.abs(apply_calibration(raw[~fit_mask], pts) - true[~fit_mask]).sum()
         scores[f"{k}/{s}"] = float(e / true.size)
     best = min(scores, key=lambda key: scores[key])
-    k, s = best.split("/")
-    return fit_calibration(raw, true, int(k), s), {"inner_cv_mae": scores, "chosen": best}
+    knots, stat = best.split("/")
+    return fit_calibration(raw, true, int(knots), stat), {"inner_cv_mae": scores, "chosen": best}
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -286,8 +294,8 @@ def choose_and_fit(raw: np.ndarray, true: np.ndarray, seed: int) -> tuple[np.nda
 
 def _fmt(r: dict[str, Any]) -> str:
     g = r["groups"]
-    return f"{r['mae']:5.2f} | " + " | ".join(f"{g[n]['mae']:5.2f}" if g[n]["mae"] is not None else "  -  "
-                                              for n, _, _ in GROUPS)
+    cells = [f"{g[n]['mae']:5.2f}" if g[n]["mae"] is not None else "  -  " for n, _, _ in GROUPS]
+    return f"{r['mae']:5.2f} ± {r['mae_se']:.2f} | " + " | ".join(cells)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -106,7 +106,14 @@ def machine_markdown(info: dict[str, Any]) -> str:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, MiB (resource.getrusage; Linux reports KiB)."""
+    """Peak resident set size of this process so far, MiB.
+
+    VmHWM from /proc/self/status where available: ``getrusage`` ``ru_maxrss`` survives ``execve``, so in a
+    subprocess it is at least the parent's RSS at fork time. Elsewhere resource.getrusage (Linux KiB).
+    """
+    for line in _read("/proc/self/status").splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

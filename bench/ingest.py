@@ -157,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench_ingest_") as tmp_s:
         tmp = Path(tmp_s)
+        (tmp / "keys").mkdir()
         key, _ = generate_keypair(tmp / "keys" / "operator.key")
         made = {"samples": lambda: samples_source(shared, tmp / "src-samples"),
                 "lfw": lambda: lfw_source(shared / "data", tmp / "src-lfw", args.lfw_photos)}

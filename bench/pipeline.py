@@ -13,18 +13,17 @@ Rows (``--impls``):
 * ``insightface``: ``FaceAnalysis.get(frame)`` (detect; per face: align + embed + age, batch 1);
 * ``plain``: ``FaceAnalyzer.analyze(frame)`` (detect; align + quality; embed and age of the frame's faces
   in one batch);
-* ``batch``: the video loop without tracking: every face is embedded, in batches shared across frames
-  (flushed at ``service.batch_max_faces`` faces or after ``--batch-frames`` frames);
-* ``track``: the video loop with :class:`edge.tracker.Tracker`: only faces that pass the quality gates and
-  that their track wants (new track, or better than its worst kept face; at most one pending face per
-  track, the best) are embedded, one batch per frame;
-* ``track+batch``: both (what the edge pipeline does).
+* ``pipeline``: the edge pipeline (:class:`edge.pipeline.Pipeline`) with both video advantages off: one
+  frame per ``process`` call and ``embed_all=True`` (every face that passes the quality gates is embedded);
+* ``pipeline+batch``: ``--batch-frames`` frames per ``process`` call (their faces share one embed, age
+  and search batch), ``embed_all=True``;
+* ``pipeline+track``: one frame per call, tracking on (``embed_all=False``: only faces that are new or
+  better than what their track holds are embedded);
+* ``pipeline+track+batch``: both (how the service runs).
 
-The video rows also search each embedded face in a FAISS flat inner-product index of 10,000 random unit
-vectors (top ``matching.top_k``), as the pipeline searches its bundle; InsightFace has no search stage, so
-this is extra work on our side only. ``edge/pipeline.py`` did not exist when this benchmark was written:
-the video rows drive the same steps (``FaceAnalyzer.detect/prepare/embed/estimate_ages`` + ``Tracker``)
-directly.
+The pipeline rows also search every embedded face in a real signed bundle of 10,000 random unit vectors
+(written once with :class:`index.bundle.BundleWriter`) and feed the decision engine; InsightFace has
+neither stage, so this is extra work on our side only (small: see the search column).
 
 Every (case, row, threads) runs in its own subprocess (fair peak RSS, no shared caches). Frames are made
 or decoded outside the timed sections; CPU use is process CPU time over the timed wall time (100 % = one
@@ -65,9 +64,12 @@ from bench.common import machine_info, machine_markdown, markdown_table, peak_rs
 log = logging.getLogger("bench.pipeline")
 
 REPO = Path(__file__).resolve().parents[1]
-IMPLS = ("insightface", "plain", "batch", "track", "track+batch")
+IMPLS = ("insightface", "plain", "pipeline", "pipeline+batch", "pipeline+track", "pipeline+track+batch",
+         "whatif-plain", "whatif-pipeline+track+batch")
+DEFAULT_IMPLS = IMPLS[:6]
+VIDEO_IMPL = "pipeline+track+batch"
 VIDEO_FPS = 30.0
-SEARCH_GALLERY = 10_000
+BUNDLE_FACES = 10_000
 QUICK_CASE = "synthetic-1080p-5faces"
 STAGES = ("detect", "align", "embed", "age", "track", "search")
 
@@ -268,12 +270,12 @@ class FaceLog:
 def _forbid_network() -> None:
     """Refuse every outgoing connection in this process (InsightFace must not download)."""
 
-    def refuse(self: socket.socket, address: Any) -> None:
-        raise ConnectionRefusedError(f"bench.pipeline: network access is forbidden here (tried {address!r})")
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionRefusedError(f"bench.pipeline: network access is forbidden here (tried {args!r})")
 
     socket.socket.connect = refuse  # type: ignore[method-assign]
-    socket.socket.connect_ex = refuse  # type: ignore[method-assign, assignment]
-    socket.create_connection = lambda *a, **k: refuse(None, a[0] if a else None)  # type: ignore[assignment]
+    socket.socket.connect_ex = refuse  # type: ignore[method-assign]
+    socket.create_connection = refuse
 
 
 def _config(threads: int) -> Any:
@@ -405,128 +407,143 @@ def run_plain(case: Case, data_dir: Path, threads: int, with_age: bool, clock: S
     return n, wall, cpu
 
 
-@dataclass
-class _Pending:
-    frame: int
-    timestamp: float
-    prepared: Any
-    track: Any
+def random_bundle(folder: Path, faces: int, seed: int = 1) -> Path:
+    """Write a signed bundle of `faces` random unit vectors (one case and photo each) for the embedder in use.
+
+    Scores of real faces against random vectors stay far below ``matching.threshold``, so the decision
+    stage runs on every searched face but never fires: the search and decide costs are those of a real
+    bundle of this size without events.
+    """
+    from edge.config import load_config
+    from index.bundle import BundleWriter
+    from index.manifest import ModelIdentity
+    from index.signing import generate_keypair
+    from models.registry import get_spec
+
+    config = load_config()
+    det, emb, _ = config.models.selected()
+    spec, det_spec = get_spec(emb), get_spec(det)
+    if spec.output_dim is None:
+        raise ValueError(f"{emb}: the registry does not declare its embedding size")
+    (folder / "keys").mkdir(parents=True, exist_ok=True)
+    key, _ = generate_keypair(folder / "keys" / "operator.key")
+    rng = np.random.default_rng(seed)
+    vecs = rng.standard_normal((faces, spec.output_dim), dtype=np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    out = folder / "bundle"
+    detector = {"name": det_spec.name, "sha256": det_spec.sha256, "input_size": list(config.detection.input_size)}
+    with BundleWriter(out, ModelIdentity(spec.name, spec.sha256, spec.output_dim), detector) as w:
+        for i, v in enumerate(vecs):
+            cid = f"MP{100000 + i}"
+            w.add_case({"id_formatted": cid, "age_min": 20.0 + i % 50, "age_max": 20.0 + i % 50,
+                        "date_last": "2015-06-01"})
+            w.add_face(cid, f"k{i:08d}", v, quality=0.8, det_score=0.9, bbox=[0, 0, 100, 100],
+                       category="FacialCaseId", is_rendering=False, file_sha256=f"{i:064x}")
+        w.finish(key)
+    return out
 
 
-def run_video(case: Case, data_dir: Path, threads: int, with_age: bool, clock: StageClock, faces: FaceLog,
-              info: dict[str, Any], *, track: bool, batch: bool, batch_frames: int) -> tuple[int, float, float]:
-    """The video loop (detect, [track + gates], embed/age in batches, search); returns (frames, wall s, cpu s)."""
-    import faiss
+def run_pipeline(case: Case, data_dir: Path, threads: int, with_age: bool, clock: StageClock, faces: FaceLog,
+                 info: dict[str, Any], *, track: bool, batch: int, bundle: Path) -> tuple[int, float, float]:
+    """edge.pipeline.Pipeline over the case; returns (frames, wall s, cpu s) of the timed part.
 
-    from edge.tracker import Tracker
+    Args:
+        track: embed only the faces their track wants (``embed_all=False``); otherwise every face that
+            passes the quality gates.
+        batch: frames per ``Pipeline.process`` call (faces of those frames share one embed/age/search batch).
+        bundle: the bundle searched (see :func:`random_bundle`).
+    """
+    from datetime import datetime, timezone
+
+    from edge.frame_queue import Frame
+    from edge.pipeline import Pipeline
+    from index.bundle import Bundle
     from models.analyzer import FaceAnalyzer
 
     config = _config(threads)
     analyzer = FaceAnalyzer(config, with_age=with_age)
-    faiss.omp_set_num_threads(threads)
-    rng = np.random.default_rng(1)
-    gallery = rng.standard_normal((SEARCH_GALLERY, analyzer.dim), dtype=np.float32)
-    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
-    index = faiss.IndexFlatIP(analyzer.dim)
-    index.add(gallery)
-    top_k = config.matching.top_k
-    max_faces = config.service.batch_max_faces
-    tracker = Tracker(config.matching)
-    queue: list[_Pending] = []
-    by_track: dict[int, int] = {}  # track id -> position in queue (one pending face per track)
-    counts = {"queued": 0, "skipped_by_track": 0, "failed_gates": 0, "replaced_pending": 0, "kept_pending": 0,
-              "batches": 0}
-    first_frame = [0]  # frame of the oldest queued face (the batching latency bound)
+    index = Bundle.load(bundle)
+    index.search = clock.wrap("search", index.search)  # type: ignore[method-assign]
+    events: list[Any] = []
+    pipe = Pipeline(config, analyzer, lambda: index, lambda event, crop: events.append(event), embed_all=not track)
+    frame_of: dict[int, int] = {}  # id(image) -> frame number
+    prepared_frame: dict[int, int] = {}  # id(PreparedFace) -> frame number
+    prepare, embed = analyzer.prepare, analyzer.embed
 
-    def flush() -> None:
-        if not queue:
-            return
-        prepared = [p.prepared for p in queue]
-        t0 = time.perf_counter()
-        emb = analyzer.embed(prepared)
-        clock.add("embed", t0)
-        t0 = time.perf_counter()
-        ages = analyzer.estimate_ages(prepared)
-        clock.add("age", t0)
-        t0 = time.perf_counter()
-        index.search(emb, top_k)
-        clock.add("search", t0)
-        t0 = time.perf_counter()
-        for k, p in enumerate(queue):
-            if p.track is not None:
-                q = p.prepared.quality
-                p.track.add_face(q.score, p.prepared.detection.bbox, p.timestamp, emb[k],
-                                 None if ages is None else float(ages[k]))
-        clock.add("track", t0)
-        for k, p in enumerate(queue):
-            d = p.prepared.detection
-            faces.add(p.frame, d.bbox, d.landmarks, d.score, emb[k])
-        counts["batches"] += 1
-        queue.clear()
-        by_track.clear()
+    def prepare_logged(image: np.ndarray, det: Any) -> Any:
+        p = prepare(image, det)
+        prepared_frame[id(p)] = frame_of.get(id(image), -1)
+        return p
 
+    def embed_logged(prepared: Sequence[Any]) -> np.ndarray:
+        vecs = embed(prepared)
+        for p, v in zip(prepared, vecs, strict=True):
+            d = p.detection
+            f = prepared_frame.get(id(p), -1)
+            if f >= 0:  # -1: the untimed warm-up
+                faces.add(f, d.bbox, d.landmarks, d.score, v)
+        return vecs
+
+    analyzer.detect = clock.wrap("detect", analyzer.detect)  # type: ignore[method-assign]
+    analyzer.prepare = clock.wrap("align", prepare_logged)  # type: ignore[method-assign]
+    analyzer.embed = clock.wrap("embed", embed_logged)  # type: ignore[method-assign]
+    analyzer.estimate_ages = clock.wrap("age", analyzer.estimate_ages)  # type: ignore[method-assign]
+    pipe.tracker.update = clock.wrap("track", pipe.tracker.update)  # type: ignore[method-assign]
     wall = cpu = 0.0
     n = 0
-    for i, frame in enumerate(iter_frames(case, data_dir)):
-        if i == 0:
-            analyzer.analyze(frame)  # warm-up, untimed
-        ts = i / VIDEO_FPS
+    pending: list[Frame] = []
+    now = datetime.now(timezone.utc)
+
+    def process() -> None:
+        nonlocal wall, cpu
         clock.active = True
-        w0, c0 = time.perf_counter(), time.process_time()
-        t0 = time.perf_counter()
-        dets = analyzer.detect(frame)
-        clock.add("detect", t0)
-        if track:
-            t0 = time.perf_counter()
-            tracked = tracker.update("bench", dets, ts)
-            clock.add("track", t0)
-            for tf in tracked:
-                t0 = time.perf_counter()
-                p = analyzer.prepare(frame, tf.detection)
-                clock.add("align", t0)
-                q = p.quality
-                if not q.passed:
-                    counts["failed_gates"] += 1
-                    continue
-                if tf.track_id in by_track:
-                    j = by_track[tf.track_id]
-                    if q.score > queue[j].prepared.quality.score:
-                        queue[j] = _Pending(i, ts, p, tf.track)
-                        counts["replaced_pending"] += 1
-                    else:
-                        counts["kept_pending"] += 1
-                    continue
-                if not tf.track.needs_embedding(q.score):
-                    counts["skipped_by_track"] += 1
-                    continue
-                if not queue:
-                    first_frame[0] = i
-                by_track[tf.track_id] = len(queue)
-                queue.append(_Pending(i, ts, p, tf.track))
-                counts["queued"] += 1
-        else:
-            for d in dets:
-                t0 = time.perf_counter()
-                p = analyzer.prepare(frame, d)
-                clock.add("align", t0)
-                if not queue:
-                    first_frame[0] = i
-                queue.append(_Pending(i, ts, p, None))
-                counts["queued"] += 1
-        if not batch or len(queue) >= max_faces or (queue and i - first_frame[0] + 1 >= batch_frames):
-            flush()
-        wall += time.perf_counter() - w0
+        t0, c0 = time.perf_counter(), time.process_time()
+        pipe.process(pending)
+        wall += time.perf_counter() - t0
         cpu += time.process_time() - c0
         clock.active = False
+        pending.clear()
+
+    for i, image in enumerate(iter_frames(case, data_dir)):
+        if i == 0:
+            analyzer.analyze(image)  # warm-up, untimed
+        frame_of[id(image)] = i
+        pending.append(Frame("bench", i, i / VIDEO_FPS, now, image))
         n += 1
-    clock.active = True
-    w0, c0 = time.perf_counter(), time.process_time()
-    flush()  # end of stream
-    wall += time.perf_counter() - w0
-    cpu += time.process_time() - c0
-    clock.active = False
-    info["video_counts"] = counts
+        if len(pending) >= batch:
+            process()
+    if pending:
+        process()
+    pipe.finish_camera("bench")
+    info["pipeline"] = {"frames": pipe.stats.frames, "faces": pipe.stats.faces, "embedded": pipe.stats.embedded,
+                        "events": len(events), "batch_frames": batch, "embed_all": not track,
+                        "bundle_faces": index.ntotal if hasattr(index, "ntotal") else None}
+    index.close()
     return n, wall, cpu
+
+
+def install_insightface_preprocessing() -> str:
+    """What-if rows: our detector with InsightFace's letterbox and cv2.dnn blob (patched in this process only).
+
+    Shows what our numbers and the identity checks would be if models/detector.py resized like
+    InsightFace (bilinear, truncated size, instead of INTER_AREA and a rounded size) and built its input
+    tensor with ``cv2.dnn.blobFromImage`` instead of NumPy. Not the shipped code.
+    """
+    import models.detector as detector_mod
+
+    def fast_blob(self: Any, canvas_bgr: np.ndarray) -> np.ndarray:
+        c = self.spec.contract
+        if len(set(c.std)) != 1:
+            return original_blob(self, canvas_bgr)
+        size = (canvas_bgr.shape[1], canvas_bgr.shape[0])
+        # mean is given in the network's channel order (OpenCV applies it after swapRB)
+        blob = cv2.dnn.blobFromImage(canvas_bgr, 1.0 / c.std[0], size, tuple(c.mean), swapRB=c.color == "RGB")
+        return np.ascontiguousarray(blob, dtype=np.float32)
+
+    original_blob = detector_mod.FaceDetector._blob
+    detector_mod.letterbox = _insightface_letterbox
+    detector_mod.FaceDetector._blob = fast_blob  # type: ignore[method-assign]
+    return "detector letterbox = InsightFace resize; input blob = cv2.dnn.blobFromImage"
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -540,26 +557,29 @@ def worker(args: argparse.Namespace) -> int:
     info: dict[str, Any] = {}
     t_load = time.perf_counter()
     with_age = not args.no_age
-    if args.impl == "insightface":
+    impl = args.impl
+    if impl.startswith("whatif-"):
+        info["whatif"] = install_insightface_preprocessing()
+        impl = impl.removeprefix("whatif-")
+    if impl == "insightface":
         n, wall, cpu = run_insightface(case, data_dir, args.threads, with_age, clock, faces, info)
-    elif args.impl == "plain":
+    elif impl == "plain":
         n, wall, cpu = run_plain(case, data_dir, args.threads, with_age, clock, faces, info)
     else:
-        n, wall, cpu = run_video(case, data_dir, args.threads, with_age, clock, faces, info,
-                                 track="track" in args.impl, batch="batch" in args.impl,
-                                 batch_frames=args.batch_frames)
+        n, wall, cpu = run_pipeline(case, data_dir, args.threads, with_age, clock, faces, info,
+                                    track="track" in impl, batch=args.batch_frames if "batch" in impl else 1,
+                                    bundle=Path(args.bundle))
     total_s = time.perf_counter() - t_load
     embedded = sum(e is not None for e in faces.emb)
     dim = next((len(e) for e in faces.emb if e is not None), 1)
     out = Path(args.out_dir)
     faces.save(out / f"{args.case}__{args.impl}__t{args.threads}.npz", dim)
-    detected = len(faces.frame) if args.impl in ("insightface", "plain", "batch") else None
     result = {
         "case": case.name, "impl": args.impl, "threads": args.threads, "frames": n, "age": with_age,
         "wall_s": wall, "cpu_s": cpu, "fps": n / wall if wall > 0 else float("nan"),
         "ms_per_frame": 1e3 * wall / max(n, 1), "cpu_pct": 100.0 * cpu / wall if wall > 0 else float("nan"),
         "stage_ms": {k: 1e3 * v / max(n, 1) for k, v in clock.seconds.items()},
-        "faces_embedded": embedded, "faces_detected": detected, "peak_rss_mb": peak_rss_mb(),
+        "faces_embedded": embedded, "peak_rss_mb": peak_rss_mb(),
         "run_s": total_s, "load_avg": os.getloadavg(), **info,
     }
     (out / f"{args.case}__{args.impl}__t{args.threads}.json").write_text(json.dumps(result), encoding="utf-8")
@@ -575,7 +595,7 @@ def run_job(case: str, impl: str, threads: int, args: argparse.Namespace, out_di
            "MKL_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "bench.pipeline", "--worker", "--case", case, "--impl", impl, "--threads",
            str(threads), "--frames", str(args.frames), "--batch-frames", str(args.batch_frames),
-           "--out-dir", str(out_dir)]
+           "--out-dir", str(out_dir), "--bundle", str(out_dir / "bundle")]
     if args.no_age:
         cmd.append("--no-age")
     if args.data_dir:
@@ -682,7 +702,7 @@ def parity_diagnostics(case: Case, data_dir: Path, ref: dict[str, np.ndarray], f
             crops = np.stack([align_arcface(frame, ref["kps"][j]) for j in idx])
             e = analyzer.embedder.embed(crops)
             cos_emb += [float(x) for x in np.sum(e * ref["emb"][idx], axis=1)]
-        detector_mod.letterbox = _insightface_letterbox  # type: ignore[assignment]
+        detector_mod.letterbox = _insightface_letterbox
         try:
             for f in analyzer.analyze(frame):
                 log_resize.add(i, f.bbox, f.landmarks, f.det_score, f.embedding)
@@ -701,20 +721,29 @@ def parity_diagnostics(case: Case, data_dir: Path, ref: dict[str, np.ndarray], f
 # --------------------------------------------------------------------------------------------- output
 
 TABLE_COLUMNS = ["case", "impl", "threads", "frames", "fps", "ratio", "ms_per_frame", "detect", "align", "embed",
-                 "age", "track", "search", "cpu_pct", "peak_rss_mb", "embedded", "min_cos", "max_box_diff_px"]
+                 "age", "track", "search", "cpu_pct", "cpu_ms", "ratio_cpu", "peak_rss_mb", "embedded", "min_cos",
+                 "max_box_diff_px"]
 
 
 def table_rows(results: Sequence[dict[str, Any]], identity: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Flatten worker results into table rows with the ratio to InsightFace (same case and threads)."""
-    base = {(r["case"], r["threads"]): r["fps"] for r in results if r["impl"] == "insightface"}
+    """Flatten worker results into table rows with the ratios to InsightFace (same case and threads).
+
+    ``ratio``: frames/s over InsightFace's; ``ratio_cpu``: InsightFace's CPU ms per frame over ours (the
+    steadier figure on a shared machine, where the CPU share each run gets varies).
+    """
+    base = {(r["case"], r["threads"]): r for r in results if r["impl"] == "insightface"}
     rows = []
     for r in results:
         ident = identity.get(f"{r['case']}|{r['impl']}|{r['threads']}", {})
-        ref = base.get((r["case"], r["threads"]))
+        b = base.get((r["case"], r["threads"]))
+        ref = b["fps"] if b else None
+        cpu_ms = 1e3 * r["cpu_s"] / max(r["frames"], 1)
+        ref_cpu = 1e3 * b["cpu_s"] / max(b["frames"], 1) if b else None
         rows.append({**{k: r[k] for k in ("case", "impl", "threads", "frames", "fps", "ms_per_frame", "cpu_pct",
                                           "peak_rss_mb")},
                      **{k: v for k, v in r["stage_ms"].items()},
                      "ratio": r["fps"] / ref if ref else None, "embedded": r["faces_embedded"],
+                     "cpu_ms": cpu_ms, "ratio_cpu": ref_cpu / cpu_ms if ref_cpu and cpu_ms > 0 else None,
                      "min_cos": ident.get("min_cos"), "max_box_diff_px": ident.get("max_box_diff_px")})
     return rows
 
@@ -723,7 +752,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns 0 (benchmarks never fail)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m bench.pipeline")
     ap.add_argument("--cases", default=None, help=f"comma list of cases (default all; --quick: {QUICK_CASE})")
-    ap.add_argument("--impls", default=",".join(IMPLS), help=f"rows to run, from {','.join(IMPLS)}")
+    ap.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help=f"rows to run, from {','.join(IMPLS)}")
     ap.add_argument("--threads", default="1,2", help="onnxruntime intra-op threads (same on both sides)")
     ap.add_argument("--frames", type=int, default=40, help="frames per synthetic case (videos: all frames)")
     ap.add_argument("--batch-frames", type=int, default=4,
@@ -741,6 +770,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--impl", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out-dir", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--bundle", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr)
@@ -751,7 +781,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.frames = min(args.frames, 30)
         if args.impls == ap.get_default("impls"):
-            args.impls = "insightface,plain,track+batch"
+            args.impls = f"insightface,plain,{VIDEO_IMPL}"
         if args.threads == ap.get_default("threads"):
             args.threads = "1"
         args.parity_frames = min(args.parity_frames, 3)
@@ -772,6 +802,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parity: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
         out_dir = Path(tmp)
+        if any(i.startswith("pipeline") for i in impls):
+            t0 = time.perf_counter()
+            random_bundle(out_dir, BUNDLE_FACES)
+            log.info("bundle of %d random faces written in %.1f s", BUNDLE_FACES, time.perf_counter() - t0)
         for case in names:
             for t in threads:
                 for impl in impls:
@@ -785,8 +819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for impl in impls[1:]:
                     p = out_dir / f"{case}__{impl}__t{t}.npz"
                     if p.exists():
-                        identity[f"{case}|{impl}|{t}"] = compare_faces(ref, _load(p),
-                                                                       all_faces=impl in ("plain", "batch"))
+                        identity[f"{case}|{impl}|{t}"] = compare_faces(ref, _load(p), all_faces=impl.endswith("plain"))
                 if t == threads[0] and args.parity_frames > 0:
                     parity[case] = parity_diagnostics(cases_all[case], data_dir, ref, args.parity_frames)
     info["load_avg_end"] = tuple(round(v, 2) for v in os.getloadavg())
@@ -796,12 +829,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "parity": parity}
     quick = {r["impl"]: r for r in rows if r["case"] == QUICK_CASE and r["threads"] == threads[0]}
     if quick.get("insightface"):
-        best = "track+batch" if "track+batch" in quick else next((i for i in quick if i != "insightface"), None)
+        best = VIDEO_IMPL if VIDEO_IMPL in quick else next((i for i in quick if i != "insightface"), None)
         summary["case"] = QUICK_CASE
         summary["threads"] = threads[0]
         summary["ratio_impl"] = best
         summary["ratio_vs_insightface"] = quick[best]["ratio"] if best else None
         summary["ratio_plain_vs_insightface"] = quick["plain"]["ratio"] if "plain" in quick else None
+        summary["ratio_cpu_vs_insightface"] = quick[best]["ratio_cpu"] if best else None
         summary["fps"] = {k: v["fps"] for k, v in quick.items()}
         summary["identity_plain"] = identity.get(f"{QUICK_CASE}|plain|{threads[0]}")
     if args.out:

@@ -537,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns 0 (benchmarks never fail)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m bench.search")
     ap.add_argument("--sizes", default="10k,100k,1M", help="gallery sizes, e.g. 10k,100k,1M")
-    ap.add_argument("--dim", type=int, default=512, help="embedding size (512 EdgeFace, 128 SFace)")
+    ap.add_argument("--dim", type=int, default=512, help="embedding size (512 EdgeFace, 128 SFace); --real uses the model's")
     ap.add_argument("--queries", type=int, default=1000, help="queries per difficulty for recall")
     ap.add_argument("--indexes", default=",".join(FAMILIES), help=f"families to run, from {','.join(FAMILIES)}")
     ap.add_argument("--threads", default="1,2", help="FAISS thread counts for the latency runs")

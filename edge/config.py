@@ -76,6 +76,18 @@ class BackendConfig(StrictModel):
     warmup_runs: int = Field(1, ge=0, le=50, description="Forward passes on dummy input at load.")
 
 
+#: Default age calibration (raw expected age -> age, np.interp, clipped at the ends) for age-v1
+#: on the product's age chip with flip averaging. Fitted by `python -m bench.age_study` (docs/age.md):
+#: binned medians of true age (16 equal-count bins of the raw estimate, count chosen by inner 2-fold
+#: CV) made monotone with weighted PAV, on half A of the UTKFace dev set (1,800 images, split
+#: stratified by 5-year age bins, seed 20250601; 900 images). Held-out half B: MAE 7.33 raw -> 7.06.
+AGE_CALIBRATION_UTKFACE: tuple[tuple[float, float], ...] = (
+    (0.0, 0.0), (0.97, 1.0), (6.93, 9.0), (18.98, 15.0), (23.91, 24.0), (26.68, 26.0), (29.15, 26.5),
+    (31.7, 31.0), (34.99, 37.0), (39.38, 41.0), (44.31, 50.0), (50.03, 51.0), (55.11, 60.0),
+    (60.87, 62.0), (67.53, 72.0), (76.89, 76.0), (79.99, 84.0),
+)
+
+
 class ModelsConfig(StrictModel):
     """Which models run, and where their files are cached."""
 
@@ -88,7 +100,8 @@ class ModelsConfig(StrictModel):
     )
     age_flip: bool = Field(True, description="Average age over the chip and its mirror image.")
     age_calibration: list[tuple[float, float]] | None = Field(
-        None, description="Piecewise-linear (raw, calibrated) age points; see `namus-edge eval age --fit-calibration`."
+        default_factory=lambda: list(AGE_CALIBRATION_UTKFACE),
+        description="Piecewise-linear (raw, calibrated) age points, raw strictly increasing; null = raw ages.",
     )
     backend: BackendConfig = Field(default_factory=BackendConfig)
 

@@ -53,7 +53,7 @@ class AgeEstimator:
         spec: its registry entry.
         flip: average the probabilities of the chip and its mirror image.
         calibration: optional (K, 2) piecewise-linear map of raw estimate -> calibrated age
-            (x ascending), fitted by ``namus-edge eval age --fit-calibration``.
+            (x ascending), fitted by ``python -m bench.age_study`` (docs/age.md).
         max_batch: chips per forward pass.
     """
 

@@ -58,6 +58,7 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     a = esub.add_parser("age", help="age estimation MAE", parents=[parent])
     a.add_argument("--manifest", required=True, type=Path, help="CSV: path, age [, gender, race]")
     a.add_argument("--root", required=True, type=Path)
+    a.add_argument("--dataset", help="evaluate only rows whose `dataset` column equals this (e.g. utkface)")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=run_age)
 
@@ -82,6 +83,15 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
             return list(reader)
     except OSError as exc:
         raise EvalInputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _filter_dataset(rows: list[dict[str, str]], args: argparse.Namespace) -> list[dict[str, str]]:
+    if not args.dataset:
+        return rows
+    kept = [r for r in rows if r.get("dataset") == args.dataset]
+    if not kept:
+        raise EvalInputError(f"{args.manifest}: no rows with dataset {args.dataset!r}")
+    return kept
 
 
 def _analyzer(config: Config, with_age: bool) -> Any:
@@ -235,7 +245,7 @@ def _f(x: Any) -> str:
 
 def run_age(args: argparse.Namespace, config: Config) -> int:
     """Handler of ``eval age``."""
-    rows = _read_csv(args.manifest, ("path", "age"))
+    rows = _filter_dataset(_read_csv(args.manifest, ("path", "age")), args)
     analyzer = _analyzer(config, with_age=True)
     if analyzer.age is None:
         raise EvalInputError("no age model configured (models.age is null)")
@@ -302,11 +312,7 @@ def run_detect(args: argparse.Namespace, config: Config) -> int:
     from models.detector import FaceDetector
     from models.registry import get_spec, resolve
 
-    rows = _read_csv(args.manifest, ("path", "bboxes_xywh"))
-    if args.dataset:
-        rows = [r for r in rows if r.get("dataset") == args.dataset]
-        if not rows:
-            raise EvalInputError(f"{args.manifest}: no rows with dataset {args.dataset!r}")
+    rows = _filter_dataset(_read_csv(args.manifest, ("path", "bboxes_xywh")), args)
     det_name = config.models.selected()[0]
     spec = get_spec(det_name)
     detector = FaceDetector(create_backend(resolve(det_name, config.models.resolved_cache_dir()),
