@@ -23,8 +23,11 @@ test: lint typecheck unit
 # Benchmarks measure, never fail; run them as modules (bench/ is not installed). Results: docs/benchmarks.md.
 bench:
 	$(PY) -m bench.search
+	$(PY) -m bench.search --real --sizes 100000
 	$(PY) -m bench.pipeline
 	$(PY) -m bench.ingest
+	$(PY) -m bench.latency
+	$(PY) -m bench.identification
 
 bench-quick:
 	$(PY) -m bench.search --quick

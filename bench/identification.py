@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import machine_info, machine_markdown, markdown_table
-from edge.config import Config, load_config
+from edge.config import Config, load_config, match_threshold
 from edge.decision import best_candidate
 from edge.errors import ImageReadError
 from models.evaluation import AGE_GAP_BUCKETS, bucket_of, verification_metrics
@@ -379,7 +379,7 @@ def run(config: Config, data_dir: Path, thresholds: Sequence[float], *, lfw_case
 
     info = machine_info()
     cs = make_case_set(data_dir, lfw_cases, fgnet_subjects, unenrolled)
-    threshold, margin = config.matching.threshold, config.matching.margin
+    threshold, margin = match_threshold(config), config.matching.margin
     top_k = max(5, config.matching.top_k)
     analyzer = FaceAnalyzer(config, with_age=False)
     pair_rows = read_pairs(data_dir) if pairs else []

@@ -184,8 +184,12 @@ class AgeCheckConfig(StrictModel):
 class MatchingConfig(StrictModel):
     """Decision rules from search results to a match event."""
 
-    threshold: float = Field(
-        0.36, ge=-1.0, le=1.0, description="Cosine similarity for a candidate match (FAR 1e-3 on LFW pairs)."
+    threshold: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="Cosine similarity for a candidate match; null = the embedder's measured default "
+        "(EdgeFace-XS 0.40, SFace 0.46: ~1e-5 false accepts per different-person pair, docs/accuracy.md).",
     )
     margin: float = Field(0.05, ge=0.0, le=2.0, description="Required lead of the best case over the second best.")
     top_k: int = Field(5, ge=1, le=100, description="Cases retrieved per face.")
@@ -328,9 +332,9 @@ class IndexConfig(StrictModel):
         description="Image categories run through the face detector.",
     )
     flat_max: int = Field(
-        500_000, ge=1, description="Exact (flat) search up to this many vectors; approximate beyond (bench/search.py)."
+        80_000, ge=1, description="Exact (flat) search up to this many vectors, HNSW beyond (bench/search.py)."
     )
-    flat_fp16: bool = Field(False, description="Store flat vectors as fp16 (half the memory, same ranking).")
+    flat_fp16: bool = Field(True, description="Store flat vectors as fp16 (half the memory, same ranking).")
     thumbnails: bool = Field(True, description="Keep 20%-padded face thumbnails in the operator bundle.")
     thumbnail_px: int = Field(160, ge=32, le=1024)
     min_face_px: int = Field(20, ge=1, description="Smallest face side accepted from a case photo.")
@@ -399,6 +403,22 @@ class Config(StrictModel):
 # --------------------------------------------------------------------------------------------
 # loading
 # --------------------------------------------------------------------------------------------
+
+
+def match_threshold(config: Config) -> float:
+    """The effective ``matching.threshold``: the configured value, else the embedder's default.
+
+    Raises:
+        ConfigError: no threshold is configured and the embedder has no measured default.
+    """
+    if config.matching.threshold is not None:
+        return float(config.matching.threshold)
+    from models.registry import get_spec
+
+    spec = get_spec(config.models.selected()[1])
+    if spec.match_threshold is None:
+        raise ConfigError(f"matching.threshold: set it explicitly; embedder {spec.name} has no measured default")
+    return float(spec.match_threshold)
 
 
 def _format_error(err: ValidationError, source: str) -> str:

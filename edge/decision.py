@@ -305,7 +305,10 @@ class DecisionEngine:
         case_info: CaseInfo,
         today: Callable[[], date] = _utc_today,
     ) -> None:
+        if cfg.threshold is None:
+            raise ValueError("matching.threshold must be resolved first (edge.config.match_threshold)")
         self.cfg = cfg
+        self._threshold = float(cfg.threshold)
         self._case_info = case_info
         self._today = today
         self._tracks: dict[tuple[str, int], _TrackVotes] = {}
@@ -319,7 +322,7 @@ class DecisionEngine:
     def candidate(self, matches: Sequence[CaseMatchLike], estimated_age: float | None) -> Candidate | None:
         """The case this face votes for, or ``None`` (below threshold, ambiguous, or age-implausible)."""
         cand = best_candidate(matches)
-        if cand is None or cand.score < self.cfg.threshold or cand.margin < self.cfg.margin:
+        if cand is None or cand.score < self._threshold or cand.margin < self.cfg.margin:
             return None
         if self.cfg.age_check.enabled and estimated_age is not None:
             info = self._case_info(cand.id_formatted)

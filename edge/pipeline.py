@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from edge.config import Config
+from edge.config import Config, match_threshold
 from edge.decision import DecisionEngine, MatchDecision
 from edge.events import CaseRef, EventModels, MatchEvent, ModelRef, utc_timestamp
 from edge.frame_queue import Frame
@@ -110,7 +110,9 @@ class Pipeline:
         self.embed_all = embed_all
         self.tracker = Tracker(config.matching)
         self._current_index: SearchIndex | None = None
-        self.engine = DecisionEngine(config.matching, self._case_info)
+        self.threshold = match_threshold(config)
+        self.engine = DecisionEngine(config.matching.model_copy(update={"threshold": self.threshold}),
+                                     self._case_info)
         self.stats = StageStats()
         self._masks = {c.id: MaskCache(c.mask) for c in config.cameras if c.mask}
         self._lock = threading.Lock()

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge.config import Config
+from edge.config import Config, match_threshold
 from edge.errors import NamusEdgeError
 from index.manifest import read_manifest, verify_bundle
 
@@ -268,7 +268,7 @@ def _search(args: argparse.Namespace, config: Config) -> int:
     paths = _query_paths(args)
     _check_exist(paths)
     expected = expected_model_from_config(config)
-    threshold = config.matching.threshold
+    threshold = match_threshold(config)
     with Bundle.load(args.bundle, pubkeys=_pubkeys(args, config), expected_model=expected) as bundle:
         analyzer = FaceAnalyzer(config, with_age=False)
         rows: list[tuple[Path, int, Sequence[Any]]] = []

@@ -60,6 +60,9 @@ class ModelSpec:
     #: a zip archive (release zips, Python wheels).
     urls: tuple[str, ...] = ()
     output_dim: int | None = None
+    #: Embedders: default cosine threshold for a candidate match, measured in docs/accuracy.md
+    #: (about 1e-5 false accepts per different-person pair on LFW; scores differ per model).
+    match_threshold: float | None = None
     notes: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -140,6 +143,7 @@ REGISTRY: dict[str, ModelSpec] = {
             contract=InputContract("input", (112, 112), "RGB", *_ARCFACE_NORM, True),
             urls=(),  # converted by the project; served from the operators' mirror only
             output_dim=512,
+            match_threshold=0.40,
             notes="No official ONNX exists; the mirror copy is the reference (MODELS.md 3a).",
         ),
         ModelSpec(
@@ -156,6 +160,7 @@ REGISTRY: dict[str, ModelSpec] = {
             contract=InputContract("data", (112, 112), "RGB", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), True),
             urls=(),  # derived by the project from the upstream int8bq file; mirror only
             output_dim=128,
+            match_threshold=0.46,
             notes="Derived from face_recognition_sface_2021dec_int8bq.onnx (MODELS.md 3b).",
         ),
         ModelSpec(

@@ -128,3 +128,14 @@ def test_configuration_reference_doc_is_current():
     text = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
     table = "\n".join(render_reference())
     assert table in text, "docs/configuration.md is stale: regenerate it with `namus-edge config reference`"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [([], 0.40), (["models.set=licence_clean"], 0.46), (["matching.threshold=0.5"], 0.5),
+     (["models.set=licence_clean", "matching.threshold=0.3"], 0.3)],
+)
+def test_match_threshold_follows_the_embedder_unless_set(overrides, expected):
+    from edge.config import match_threshold
+
+    assert match_threshold(load_config(overrides=overrides)) == pytest.approx(expected)

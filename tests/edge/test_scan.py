@@ -10,7 +10,7 @@ import pytest
 from namus_factory import SyntheticCase, lfw_identities, write_prepager
 
 from edge.cli import main
-from edge.config import load_config
+from edge.config import load_config, match_threshold
 from edge.demo import synthesize_clip
 from index.build import build_bundle
 from index.signing import generate_keypair
@@ -65,7 +65,7 @@ def test_enrolled_person_gives_one_event_on_mqtt_and_jsonl(world, tmp_path, mosq
     e = file_events[0]
     assert e["case"]["id_formatted"] == "MP7004"
     assert e["schema_version"] == 1 and e["review_required"] is True
-    assert e["similarity"] >= load_config().matching.threshold and e["frames"] >= 3
+    assert e["similarity"] >= match_threshold(load_config()) and e["frames"] >= 3
     assert [m["event_id"] for m in mqtt_events] == [e["event_id"]]
     # the explicit debug option saves the frame of the match, and nothing else
     assert [p.name for p in (tmp_path / "debug").iterdir()] == [f"{e['event_id']}.jpg"]

@@ -13,7 +13,7 @@ import pytest
 from namus_factory import SyntheticCase, lfw_identities, raw_record, storage_key, write_prepager
 
 from edge.cli import main
-from edge.config import load_config
+from edge.config import load_config, match_threshold
 from index.build import BuildError, build_bundle
 from index.bundle import Bundle
 from index.signing import generate_keypair
@@ -139,7 +139,7 @@ def test_identification_on_lfw(tmp_path, data_dir, config, analyzer, key):
     hits = sum(1 for cid, p in probes if (m := top(p)) is not None and m.id_formatted == f"MP{cid}")
     rank1 = hits / len(probes)
     assert rank1 >= 0.97, rank1
-    thr = config.matching.threshold
+    thr = match_threshold(config)
     above = sum(1 for n in single if (m := top(lfw[n][0])) is not None and m.score >= thr)
     assert above / len(single) <= 0.01, above
     b.close()

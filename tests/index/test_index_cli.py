@@ -224,7 +224,7 @@ def test_search_finds_the_person_in_a_new_photo(
     ]
     assert main(argv) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert set(doc) == {"threshold", "results"} and doc["threshold"] == 0.36
+    assert set(doc) == {"threshold", "results"} and doc["threshold"] == 0.40  # the EdgeFace default
     obama, solvay = doc["results"]
     assert obama["image"] == str(test_images / "obama_2012.jpg") and obama["faces"] >= 1
     assert [set(m) for m in obama["matches"]] == [{"case", "score", "image_key"}] * 2
