@@ -20,6 +20,9 @@ Rows (``--impls``):
 * ``pipeline+track``: one frame per call, tracking on (``embed_all=False``: only faces that are new or
   better than what their track holds are embedded);
 * ``pipeline+track+batch``: both (how the service runs).
+* ``whatif-plain``, ``whatif-pipeline+track+batch``: not the shipped code: the same rows with our detector
+  patched to resize like InsightFace and build its input with ``cv2.dnn.blobFromImage``
+  (:func:`install_insightface_preprocessing`), to show what that change would give. Not run by default.
 
 The pipeline rows also search every embedded face in a real signed bundle of 10,000 random unit vectors
 (written once with :class:`index.bundle.BundleWriter`) and feed the decision engine; InsightFace has
@@ -46,6 +49,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -377,6 +381,7 @@ def run_insightface(case: Case, data_dir: Path, threads: int, with_age: bool, cl
         n += 1
         for f in result:
             faces.add(i, f.bbox, f.kps, f.det_score, f.embedding)
+    shutil.rmtree(tmp, ignore_errors=True)  # only links; InsightFace reads the files until the first detect
     return n, wall, cpu
 
 
@@ -756,11 +761,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", default="1,2", help="onnxruntime intra-op threads (same on both sides)")
     ap.add_argument("--frames", type=int, default=40, help="frames per synthetic case (videos: all frames)")
     ap.add_argument("--batch-frames", type=int, default=4,
-                    help="batched rows: flush after this many frames at the latest")
+                    help="+batch rows: frames per Pipeline.process call")
     ap.add_argument("--no-age", action="store_true", help="run without the age model on both sides")
     ap.add_argument("--parity-frames", type=int, default=5, help="frames per case for the parity diagnostics")
     ap.add_argument("--quick", action="store_true",
-                    help=f"{QUICK_CASE} only, 30 frames, insightface/plain/track+batch at 1 thread (< 1 min)")
+                    help=f"{QUICK_CASE} only, 30 frames, insightface/plain/{VIDEO_IMPL} at 1 thread (< 1 min)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of markdown")
     ap.add_argument("--out", default=None, help="also write every number (JSON) to this file")
     ap.add_argument("--data-dir", default=None, help="../shared/data")

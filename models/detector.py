@@ -46,18 +46,24 @@ class Letterbox:
 def letterbox(image: np.ndarray, size: tuple[int, int]) -> Letterbox:
     """Resize ``image`` to fit ``size`` keeping its aspect ratio; pad right/bottom with zeros.
 
+    Follows InsightFace's SCRFD preprocessing exactly (the reference behaviour): the side that
+    limits is set to the input size, the other is truncated, the resize is bilinear, and the
+    scale is ``new_height / height``. Matching it makes our detections (and so the aligned
+    faces and embeddings) identical to InsightFace's on the same frames (bench/pipeline.py).
+
     Args:
         image: uint8 (H, W, 3) in any colour order.
         size: detector input (width, height).
     """
     w_in, h_in = size
     h, w = image.shape[:2]
-    scale = min(w_in / w, h_in / h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    if h / w > h_in / w_in:
+        nh, nw = h_in, max(1, int(h_in / (h / w)))
+    else:
+        nw, nh = w_in, max(1, int(w_in * (h / w)))
     canvas = np.zeros((h_in, w_in, 3), dtype=np.uint8)
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    canvas[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=interp)
-    return Letterbox(canvas, scale)
+    canvas[:nh, :nw] = cv2.resize(image, (nw, nh))
+    return Letterbox(canvas, nh / h)
 
 
 def anchor_centers(height: int, width: int, stride: int, num_anchors: int) -> np.ndarray:
@@ -160,7 +166,13 @@ class FaceDetector:
     # -- preprocessing -----------------------------------------------------------------------
 
     def _blob(self, canvas_bgr: np.ndarray) -> np.ndarray:
+        """float32 (1, 3, H, W) input; OpenCV's blobFromImage (one fused pass) when std is uniform."""
         c = self.spec.contract
+        if len(set(c.std)) == 1:
+            # blobFromImage subtracts the mean given in the *input's* (BGR) order, then swaps
+            mean_bgr = tuple(reversed(c.mean)) if c.color == "RGB" else c.mean
+            return cv2.dnn.blobFromImage(canvas_bgr, 1.0 / c.std[0], (canvas_bgr.shape[1], canvas_bgr.shape[0]),
+                                         mean_bgr, swapRB=c.color == "RGB")
         img = canvas_bgr[:, :, ::-1] if c.color == "RGB" else canvas_bgr
         blob = (img.astype(np.float32) - np.asarray(c.mean, np.float32)) / np.asarray(c.std, np.float32)
         return np.ascontiguousarray(blob.transpose(2, 0, 1)[None])

@@ -413,7 +413,10 @@ def test_status_is_retained_state(mosquitto: MosquittoBroker, publishers: Callab
     assert pub.publish_status(status) is True
     with pytest.raises(MqttError, match="JSON"):
         pub.publish_status({"bad": object()})
-    with Collector(mosquitto, [STATUS]) as sub:  # subscribes after the publish: retained
+    with Collector(mosquitto, [STATUS]) as first:  # the publish may still be in flight: live or retained
+        assert first.wait_for(lambda m: len(m) >= 1, 3)
+        assert json.loads(first.messages[0][1]) == status
+    with Collector(mosquitto, [STATUS]) as sub:  # the broker now holds it: a late subscriber gets it retained
         assert sub.wait_for(lambda m: len(m) >= 1, 3)
         _, payload, retained = sub.messages[0]
         assert retained and json.loads(payload) == status

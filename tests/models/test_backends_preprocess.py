@@ -82,3 +82,26 @@ def test_detector_input_sizes_agree(detector, size, model_cache, test_images):
     assert len(dets) == 1
     # same face box at every input size (a few pixels of the 232x344 box)
     np.testing.assert_allclose(dets[0].bbox, [378, 83, 610, 427], atol=25)
+
+
+@pytest.mark.parametrize("detector", ["det_500m", "yunet_dynamic"])
+def test_detector_blob_equals_contract_formula(detector, model_cache):
+    from models.detector import FaceDetector
+
+    spec = get_spec(detector)
+    det = FaceDetector(create_backend(resolve(detector, model_cache), BackendConfig()), spec, load_config().detection)
+    img = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    c = spec.contract
+    ref = (img[:, :, ::-1] if c.color == "RGB" else img).astype(np.float32)
+    ref = ((ref - np.asarray(c.mean, np.float32)) / np.asarray(c.std, np.float32)).transpose(2, 0, 1)[None]
+    np.testing.assert_allclose(det._blob(img), ref, atol=1e-6)
+
+
+def test_letterbox_follows_insightface_rounding():
+    from models.detector import letterbox
+
+    lb = letterbox(np.zeros((1080, 1920, 3), np.uint8), (640, 640))
+    # width limits: 640 x int(640 * 1080 / 1920) = 640 x 360, scale = 360 / 1080
+    assert lb.scale == pytest.approx(360 / 1080)
+    lb = letterbox(np.zeros((700, 300, 3), np.uint8), (640, 640))
+    assert lb.scale == pytest.approx(640 / 700)  # height limits: width int(640 / (700 / 300)) = 274
