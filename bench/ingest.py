@@ -55,24 +55,13 @@ def shared_dir() -> Path:
 
 
 def samples_source(shared: Path, dst: Path) -> Path:
-    """Copy the real sample records to `dst` and file the real face crops as their photos; returns the source.
-
-    Same arrangement as the ``samples_with_files`` fixture of tests/index/test_build.py.
-    """
-    src = shared / "namus" / "samples" / "prepager-layout" / "output"
-    out = dst / "output"
-    shutil.copytree(src, out)
-    crops = shared / "namus" / "samples" / "face_crops"
-    for set_dir in out.iterdir():
-        records = json.loads((set_dir / f"{set_dir.name}.json").read_text(encoding="utf-8"))
-        for rec in records:
-            files = sorted((crops / set_dir.name).glob(f"namus{rec['id']}-face*.jpg"))
-            images = [i for i in rec.get("images", []) if i["category"]["name"] in FACE_CATEGORIES]
-            for crop, img in zip(files, images, strict=False):
-                d = set_dir / "files" / img["category"]["name"]
-                d.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(crop, d / f"{rec['id']}-{img['files']['original']['storageKey']}.jpg")
-    return dst
+    """The real sample records with the real face crops filed as their photos (tests/namus_factory.py)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    try:
+        from namus_factory import samples_with_crops
+    finally:
+        sys.path.remove(str(REPO / "tests"))
+    return samples_with_crops(shared, dst)
 
 
 def lfw_source(data_dir: Path, dst: Path, photos: int) -> Path:

@@ -123,3 +123,27 @@ def fgnet_identities(data_dir: Path) -> dict[str, list[tuple[float, Path]]]:
             if r["dataset"] == "fgnet":
                 out[r["identity"]].append((float(r["age"]), root / r["path"]))
     return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+FACE_CATEGORIES = ("FacialCaseId", "ActualPhoto", "AgeProgression", "Composite", "ArtistRendering")
+
+
+def samples_with_crops(shared: Path, dst: Path) -> Path:
+    """Copy the real Prepager-layout sample records to ``dst`` with the real face crops as their photos.
+
+    The crops (samples/face_crops) belong to these cases; which of a case's images each was cut
+    from is not recorded, so crop n is filed as the case's n-th face-worthy image. Returns ``dst``.
+    """
+    out = dst / "output"
+    shutil.copytree(shared / "namus" / "samples" / "prepager-layout" / "output", out)
+    crops = shared / "namus" / "samples" / "face_crops"
+    for set_dir in out.iterdir():
+        records = json.loads((set_dir / f"{set_dir.name}.json").read_text(encoding="utf-8"))
+        for rec in records:
+            files = sorted((crops / set_dir.name).glob(f"namus{rec['id']}-face*.jpg"))
+            images = [i for i in rec.get("images", []) if i["category"]["name"] in FACE_CATEGORIES]
+            for crop, img in zip(files, images, strict=False):
+                d = set_dir / "files" / img["category"]["name"]
+                d.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(crop, d / f"{rec['id']}-{img['files']['original']['storageKey']}.jpg")
+    return dst

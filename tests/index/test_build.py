@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from datetime import date
 from pathlib import Path
 
 import cv2
 import pytest
-from namus_factory import SyntheticCase, lfw_identities, raw_record, storage_key, write_prepager
+from namus_factory import (
+    SyntheticCase,
+    lfw_identities,
+    raw_record,
+    samples_with_crops,
+    storage_key,
+    write_prepager,
+)
 
 from edge.cli import main
 from edge.config import load_config, match_threshold
@@ -41,26 +47,8 @@ def key(tmp_path_factory):
 
 @pytest.fixture()
 def samples_with_files(tmp_path, shared_dir):
-    """The real Prepager-layout sample records, with the real face crops as their photos.
-
-    The crops (samples/face_crops) belong to these cases; which of a case's images each was
-    cut from is not recorded, so crop n is filed as the case's n-th face-worthy image.
-    """
-    src = shared_dir / "namus" / "samples" / "prepager-layout" / "output"
-    out = tmp_path / "src" / "output"
-    shutil.copytree(src, out)
-    crops = shared_dir / "namus" / "samples" / "face_crops"
-    for set_dir in out.iterdir():
-        records = json.loads((set_dir / f"{set_dir.name}.json").read_text(encoding="utf-8"))
-        for rec in records:
-            files = sorted((crops / set_dir.name).glob(f"namus{rec['id']}-face*.jpg"))
-            images = [i for i in rec.get("images", []) if i["category"]["name"] in
-                      ("FacialCaseId", "ActualPhoto", "AgeProgression", "Composite", "ArtistRendering")]
-            for crop, img in zip(files, images, strict=False):
-                d = set_dir / "files" / img["category"]["name"]
-                d.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(crop, d / f"{rec['id']}-{img['files']['original']['storageKey']}.jpg")
-    return tmp_path / "src"
+    """The real Prepager-layout sample records, with the real face crops as their photos."""
+    return samples_with_crops(shared_dir, tmp_path / "src")
 
 
 def test_real_samples_all_case_sets(samples_with_files, tmp_path, config, analyzer, key):
