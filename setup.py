@@ -37,6 +37,7 @@ setup(
             "scikit-image>=0.21",
             "pillow>=10",
         ],
+        # insightface declares opencv-python, which replaces opencv-python-headless: see docs/benchmarks.md
         "bench": ["insightface>=0.7.3", "psutil>=5.9"],
         "demo": ["scikit-image>=0.21", "amqtt>=0.11"],
     },
