@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine_info, machine_markdown
 from edge.config import load_config
-from edge.demo import free_port
+from edge.demo import EmbeddedBroker
 from edge.frame_queue import Frame
 from edge.mqtt_publisher import MqttPublisher
 from edge.outbox import Outbox
@@ -135,11 +134,9 @@ def main() -> int:
     config = load_config()
     analyzer = FaceAnalyzer(config)
     tmp = Path(tempfile.mkdtemp(prefix="namus-latency-"))
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
-    conf = tmp / "m.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-    broker = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    broker = EmbeddedBroker(tmp)  # mosquitto when installed, else amqtt (the demo's broker)
+    broker.start()
+    port = broker.port
     time.sleep(0.5)
     try:
         # enrol the first (largest) person of every case: the same first LFW identity, another photo of it
@@ -159,8 +156,7 @@ def main() -> int:
         rows = [run_case(analyzer, config, bpath, size, n, args.frames, port, tmp)
                 for size in ((1280, 720), (1920, 1080)) for n in (1, 5)]
     finally:
-        broker.terminate()
-        broker.wait()
+        broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     result = {"machine": machine_info(), "rows": rows}
     if args.json:

@@ -31,6 +31,7 @@ from edge.events import CaseRef, EventModels, MatchEvent, ModelRef, utc_timestam
 from edge.frame_queue import Frame
 from edge.sources import MaskCache
 from edge.tracker import Tracker
+from index.faces import face_thumbnail
 from models.analyzer import FaceAnalyzer, PreparedFace
 
 logger = logging.getLogger(__name__)
@@ -243,7 +244,8 @@ class Pipeline:
         )
         crop = None
         if self.config.mqtt.face_crop != "off":
-            crop = _face_jpeg(image, cand.prepared.detection.bbox)
+            # the matched face, box grown by 20 %, full resolution (only ever for a confirmed match)
+            crop = face_thumbnail(image, cand.prepared.detection.bbox, size=max(image.shape[:2]))
         logger.info("match: camera %s track %d -> %s (similarity %.3f over %d frames)", d.camera_id, d.track_id,
                     d.id_formatted, d.similarity, d.frames)
         debug_dir = self.config.service.debug_save_frames
@@ -256,15 +258,3 @@ class Pipeline:
 
 def _int_or_none(v: Any) -> int | None:
     return None if v is None else round(float(v))
-
-
-def _face_jpeg(image: np.ndarray, bbox: np.ndarray, pad: float = 0.2) -> bytes | None:
-    """JPEG of a matched face (box grown by ``pad``); only ever called for a confirmed match."""
-    h, w = image.shape[:2]
-    x1, y1, x2, y2 = (float(v) for v in bbox)
-    px, py = (x2 - x1) * pad, (y2 - y1) * pad
-    crop = image[max(0, int(y1 - py)) : min(h, int(y2 + py)), max(0, int(x1 - px)) : min(w, int(x2 + px))]
-    if crop.size == 0:
-        return None
-    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    return buf.tobytes() if ok else None

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.config import Config
 from edge.errors import NamusEdgeError
@@ -29,6 +29,10 @@ from edge.frame_queue import Frame, FrameQueue
 from edge.index_holder import IndexHolder
 from edge.pipeline import Pipeline
 from edge.sdnotify import Notifier, ProgressWatchdog, watchdog_interval
+
+if TYPE_CHECKING:
+    from edge.mqtt_publisher import MqttPublisher
+    from edge.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +52,20 @@ def read_temperature_c() -> float | None:
         except (OSError, ValueError):
             continue
     return max(temps) if temps else None
+
+
+def open_publisher(config: Config, password: str | None) -> tuple[MqttPublisher, Outbox]:
+    """Open the outbox and the MQTT publisher that drains it (the caller starts the publisher).
+
+    The outbox is ``mqtt.outbox_path``, default ``<service.state_dir>/outbox.sqlite3``.
+    """
+    from edge.mqtt_publisher import MqttPublisher
+    from edge.outbox import Outbox
+
+    path = Path(config.mqtt.outbox_path or Path(config.service.state_dir) / "outbox.sqlite3")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    outbox = Outbox(path, max_events=config.mqtt.outbox_max_events)
+    return MqttPublisher(config.mqtt, config.service.device_id, outbox, password), outbox
 
 
 def _index_holder(config: Config) -> IndexHolder:
@@ -188,13 +206,9 @@ class EdgeService:
         if not self.config.mqtt.enabled:
             logger.warning("mqtt.enabled is false: match events are only logged")
             return
-        from edge.mqtt_publisher import MqttPublisher, announce_topic
-        from edge.outbox import Outbox
+        from edge.mqtt_publisher import announce_topic
 
-        path = Path(self.config.mqtt.outbox_path or Path(self.config.service.state_dir) / "outbox.sqlite3")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.outbox = Outbox(path, max_events=self.config.mqtt.outbox_max_events)
-        self.publisher = MqttPublisher(self.config.mqtt, self.config.service.device_id, self.outbox, self.password)
+        self.publisher, self.outbox = open_publisher(self.config, self.password)
         if self.config.sync.on_announce:
             self.publisher.subscribe(announce_topic(self.config.mqtt.topic_prefix), self._on_announce)
         self.publisher.start()
@@ -325,13 +339,7 @@ def scan_file(config: Config, source: Path, *, events_path: Path | None = None, 
     t_start = time.perf_counter()
     publisher = outbox = None
     if mqtt:
-        from edge.mqtt_publisher import MqttPublisher
-        from edge.outbox import Outbox
-
-        path = Path(config.mqtt.outbox_path or Path(config.service.state_dir) / "outbox.sqlite3")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        outbox = Outbox(path, max_events=config.mqtt.outbox_max_events)
-        publisher = MqttPublisher(config.mqtt, config.service.device_id, outbox, password)
+        publisher, outbox = open_publisher(config, password)
         publisher.start()
     out_fh = events_path.open("a", encoding="utf-8") if events_path else None
 

@@ -245,15 +245,15 @@ def build_bundle(
                           base_version=old.version if old is not None else None)
     new_faces: dict[str, tuple[str, str]] = {}
     cases_with_face: set[str] = set()
-    pending: list[tuple[_Photo, Any, Any, bool]] = []
+    pending: list[tuple[_Photo, Any, Any]] = []
 
     def flush() -> None:
         if not pending:
             return
         t0 = time.perf_counter()
-        vectors = analyzer.embed([p for _, p, _, _ in pending])
+        vectors = analyzer.embed([p for _, p, _ in pending])
         summary.stage_seconds["embed"] += time.perf_counter() - t0
-        for (photo, prepared, choice, _), vec in zip(pending, vectors, strict=True):
+        for (photo, prepared, choice), vec in zip(pending, vectors, strict=True):
             _add(photo, vec, prepared.detection.bbox, prepared.quality.score, prepared.detection.score,
                  choice.ambiguous, _thumb(photo, prepared.detection.bbox))
             photo.pixels = None  # decoded photos are not kept once embedded
@@ -286,7 +286,7 @@ def build_bundle(
     bar = tqdm(total=len(photos), desc="index build", unit="img", disable=None if progress is None else not progress)
     try:
         with ThreadPoolExecutor(max_workers=n_workers) as pool:
-            for photo in _ordered(pool, photos, config):
+            for photo in _ordered(pool, photos, window=4 * n_workers):
                 bar.update(1)
                 summary.stage_seconds["decode"] += photo.seconds
                 if photo.problem:
@@ -315,7 +315,7 @@ def build_bundle(
                 summary.padded_retry += int(padded)
                 prepared = analyzer.prepare(photo.pixels, dets[choice.index])
                 summary.stage_seconds["detect"] += time.perf_counter() - t0
-                pending.append((photo, prepared, choice, padded))
+                pending.append((photo, prepared, choice))
                 if len(pending) >= EMBED_BATCH:
                     flush()
             flush()
@@ -349,9 +349,9 @@ def build_bundle(
     return summary
 
 
-def _ordered(pool: ThreadPoolExecutor, photos: list[_Photo], config: Config) -> Iterator[_Photo]:
-    """Decode photos in the pool, a bounded window ahead, yielding them in order."""
-    window = max(4, 4 * (pool._max_workers or 1))
+def _ordered(pool: ThreadPoolExecutor, photos: list[_Photo], window: int) -> Iterator[_Photo]:
+    """Decode photos in the pool, at most ``window`` ahead, yielding them in order."""
+    window = max(4, window)
     futures = []
     it = iter(photos)
     for item in it:
