@@ -6,7 +6,10 @@ test reaches 50+ kills in seconds instead of paying interpreter start-up each ti
 
 Protocol (one JSON object per stdin line): ``{"url", "state", "pubkey", "model", "keep"}``.
 The worker answers ``pid <n>`` as soon as the child runs, then ``exit <code>`` or
-``signal <n>`` when it ends.
+``signal <n>`` when it ends. The child announces the steps of the sync as it reaches them
+(``stage download`` per file, ``stage verify``, ``stage switch``, ``stage switched`` once
+``current`` points at the new version, ``stage prune``), so the test can aim kills at the short
+windows a purely timed kill rarely hits; these lines may arrive before the ``pid`` line.
 """
 
 from __future__ import annotations
@@ -14,13 +17,39 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
-import index.bundle  # noqa: F401  (imported once here: faiss is used by the load check in every child)
+# imported once here: faiss is used by the load check in every child
+import index.bundle
+import index.sync
 from index.manifest import ModelIdentity
 from index.sync import sync_once
 
 
+def _announce(name: str, fn: Callable[..., Any], after: str | None = None) -> Callable[..., Any]:
+    """Wrap ``fn`` so that the child prints ``stage <name>`` before (and ``stage <after>`` after) it runs."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        print(f"stage {name}", flush=True)
+        result = fn(*args, **kwargs)
+        if after:
+            print(f"stage {after}", flush=True)
+        return result
+
+    return wrapped
+
+
+def _instrument() -> None:
+    """Announce the sync's steps; the functions themselves run unchanged."""
+    index.sync.download_file = _announce("download", index.sync.download_file)
+    index.sync.verify_bundle = _announce("verify", index.sync.verify_bundle)
+    index.sync.switch_current = _announce("switch", index.sync.switch_current, after="switched")
+    index.sync.prune = _announce("prune", index.sync.prune)
+
+
 def main() -> None:
+    _instrument()
     for line in sys.stdin:
         req = json.loads(line)
         pid = os.fork()
