@@ -22,8 +22,10 @@ test: lint typecheck unit
 
 # Benchmarks measure, never fail; run them as modules (bench/ is not installed). Results: docs/benchmarks.md.
 bench:
-	$(PY) -m bench.search
-	$(PY) -m bench.search --real --sizes 100000
+	$(PY) -m bench.search --sizes 10k,100k
+	$(PY) -m bench.search --sizes 1M --indexes flat,flat16,pqfs
+	$(PY) -m bench.search --stream --sizes 10M --queries 300
+	$(PY) -m bench.search --real --sizes 100k,1M --indexes flat,flat16,pqfs
 	$(PY) -m bench.pipeline
 	$(PY) -m bench.ingest
 	$(PY) -m bench.latency

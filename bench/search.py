@@ -1,4 +1,4 @@
-"""FAISS index benchmark for the NamUs face gallery (issue 7): exact flat (fp32/fp16) versus IVF and HNSW.
+"""FAISS index benchmark for the NamUs face gallery (issue 7): exact flat (fp32/fp16) versus IVF, HNSW and PQ.
 
 For each gallery size it builds every index family, then measures build time, memory (serialised size and
 RSS delta), single-query latency p50/p99 with 1 and 2 threads, batched latency (8 and 32 faces = all faces
@@ -22,6 +22,7 @@ Usage::
     python -m bench.search --quick
     nice -n 10 python -m bench.search --sizes 10000,100000,1000000 --json /tmp/search.json
     python -m bench.search --real --sizes 100000,1000000
+    python -m bench.search --stream --sizes 10M --queries 300   # pqfs at 10M without a 20 GiB gallery
 """
 
 from __future__ import annotations
@@ -51,12 +52,14 @@ from bench.common import (
     peak_rss_mb,
     release_freed_memory,
 )
+from index.faiss_index import apply_search_params, build_index, choose_index
+from models.registry import get_spec
 
 log = logging.getLogger("bench.search")
 
 K = 5  # neighbours asked per query (the matcher looks at a few candidates); recall uses the first.
 DIFFICULTIES = {"easy": 0.85, "hard": 0.5}
-FAMILIES = ("flat", "flat16", "flat16x2", "ivf", "ivfsq8", "ivfpq", "hnsw")
+FAMILIES = ("flat", "flat16", "flat16x2", "ivf", "ivfsq8", "ivfpq", "hnsw", "pqfs")
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -298,6 +301,7 @@ class BuildContext:
     hnsw_efc: int
     nprobes: Sequence[int]
     efsearches: Sequence[int]
+    k_factors: Sequence[int] = (16,)
     nlist_factor: float = 4.0
     centroids: np.ndarray | None = None
     centroid_train_s: float = 0.0
@@ -384,12 +388,26 @@ def build(family: str, x: np.ndarray, ids: np.ndarray, ctx: BuildContext) -> Bui
         hnsw = inner.hnsw
         sweep = [(f"ef={e}", _setter(hnsw, "efSearch", e)) for e in ctx.efsearches]
         return Built(idx, sweep, [inner], f"M={ctx.hnsw_m}, efConstruction={ctx.hnsw_efc}")
+    if family == "pqfs":
+        # Exactly what the bundle builder makes above flat_max (index/faiss_index.py): 4-bit PQ fast scan of
+        # every vector, then an exact fp16 re-rank of k_factor * k candidates.
+        choice = choose_index(len(x), d, flat_max=1, fp16=True)
+        idx = build_index(x, ids, choice)
+        sweep = [(f"kf={kf}", _params_setter(idx, choice.type, {"k_factor": kf})) for kf in ctx.k_factors]
+        return Built(idx, sweep, [], f"{choice.factory} (index/faiss_index.py)")
     raise ValueError(f"unknown index family {family!r}; expected one of {FAMILIES}")
 
 
 def _setter(obj: Any, attr: str, value: int) -> Callable[[], None]:
     def apply() -> None:
         setattr(obj, attr, value)
+
+    return apply
+
+
+def _params_setter(index: faiss.Index, index_type: str, params: dict[str, Any]) -> Callable[[], None]:
+    def apply() -> None:
+        apply_search_params(index, index_type, params)
 
     return apply
 
@@ -421,20 +439,27 @@ def time_searches(index: faiss.Index, queries: np.ndarray, batch: int, max_reps:
     return latency_stats(samples)
 
 
-def recall(index: faiss.Index, wl: Workload, flat_top1: dict[str, np.ndarray]) -> dict[str, float]:
+def recall(index: faiss.Index, wl: Workload, flat_top1: dict[str, np.ndarray],
+           flat_score: dict[str, np.ndarray], threshold: float) -> dict[str, float]:
     """recall@1 per difficulty (top-1 id in the correct set) and agreement of top-1 with exact flat fp32.
 
-    When `flat_top1` is empty (the index is the exact flat one) it is filled with this index's top-1 ids.
+    ``agree_thr_<difficulty>`` is the agreement on the queries whose exact top-1 score reaches the match
+    threshold (the ones that can vote for a case; NaN when there are none). When `flat_top1` is empty (the
+    index is the exact flat one) it and `flat_score` are filled with this index's top-1 ids and scores.
     """
     out: dict[str, float] = {}
     fill = not flat_top1
     for name, q in wl.queries.items():
-        _, labels = index.search(q, K)
+        scores, labels = index.search(q, K)
         top1 = labels[:, 0]
         out[f"r1_{name}"] = float(np.mean([int(t) in ok for t, ok in zip(top1, wl.correct[name], strict=True)]))
         if fill:
-            flat_top1[name] = top1
-        out[f"agree_{name}"] = float(np.mean(top1 == flat_top1[name]))
+            flat_top1[name], flat_score[name] = top1, scores[:, 0]
+        agree = top1 == flat_top1[name]
+        out[f"agree_{name}"] = float(np.mean(agree))
+        above = flat_score[name] >= threshold
+        out[f"agree_thr_{name}"] = float(np.mean(agree[above])) if above.any() else float("nan")
+        out[f"n_thr_{name}"] = int(above.sum())
     return out
 
 
@@ -448,6 +473,7 @@ class Settings:
     budget_s: float
     batches: Sequence[int] = (8, 32)
     batch_threads: Sequence[int] = (1,)
+    threshold: float = 0.40
 
 
 def measure_size(wl: Workload, families: Sequence[str], ctx: BuildContext, st: Settings,
@@ -458,6 +484,7 @@ def measure_size(wl: Workload, families: Sequence[str], ctx: BuildContext, st: S
     """
     n = len(wl.gallery)
     flat_top1: dict[str, np.ndarray] = {}
+    flat_score: dict[str, np.ndarray] = {}
     order = ["flat"] + [f for f in families if f != "flat"]  # flat first: it is the ground truth
     for family in order:
         if family not in families and family != "flat":
@@ -483,7 +510,7 @@ def measure_size(wl: Workload, families: Sequence[str], ctx: BuildContext, st: S
         for label, apply in built.sweep:
             apply()
             faiss.omp_set_num_threads(max(st.threads))
-            rec = recall(built.index, wl, flat_top1)
+            rec = recall(built.index, wl, flat_top1, flat_score, st.threshold)
             row: dict[str, Any] = {"workload": wl.name, "N": n, "dim": wl.gallery.shape[1], "index": family,
                                    "params": label, "build_s": build_s, "size_mb": size_mb,
                                    "rss_delta_mb": rss_delta, "note": built.build_note, **rec}
@@ -511,10 +538,86 @@ def measure_size(wl: Workload, families: Sequence[str], ctx: BuildContext, st: S
         gc.collect()
 
 
+def measure_streamed(n: int, dim: int, n_queries: int, seed: int, st: Settings, k_factors: Sequence[int],
+                     rows: list[dict[str, Any]], save: Callable[[], None], chunk: int = 262_144) -> None:
+    """The bundle's approximate index (``pqfs``) at a size whose fp32 gallery does not fit in memory (10M).
+
+    The gallery is generated and added chunk by chunk, never held whole; exact top-1 (the ground truth for
+    ``agree``) is kept per query while streaming, by a matrix product with each chunk. The planted query
+    targets are drawn from the first chunk (gallery rows are i.i.d., so their position changes nothing), and
+    the PQ is trained on that chunk too. ``size_mb`` is computed (codes + fp16 copy + ids), not written out.
+    """
+    rng = np.random.default_rng(seed)
+    choice = choose_index(n, dim, flat_max=1, fp16=True)
+    first = random_unit(min(chunk, n), dim, rng)
+    queries, correct, targets = {}, {}, {}
+    for name, c in DIFFICULTIES.items():
+        pos = rng.choice(len(first), size=n_queries, replace=False)
+        targets[name] = pos
+        queries[name] = planted_queries(first[pos], c, rng)
+    allq = np.concatenate(list(queries.values()))
+    best_s = np.full(len(allq), -np.inf, dtype=np.float32)
+    best_i = np.zeros(len(allq), dtype=np.int64)
+    ids_all = gallery_ids(n)
+    faiss.omp_set_num_threads(max(st.threads))
+    rss0 = current_rss_mb()
+    t0 = time.perf_counter()
+    inner = faiss.index_factory(dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
+    inner.train(first)
+    index = faiss.IndexIDMap2(inner)
+    apply_search_params(index, choice.type, choice.params)
+    build_s, block, start = 0.0, first, 0
+    while True:
+        t1 = time.perf_counter()
+        index.add_with_ids(block, ids_all[start:start + len(block)])
+        build_s += time.perf_counter() - t1 + (t1 - t0 if start == 0 else 0.0)
+        scores = allq @ block.T  # exact ground truth, one chunk at a time
+        top = scores.argmax(axis=1)
+        better = scores[np.arange(len(allq)), top] > best_s
+        best_s[better] = scores[np.arange(len(allq)), top][better]
+        best_i[better] = ids_all[start + top[better]]
+        start += len(block)
+        if start >= n:
+            break
+        block = random_unit(min(chunk, n - start), dim, rng)
+        log.info("streamed %d / %d vectors", start, n)
+    del block, first
+    gc.collect()
+    rss_delta = current_rss_mb() - rss0
+    size_mb = n * (choice.params["pq_m"] / 2 + 2 * dim + 8) / 2**20
+    log.info("N=%d pqfs streamed in %.1fs (RSS +%.0f MiB)", n, build_s, rss_delta)
+    flat_top1, flat_score, offset = {}, {}, 0
+    for name in DIFFICULTIES:
+        flat_top1[name] = best_i[offset:offset + n_queries]
+        flat_score[name] = best_s[offset:offset + n_queries]
+        correct[name] = [frozenset((int(i),)) for i in ids_all[targets[name]]]
+        offset += n_queries
+    lat = np.ascontiguousarray(allq[rng.permutation(len(allq))])
+    wl = Workload("synthetic-streamed", np.zeros((0, dim), np.float32), ids_all[:0], queries, correct, lat)
+    for kf in k_factors:
+        apply_search_params(index, choice.type, {"k_factor": kf})
+        faiss.omp_set_num_threads(max(st.threads))
+        row: dict[str, Any] = {"workload": wl.name, "N": n, "dim": dim, "index": "pqfs", "params": f"kf={kf}",
+                               "build_s": build_s, "size_mb": size_mb, "rss_delta_mb": rss_delta,
+                               "note": f"{choice.factory}, streamed",
+                               **recall(index, wl, flat_top1, flat_score, st.threshold)}
+        for t in st.threads:
+            faiss.omp_set_num_threads(t)
+            single = time_searches(index, lat, 1, st.single_reps, st.budget_s)
+            row[f"p50_t{t}"], row[f"p99_t{t}"], row[f"n_t{t}"] = single["p50"], single["p99"], single["n"]
+            for b in st.batches if t in st.batch_threads else ():
+                bs = time_searches(index, lat, b, st.batch_reps, st.budget_s)
+                row[f"b{b}_p50_t{t}"], row[f"b{b}_p99_t{t}"] = bs["p50"], bs["p99"]
+        rows.append(row)
+        save()
+        log.info("  kf=%d: %s", kf, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
+                                     if k.startswith(("r1", "agree", "p50", "p99", "b"))})
+
+
 # --------------------------------------------------------------------------------------------- output
 
 COLUMNS = ["N", "index", "params", "build_s", "size_mb", "rss_delta_mb", "r1_easy", "r1_hard", "agree_easy",
-           "agree_hard", "p50_t1", "p99_t1", "p50_t2", "p99_t2", "b8_p99_t1", "b32_p99_t1"]
+           "agree_hard", "agree_thr_hard", "p50_t1", "p99_t1", "p50_t2", "p99_t2", "b8_p99_t1", "b32_p99_t1"]
 
 
 def table(rows: Sequence[dict[str, Any]], threads: Sequence[int]) -> str:
@@ -541,14 +644,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="embedding size (512 EdgeFace, 128 SFace); --real uses the model's")
     ap.add_argument("--queries", type=int, default=1000, help="queries per difficulty for recall")
     ap.add_argument("--indexes", default=",".join(FAMILIES), help=f"families to run, from {','.join(FAMILIES)}")
+    ap.add_argument("--threshold", type=float, default=get_spec("edgeface_xs").match_threshold,
+                    help="match threshold for agree_thr (default: EdgeFace's, models/registry.py)")
     ap.add_argument("--threads", default="1,2", help="FAISS thread counts for the latency runs")
     ap.add_argument("--nprobe", default="16,64,256", help="IVF nprobe sweep")
     ap.add_argument("--ef-search", default="64,128,256,512", help="HNSW efSearch sweep")
+    ap.add_argument("--k-factor", default="8,16,64", help="pqfs re-rank k_factor sweep")
     ap.add_argument("--hnsw-m", type=int, default=32)
     ap.add_argument("--hnsw-efc", type=int, default=80, help="HNSW efConstruction")
     ap.add_argument("--budget-s", type=float, default=8.0, help="max seconds per latency measurement")
     ap.add_argument("--nlist-factor", type=float, default=4.0, help="IVF nlist = factor * sqrt(N)")
     ap.add_argument("--quick", action="store_true", help="10k+100k, fewer queries and settings, HNSW at 10k only")
+    ap.add_argument("--stream", action="store_true",
+                    help="pqfs only, gallery generated chunk by chunk (sizes whose fp32 gallery does not fit, 10M)")
     ap.add_argument("--real", action="store_true", help="real face embeddings from ../shared/data (+ padding)")
     ap.add_argument("--data-dir", default=None, help="--real: shared data folder (default ../shared/data)")
     ap.add_argument("--cache", default=None, help="--real: embedding cache file (default ~/.cache/namus-edge/...)")
@@ -565,17 +673,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown --indexes {unknown}; choose from {','.join(FAMILIES)}")
     threads = parse_ints(args.threads)
-    nprobes, efs = parse_ints(args.nprobe), parse_ints(args.ef_search)
-    st = Settings(threads=threads, single_reps=1000, batch_reps=100, budget_s=args.budget_s)
+    nprobes, efs, kfs = parse_ints(args.nprobe), parse_ints(args.ef_search), parse_ints(args.k_factor)
+    st = Settings(threads=threads, single_reps=1000, batch_reps=100, budget_s=args.budget_s,
+                  threshold=args.threshold)
     n_queries = args.queries
     if args.quick:
         if args.sizes == ap.get_default("sizes"):
             sizes = [10_000, 100_000]
         n_queries = min(n_queries, 200)
-        nprobes, efs = [16, 64], [64, 256]
+        nprobes, efs, kfs = [16, 64], [64, 256], [16]
         families = [f for f in families if f not in ("ivfpq", "flat16x2")]
         st = Settings(threads=threads, single_reps=200, batch_reps=10, budget_s=0.5, batches=(8,),
-                      batch_threads=(1,))
+                      batch_threads=(1,), threshold=args.threshold)
     info = machine_info()
     log.info("machine: %s", info)
     results: list[dict[str, Any]] = []
@@ -587,10 +696,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             with open(args.json, "w", encoding="utf-8") as f:
                 json.dump({"machine": info, "argv": sys.argv, "results": results}, f, indent=1)
 
-    for n in sizes:
+    for n in sizes if args.stream else ():
+        measure_streamed(n, args.dim, n_queries, args.seed, st, kfs, results, save)
+        log.info("N=%d done; peak RSS %.0f MiB; load %s", n, peak_rss_mb(), os.getloadavg())
+    for n in sizes if not args.stream else ():
         ctx = BuildContext(dim=args.dim, seed=args.seed, quick=args.quick, hnsw_m=args.hnsw_m,
                            hnsw_efc=40 if args.quick else args.hnsw_efc, nprobes=nprobes, efsearches=efs,
-                           nlist_factor=args.nlist_factor)
+                           k_factors=kfs, nlist_factor=args.nlist_factor)
         if args.real:
             wl = real_workload(n, args.seed, args.data_dir, args.cache)
         else:

@@ -332,7 +332,8 @@ class IndexConfig(StrictModel):
         description="Image categories run through the face detector.",
     )
     flat_max: int = Field(
-        80_000, ge=1, description="Exact (flat) search up to this many vectors, HNSW beyond (bench/search.py)."
+        80_000, ge=1, description="Exact (flat) search up to this many vectors; beyond, a PQ fast scan of all "
+        "vectors with an exact fp16 re-rank (bench/search.py)."
     )
     flat_fp16: bool = Field(True, description="Store flat vectors as fp16 (half the memory, same ranking).")
     thumbnails: bool = Field(True, description="Keep 20%-padded face thumbnails in the operator bundle.")

@@ -5,18 +5,19 @@ wrapped in ``IndexIDMap2`` so that the ids FAISS returns are the bundle's ``face
 
 Size thresholds, from ``bench/search.py`` (docs/benchmarks.md, "Index search"): exact flat fp16
 search up to ``config.index.flat_max`` = 80k vectors (NamUs holds about 55k face images, so every
-real bundle today is exact; flat at 100k already costs ~14 ms per query on one core); HNSW32
-above it with efSearch 512, the only approximate index that kept the weak (cosine 0.5) true
-matches: recall@1 0.98 at 100k synthetic, 1.00 agreement with flat on real embeddings; every
-IVF variant lost 12-60 % of them. IVF-PQ only beyond :data:`IVF_PQ_MIN` vectors, where HNSW's
-float vectors plus graph no longer fit a Jetson's memory (not measured at that size). Change the
-numbers here and in ``config.index.flat_max`` only from that benchmark's results.
+real bundle today is exact). Above it, ``pq_refine``: a 4-bit product-quantiser fast-scan pass
+over the whole gallery (64 sub-quantisers: 32 bytes per vector) proposes
+``k_factor * k`` candidates and an exact fp16 re-rank orders them, so the scores a bundle returns
+are true cosines (to fp16 precision), never PQ estimates. It scans every vector, unlike IVF or HNSW,
+which is why it keeps the weak (cosine 0.5) true matches that both of those lost in the benchmark:
+recall@1 1.00 on both query difficulties at 1M with p99 about 3 ms on one core. Memory is the fp16
+copy plus the codes (1,056 bytes per 512-D vector: ~1 GiB at 1M). Change the numbers here and in
+``config.index.flat_max`` only from that benchmark's results.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,21 +27,19 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-IndexType = Literal["flat", "flat_fp16", "hnsw", "ivf_pq"]
+IndexType = Literal["flat", "flat_fp16", "pq_refine"]
 
-#: Above this many vectors HNSW gives way to IVF-PQ (memory, see module docstring).
-IVF_PQ_MIN = 5_000_000
-#: HNSW graph degree and build/search breadth (tune from bench/search.py).
-HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 200
-HNSW_EF_SEARCH = 512
-#: IVF-PQ probes per query.
-IVF_NPROBE = 32
-#: FAISS needs about this many training points per IVF list (it warns below 39).
-_IVF_MIN_POINTS_PER_LIST = 39
+#: Sub-quantisers of the fast-scan PQ (4 bits each: 32-byte codes). 64 kept every weak match at
+#: 512-D (8 dims per code) and at 128-D (2 dims per code); 16 at 128-D lost a third of them.
+PQ_M = 64
+#: Candidates re-ranked exactly per neighbour asked (tune from bench/search.py).
+PQ_K_FACTOR = 16
+#: Fewest vectors to train the 16-centroid sub-quantisers on (FAISS asks 39 points per centroid);
+#: a smaller gallery stays exact whatever flat_max says.
+PQ_MIN_TRAIN = 16 * 39
 
 #: Search-time parameters per index type, applied on load from the manifest's ``index.params``.
-SEARCH_PARAMS: dict[str, tuple[str, ...]] = {"hnsw": ("efSearch",), "ivf_pq": ("nprobe",)}
+SEARCH_PARAMS: dict[str, tuple[str, ...]] = {"pq_refine": ("k_factor",)}
 
 
 @dataclass(frozen=True)
@@ -48,9 +47,9 @@ class IndexChoice:
     """The index picked for a bundle.
 
     Attributes:
-        type: ``flat``, ``flat_fp16``, ``hnsw`` or ``ivf_pq``.
+        type: ``flat``, ``flat_fp16`` or ``pq_refine``.
         factory: FAISS ``index_factory`` string of the inner index (wrapped in ``IndexIDMap2``).
-        params: build and search parameters (``efConstruction``, ``efSearch``, ``nprobe``, ...).
+        params: build and search parameters (``pq_m``, ``k_factor``).
         reason: one sentence explaining the choice, stored in the manifest.
     """
 
@@ -61,22 +60,14 @@ class IndexChoice:
 
 
 def _pq_subquantizers(dim: int) -> int:
-    """Largest divisor of ``dim`` that is at most dim/8 (8 dims per 1-byte code), at least 1."""
-    target = max(1, dim // 8)
-    for m in range(target, 0, -1):
-        if dim % m == 0:
+    """Sub-quantiser count: the largest even divisor of ``dim`` up to :data:`PQ_M` and dim/2; 1 if none."""
+    for m in range(min(PQ_M, dim // 2), 1, -1):
+        if dim % m == 0 and m % 2 == 0:
             return m
     return 1
 
 
-def _ivf_lists(n: int) -> int:
-    """IVF list count: ~4*sqrt(n) as a power of two, at most n/39 (FAISS's minimum training points per list)."""
-    want = round(math.log2(max(1.0, 4.0 * math.sqrt(n))))
-    cap = math.floor(math.log2(max(1, n // _IVF_MIN_POINTS_PER_LIST)))
-    return int(2 ** max(0, min(want, cap)))
-
-
-def choose_index(n: int, dim: int, flat_max: int, fp16: bool, *, ivf_pq_min: int = IVF_PQ_MIN) -> IndexChoice:
+def choose_index(n: int, dim: int, flat_max: int, fp16: bool) -> IndexChoice:
     """Pick the index type for ``n`` vectors of dimension ``dim``.
 
     Args:
@@ -84,34 +75,25 @@ def choose_index(n: int, dim: int, flat_max: int, fp16: bool, *, ivf_pq_min: int
         dim: vector dimension.
         flat_max: exact search up to this many vectors (``config.index.flat_max``).
         fp16: store flat vectors as fp16 (``config.index.flat_fp16``).
-        ivf_pq_min: IVF-PQ above this many vectors (only tests lower it).
 
     Raises:
         ValueError: negative ``n`` or non-positive ``dim``/``flat_max``.
     """
     if n < 0 or dim <= 0 or flat_max <= 0:
         raise ValueError(f"choose_index: need n >= 0, dim > 0, flat_max > 0 (got {n}, {dim}, {flat_max})")
-    if n <= flat_max:
-        if fp16:
-            return IndexChoice(
-                "flat_fp16", "SQfp16", {}, f"{n} vectors <= flat_max {flat_max}: exact search, fp16 storage"
-            )
-        return IndexChoice("flat", "Flat", {}, f"{n} vectors <= flat_max {flat_max}: exact search")
-    if n <= ivf_pq_min:
+    if n > flat_max and n >= PQ_MIN_TRAIN:
+        m = _pq_subquantizers(dim)
         return IndexChoice(
-            "hnsw",
-            f"HNSW{HNSW_M},Flat",
-            {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH},
-            f"{n} vectors > flat_max {flat_max}: HNSW graph (approximate, ~log N search)",
+            "pq_refine",
+            f"PQ{m}x4fs,Refine(SQfp16)",
+            {"pq_m": m, "k_factor": PQ_K_FACTOR},
+            f"{n} vectors > flat_max {flat_max}: PQ{m}x4 fast scan of all vectors, exact fp16 re-rank of "
+            f"{PQ_K_FACTOR}x the neighbours asked",
         )
-    nlist = _ivf_lists(n)
-    m = _pq_subquantizers(dim)
-    return IndexChoice(
-        "ivf_pq",
-        f"IVF{nlist},PQ{m}",
-        {"nlist": nlist, "pq_m": m, "nprobe": min(IVF_NPROBE, nlist)},
-        f"{n} vectors > {ivf_pq_min}: IVF-PQ ({m}-byte codes) to fit device memory",
-    )
+    why = f"{n} vectors <= flat_max {flat_max}" if n <= flat_max else f"{n} vectors, too few to train a PQ"
+    if fp16:
+        return IndexChoice("flat_fp16", "SQfp16", {}, f"{why}: exact search, fp16 storage")
+    return IndexChoice("flat", "Flat", {}, f"{why}: exact search")
 
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, choice: IndexChoice) -> faiss.Index:
@@ -126,7 +108,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, choice: IndexChoice) -> fa
         The populated index, search parameters already applied.
 
     Raises:
-        ValueError: shapes or dtypes are wrong, ids repeat, or IVF-PQ has too few vectors to train.
+        ValueError: shapes or dtypes are wrong, ids repeat, or a PQ index has too few vectors to train.
     """
     vectors = np.asarray(vectors)
     ids = np.asarray(ids)
@@ -140,14 +122,9 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, choice: IndexChoice) -> fa
         raise ValueError("ids must be unique")
     n, dim = vectors.shape
     inner = faiss.index_factory(dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
-    if choice.type == "hnsw":
-        hnsw: Any = faiss.downcast_index(inner)
-        hnsw.hnsw.efConstruction = int(choice.params.get("efConstruction", HNSW_EF_CONSTRUCTION))
     if not inner.is_trained:
-        nlist = int(choice.params.get("nlist", 1))
-        if n < nlist * _IVF_MIN_POINTS_PER_LIST:
-            need = nlist * _IVF_MIN_POINTS_PER_LIST
-            raise ValueError(f"{choice.factory} needs at least {need} vectors to train, got {n}")
+        if n < PQ_MIN_TRAIN:
+            raise ValueError(f"{choice.factory} needs at least {PQ_MIN_TRAIN} vectors to train, got {n}")
         inner.train(np.ascontiguousarray(vectors))
     index = faiss.IndexIDMap2(inner)
     if n:
@@ -166,7 +143,7 @@ def _inner(index: faiss.Index) -> Any:
 
 
 def apply_search_params(index: faiss.Index, index_type: str, params: Mapping[str, Any]) -> None:
-    """Set the search-time parameters (``efSearch``, ``nprobe``) recorded in a manifest.
+    """Set the search-time parameters (``k_factor``) recorded in a manifest.
 
     Raises:
         ValueError: the index is not of the type the manifest claims.
@@ -178,22 +155,12 @@ def apply_search_params(index: faiss.Index, index_type: str, params: Mapping[str
     for name in names:
         if name not in params:
             continue
-        value = int(params[name])
-        if name == "efSearch":
-            if not hasattr(inner, "hnsw"):
-                raise ValueError(f"index type {index_type} but the FAISS index is {type(inner).__name__}")
-            inner.hnsw.efSearch = value
-        elif name == "nprobe":
-            if not hasattr(inner, "nprobe"):
-                raise ValueError(f"index type {index_type} but the FAISS index is {type(inner).__name__}")
-            inner.nprobe = value
+        if not hasattr(inner, name):
+            raise ValueError(f"index type {index_type} but the FAISS index is {type(inner).__name__}")
+        setattr(inner, name, type(getattr(inner, name))(params[name]))
 
 
-def search_param(index: faiss.Index, name: str) -> int | None:
-    """Read back a search parameter (``efSearch`` or ``nprobe``) from an index, or None."""
+def search_param(index: faiss.Index, name: str) -> float | None:
+    """Read back a search parameter (``k_factor``) from an index, or None if it has none."""
     inner = _inner(index)
-    if name == "efSearch" and hasattr(inner, "hnsw"):
-        return int(inner.hnsw.efSearch)
-    if name == "nprobe" and hasattr(inner, "nprobe"):
-        return int(inner.nprobe)
-    return None
+    return float(getattr(inner, name)) if name in ("k_factor",) and hasattr(inner, name) else None

@@ -14,7 +14,7 @@ import pytest
 
 from edge.errors import BundleError, BundleVerificationError
 from index.bundle import Bundle, BundleWriter, CaseMatch, diff_bundles
-from index.faiss_index import IndexChoice, build_index, choose_index, search_param
+from index.faiss_index import PQ_K_FACTOR, PQ_MIN_TRAIN, IndexChoice, build_index, choose_index, search_param
 from index.manifest import ModelIdentity, manifest_bytes, verify_bundle
 from index.signing import SigningKeyError, generate_keypair
 
@@ -41,12 +41,12 @@ def sha(i: int) -> str:
 
 
 class Synthetic:
-    """40 identities (+ the crowd pair), 1-8 faces each: identity centre + noise."""
+    """``n_cases`` identities (+ the crowd pair), 1-8 faces each: identity centre + noise."""
 
-    def __init__(self, seed: int = 7) -> None:
+    def __init__(self, seed: int = 7, n_cases: int = 40) -> None:
         rng = np.random.default_rng(seed)
         self.rng = rng
-        self.ids = case_ids(40)
+        self.ids = case_ids(n_cases)
         self.centres = {cid: unit(rng.normal(size=DIM)) for cid in self.ids}
         self.faces: list[tuple[str, str, np.ndarray]] = []
         for i, cid in enumerate(self.ids):
@@ -489,15 +489,26 @@ def test_case_rows_face_keys_and_embeddings(built: Path, data: Synthetic) -> Non
     assert faces[0]["bbox"] == [10.0, 20.0, 110.0, 140.0]
 
 
-def test_hnsw_bundle_applies_ef_search_from_manifest(tmp_path: Path, data: Synthetic, keys: tuple[Path, Path]) -> None:
-    m = data.write(tmp_path / "hnsw", keys[0], flat_max=50)
-    assert m["index"]["type"] == "hnsw" and m["index"]["factory"] == "HNSW32,Flat"
-    assert m["index"]["params"]["efSearch"] == 512  # HNSW_EF_SEARCH, from bench/search.py
-    with Bundle.load(tmp_path / "hnsw", [keys[1]], MODEL) as b:
-        assert search_param(b.faiss_index, "efSearch") == 512
-        queries = unit(np.stack([data.centres[c] + 0.05 * data.rng.normal(size=DIM) for c in data.ids]))
-        top1 = [r[0].id_formatted for r in b.search(queries, top_k=3)]
-    assert top1 == data.ids
+def test_pq_refine_bundle_keeps_k_factor_and_returns_exact_scores(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    big = Synthetic(seed=11, n_cases=160)  # ~730 faces: enough to train the PQ
+    assert len(big.faces) >= PQ_MIN_TRAIN
+    m = big.write(tmp_path / "pq", keys[0], flat_max=50)
+    assert m["index"]["type"] == "pq_refine" and m["index"]["factory"] == "PQ64x4fs,Refine(SQfp16)"
+    assert m["index"]["params"]["k_factor"] == PQ_K_FACTOR
+    exact = big.write(tmp_path / "flat", keys[0])
+    assert exact["index"]["type"] == "flat"
+    # weak queries (cosine ~0.5 to their case centre) as well as easy ones
+    noise = big.rng.normal(size=(len(big.ids), DIM))
+    queries = unit(np.stack([big.centres[c] for c in big.ids]) + np.stack([0.03, 0.045])[np.arange(len(big.ids)) % 2,
+                                                                                        None] * noise)
+    with Bundle.load(tmp_path / "pq", [keys[1]], MODEL) as pq, Bundle.load(tmp_path / "flat") as flat:
+        assert search_param(pq.faiss_index, "k_factor") == PQ_K_FACTOR
+        got, want = pq.search(queries, top_k=3), flat.search(queries, top_k=3)
+    assert [r[0].id_formatted for r in got] == big.ids
+    assert min(r[0].score for r in want) < 0.6  # the weak queries are weak
+    for a, b in zip(got, want, strict=True):
+        # the re-rank scores are fp16 cosines, not PQ estimates: the threshold means the same
+        assert abs(a[0].score - b[0].score) <= 2e-3
 
 
 def test_fp16_flat_ranks_like_fp32(tmp_path: Path, data: Synthetic, keys: tuple[Path, Path], built: Path) -> None:
@@ -573,22 +584,23 @@ def test_incremental_diff(tmp_path: Path, data: Synthetic, keys: tuple[Path, Pat
 
 
 @pytest.mark.parametrize(
-    ("n", "flat_max", "fp16", "ivf_min", "kind", "factory"),
+    ("n", "dim", "flat_max", "fp16", "kind", "factory"),
     [
-        (0, 10, False, 100, "flat", "Flat"),
-        (10, 10, False, 100, "flat", "Flat"),
-        (10, 10, True, 100, "flat_fp16", "SQfp16"),
-        (11, 10, False, 100, "hnsw", "HNSW32,Flat"),
-        (11, 10, True, 100, "hnsw", "HNSW32,Flat"),
-        (100, 10, False, 100, "hnsw", "HNSW32,Flat"),
-        (101, 10, False, 100, "ivf_pq", "IVF2,PQ64"),
-        (55_000, 500_000, False, 5_000_000, "flat", "Flat"),
-        (600_000, 500_000, False, 5_000_000, "hnsw", "HNSW32,Flat"),
-        (10_000_000, 500_000, False, 5_000_000, "ivf_pq", "IVF16384,PQ64"),
+        (0, 512, 10, False, "flat", "Flat"),
+        (10, 512, 10, False, "flat", "Flat"),
+        (10, 512, 10, True, "flat_fp16", "SQfp16"),
+        (11, 512, 10, False, "flat", "Flat"),  # over flat_max but too few to train a PQ
+        (PQ_MIN_TRAIN - 1, 512, 10, True, "flat_fp16", "SQfp16"),
+        (PQ_MIN_TRAIN, 512, 10, True, "pq_refine", "PQ64x4fs,Refine(SQfp16)"),
+        (55_000, 512, 80_000, True, "flat_fp16", "SQfp16"),  # NamUs today
+        (1_000_000, 512, 80_000, True, "pq_refine", "PQ64x4fs,Refine(SQfp16)"),
+        (1_000_000, 128, 80_000, False, "pq_refine", "PQ64x4fs,Refine(SQfp16)"),  # SFace
+        (1_000_000, 100, 80_000, False, "pq_refine", "PQ50x4fs,Refine(SQfp16)"),  # even divisor of 100 <= 64
+        (1_000_000, 8, 80_000, False, "pq_refine", "PQ4x4fs,Refine(SQfp16)"),  # never more than dim/2
     ],
 )
-def test_choose_index_by_size(n: int, flat_max: int, fp16: bool, ivf_min: int, kind: str, factory: str) -> None:
-    choice = choose_index(n, 512, flat_max, fp16, ivf_pq_min=ivf_min)
+def test_choose_index_by_size(n: int, dim: int, flat_max: int, fp16: bool, kind: str, factory: str) -> None:
+    choice = choose_index(n, dim, flat_max, fp16)
     assert (choice.type, choice.factory) == (kind, factory)
     assert str(n) in choice.reason
 
@@ -598,21 +610,24 @@ def test_choose_index_rejects_nonsense() -> None:
         choose_index(10, 512, 0, False)
 
 
-def test_ivf_pq_builds_trains_and_recalls() -> None:
+def test_pq_refine_builds_trains_and_recalls_weak_matches() -> None:
     rng = np.random.default_rng(3)
-    centres = unit(rng.normal(size=(200, 16)))
-    vectors = unit(np.repeat(centres, 10, axis=0) + 0.03 * rng.normal(size=(2000, 16)))
-    choice = choose_index(len(vectors), 16, flat_max=100, fp16=False, ivf_pq_min=1000)
-    assert choice.type == "ivf_pq" and choice.factory == "IVF32,PQ2" and choice.params["nprobe"] == 32
-    # Build the same path with 4-bit codes: 8-bit PQ training (256 centroids per sub-quantizer) takes
-    # many seconds on a loaded 2-core machine and tests nothing more.
-    small = IndexChoice("ivf_pq", "IVF32,PQ4x4", {"nlist": 32, "pq_m": 4, "nprobe": 8})
-    index = build_index(vectors, np.arange(2000, dtype=np.int64) + 1000, small)
-    assert index.ntotal == 2000 and search_param(index, "nprobe") == 8
-    _, ids = index.search(centres, 1)
-    assert ((ids[:, 0] - 1000) // 10 == np.arange(200)).mean() > 0.9
-    with pytest.raises(ValueError, match="needs at least 1248 vectors"):
-        build_index(vectors[:1000], np.arange(1000, dtype=np.int64), small)
+    dim = 128
+    gallery = unit(rng.normal(size=(3000, dim)))
+    ids = np.arange(3000, dtype=np.int64) * 7 + 1000  # not positions
+    choice = choose_index(len(gallery), dim, flat_max=100, fp16=False)
+    assert choice.factory == "PQ64x4fs,Refine(SQfp16)"
+    index = build_index(gallery, ids, choice)
+    assert index.ntotal == 3000 and search_param(index, "k_factor") == PQ_K_FACTOR
+    # weak queries (cosine ~0.55 to a gallery vector): far outside any local neighbourhood
+    targets = rng.choice(3000, size=200, replace=False)
+    queries = unit(0.55 * gallery[targets] + 0.83 * unit(rng.normal(size=(200, dim))))
+    exact = queries @ gallery.T
+    scores, found = index.search(queries, 5)  # the bundle always asks for several neighbours
+    assert (found[:, 0] == ids[exact.argmax(axis=1)]).mean() >= 0.99
+    np.testing.assert_allclose(scores[:, 0], exact.max(axis=1), atol=2e-3)
+    with pytest.raises(ValueError, match=f"needs at least {PQ_MIN_TRAIN} vectors"):
+        build_index(gallery[:100], ids[:100], choice)
 
 
 def test_build_index_validates_inputs() -> None:
