@@ -476,6 +476,19 @@ class Settings:
     threshold: float = 0.40
 
 
+def latency_columns(index: faiss.Index, queries: np.ndarray, st: Settings) -> dict[str, float]:
+    """Single-query p50/p99 per thread count and batched p50/p99 (``p50_t1``, ``b8_p99_t1``, ...), ms."""
+    row: dict[str, float] = {}
+    for t in st.threads:
+        faiss.omp_set_num_threads(t)
+        single = time_searches(index, queries, 1, st.single_reps, st.budget_s)
+        row[f"p50_t{t}"], row[f"p99_t{t}"], row[f"n_t{t}"] = single["p50"], single["p99"], single["n"]
+        for b in st.batches if t in st.batch_threads else ():
+            bs = time_searches(index, queries, b, st.batch_reps, st.budget_s)
+            row[f"b{b}_p50_t{t}"], row[f"b{b}_p99_t{t}"] = bs["p50"], bs["p99"]
+    return row
+
+
 def measure_size(wl: Workload, families: Sequence[str], ctx: BuildContext, st: Settings,
                  rows: list[dict[str, Any]], save: Callable[[], None]) -> None:
     """Build and measure every family over one workload, appending one row per (family, parameter) to `rows`.
@@ -514,13 +527,7 @@ def measure_size(wl: Workload, families: Sequence[str], ctx: BuildContext, st: S
             row: dict[str, Any] = {"workload": wl.name, "N": n, "dim": wl.gallery.shape[1], "index": family,
                                    "params": label, "build_s": build_s, "size_mb": size_mb,
                                    "rss_delta_mb": rss_delta, "note": built.build_note, **rec}
-            for t in st.threads:
-                faiss.omp_set_num_threads(t)
-                single = time_searches(built.index, wl.latency_queries, 1, st.single_reps, st.budget_s)
-                row[f"p50_t{t}"], row[f"p99_t{t}"], row[f"n_t{t}"] = single["p50"], single["p99"], single["n"]
-                for b in st.batches if t in st.batch_threads else ():
-                    bs = time_searches(built.index, wl.latency_queries, b, st.batch_reps, st.budget_s)
-                    row[f"b{b}_p50_t{t}"], row[f"b{b}_p99_t{t}"] = bs["p50"], bs["p99"]
+            row.update(latency_columns(built.index, wl.latency_queries, st))
             rows.append(row)
             save()
             log.info("  %s: %s", label, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
@@ -545,7 +552,8 @@ def measure_streamed(n: int, dim: int, n_queries: int, seed: int, st: Settings, 
     The gallery is generated and added chunk by chunk, never held whole; exact top-1 (the ground truth for
     ``agree``) is kept per query while streaming, by a matrix product with each chunk. The planted query
     targets are drawn from the first chunk (gallery rows are i.i.d., so their position changes nothing), and
-    the PQ is trained on that chunk too. ``size_mb`` is computed (codes + fp16 copy + ids), not written out.
+    the PQ is trained on that chunk too. ``size_mb`` is computed (codes + fp16 copy + ids), not written out;
+    ``rss_delta_mb`` is not measured (chunks come and go during the build; see the run's peak RSS).
     """
     rng = np.random.default_rng(seed)
     choice = choose_index(n, dim, flat_max=1, fp16=True)
@@ -560,7 +568,6 @@ def measure_streamed(n: int, dim: int, n_queries: int, seed: int, st: Settings, 
     best_i = np.zeros(len(allq), dtype=np.int64)
     ids_all = gallery_ids(n)
     faiss.omp_set_num_threads(max(st.threads))
-    rss0 = current_rss_mb()
     t0 = time.perf_counter()
     inner = faiss.index_factory(dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
     inner.train(first)
@@ -583,9 +590,8 @@ def measure_streamed(n: int, dim: int, n_queries: int, seed: int, st: Settings, 
         log.info("streamed %d / %d vectors", start, n)
     del block, first
     gc.collect()
-    rss_delta = current_rss_mb() - rss0
     size_mb = n * (choice.params["pq_m"] / 2 + 2 * dim + 8) / 2**20
-    log.info("N=%d pqfs streamed in %.1fs (RSS +%.0f MiB)", n, build_s, rss_delta)
+    log.info("N=%d pqfs streamed in %.1fs (RSS now %.0f MiB)", n, build_s, current_rss_mb())
     flat_top1, flat_score, offset = {}, {}, 0
     for name in DIFFICULTIES:
         flat_top1[name] = best_i[offset:offset + n_queries]
@@ -598,16 +604,10 @@ def measure_streamed(n: int, dim: int, n_queries: int, seed: int, st: Settings, 
         apply_search_params(index, choice.type, {"k_factor": kf})
         faiss.omp_set_num_threads(max(st.threads))
         row: dict[str, Any] = {"workload": wl.name, "N": n, "dim": dim, "index": "pqfs", "params": f"kf={kf}",
-                               "build_s": build_s, "size_mb": size_mb, "rss_delta_mb": rss_delta,
+                               "build_s": build_s, "size_mb": size_mb, "rss_delta_mb": float("nan"),
                                "note": f"{choice.factory}, streamed",
                                **recall(index, wl, flat_top1, flat_score, st.threshold)}
-        for t in st.threads:
-            faiss.omp_set_num_threads(t)
-            single = time_searches(index, lat, 1, st.single_reps, st.budget_s)
-            row[f"p50_t{t}"], row[f"p99_t{t}"], row[f"n_t{t}"] = single["p50"], single["p99"], single["n"]
-            for b in st.batches if t in st.batch_threads else ():
-                bs = time_searches(index, lat, b, st.batch_reps, st.budget_s)
-                row[f"b{b}_p50_t{t}"], row[f"b{b}_p99_t{t}"] = bs["p50"], bs["p99"]
+        row.update(latency_columns(index, lat, st))
         rows.append(row)
         save()
         log.info("  kf=%d: %s", kf, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
