@@ -268,6 +268,24 @@ class MosquittoBroker:
             self.proc.kill()
         self.stop()
 
+    def wait_saved(self, since: float, timeout: float = 5.0) -> bool:
+        """Wait until an autosave written after wall-clock time ``since`` (``time.time()``) is on disk.
+
+        mosquitto saves every ``autosave_interval`` whole seconds of its own clock, so a fixed sleep
+        of about one interval is not enough; a :meth:`kill` after this returns keeps every session
+        and subscription that existed at ``since``.
+        """
+        db = self.workdir / "mosquitto.db"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if db.stat().st_mtime > since:
+                    return True
+            except FileNotFoundError:
+                pass
+            time.sleep(0.05)
+        return False
+
     def freeze(self) -> None:
         """SIGSTOP the broker: connections stay open but nothing is answered (no PUBACK)."""
         if self.proc is not None:

@@ -139,13 +139,18 @@ def test_broker_outage_loses_nothing(
     caplog.set_level(logging.INFO, logger="edge.mqtt_publisher")
     broker = mosquitto_factory(persistence=True)
     with Collector(broker, [MATCH], client_id="collector-b", clean_session=False) as sub:
-        time.sleep(1.3)  # let the broker autosave the collector's session before it is killed
+        # the collector's session must be on disk before the broker is killed
+        assert broker.wait_saved(since=time.time())
         pub, box = publishers(broker.mqtt_config(max_inflight=4))
         assert wait_until(lambda: pub.connected, 5)
         sent = [make_event(track_id=i) for i in range(5)]
         for e in sent:
             pub.publish_event(e)
         assert pub.flush(5)
+        # A PUBACK means the broker took the events over; let it pass them on before it crashes, or they
+        # would be lost inside the broker (not something a publisher can prevent).
+        first = {e.event_id for e in sent}
+        assert sub.wait_for(lambda m: {MatchEvent.from_json(p).event_id for _, p, _ in m} >= first, 5)
         # The broker hangs: a burst is sent but never acknowledged, then the broker dies.
         broker.freeze()
         burst = [make_event(track_id=100 + i) for i in range(12)]
