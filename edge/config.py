@@ -336,6 +336,10 @@ class IndexConfig(StrictModel):
         "vectors with an exact fp16 re-rank (bench/search.py)."
     )
     flat_fp16: bool = Field(True, description="Store flat vectors as fp16 (half the memory, same ranking).")
+    search_threads: int = Field(
+        1, ge=1, le=64, description="FAISS (OpenMP) threads while the edge searches; one face at a time is fastest "
+        "on 1, and more threads contend with the models on a busy device (bench/search.py)."
+    )
     thumbnails: bool = Field(True, description="Keep 20%-padded face thumbnails in the operator bundle.")
     thumbnail_px: int = Field(160, ge=32, le=1024)
     min_face_px: int = Field(20, ge=1, description="Smallest face side accepted from a case photo.")

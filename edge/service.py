@@ -69,10 +69,14 @@ def open_publisher(config: Config, password: str | None) -> tuple[MqttPublisher,
 
 
 def _index_holder(config: Config) -> IndexHolder:
+    """The hot-reloading bundle holder of ``run`` and ``scan``; also sets FAISS's thread count for the process."""
+    import faiss
+
     from index.sync import expected_model_from_config
 
     if not config.index.bundle:
         raise ServiceError("index.bundle is not set: point it at a bundle directory or <sync.state_dir>/current")
+    faiss.omp_set_num_threads(config.index.search_threads)
     return IndexHolder(Path(config.index.bundle), [Path(p) for p in config.sync.pubkeys],
                        expected_model_from_config(config))
 

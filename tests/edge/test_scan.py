@@ -6,6 +6,7 @@ import json
 from datetime import date
 
 import cv2
+import faiss
 import pytest
 from namus_factory import SyntheticCase, lfw_identities, write_prepager
 
@@ -53,10 +54,16 @@ def test_enrolled_person_gives_one_event_on_mqtt_and_jsonl(world, tmp_path, mosq
     probe = cv2.imread(str(world["lfw"][person][1]))  # another photo than the enrolled one
     clip = synthesize_clip(probe, tmp_path / "clip.avi", frames=75)
     events_path = tmp_path / "events.jsonl"
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
     with Collector(mosquitto, ["namus-edge/#"]) as sub:
-        rc = main(["scan", "--source", str(clip), "--events", str(events_path), "--mqtt",
-                   *_sets(world, tmp_path, "--set", f"mqtt.port={mosquitto.port}", "--set", "mqtt.host=127.0.0.1",
-                          "--set", f"service.debug_save_frames={tmp_path / 'debug'}")])
+        try:
+            rc = main(["scan", "--source", str(clip), "--events", str(events_path), "--mqtt",
+                       *_sets(world, tmp_path, "--set", f"mqtt.port={mosquitto.port}", "--set", "mqtt.host=127.0.0.1",
+                              "--set", f"service.debug_save_frames={tmp_path / 'debug'}")])
+            assert faiss.omp_get_max_threads() == 1  # index.search_threads, default 1
+        finally:
+            faiss.omp_set_num_threads(threads)
         assert rc == 0
         assert sub.wait_for(lambda msgs: any(t.endswith("/match") for t, _, _ in msgs), timeout=10)
         mqtt_events = [json.loads(p) for p in sub.on("namus-edge/edge-01/match")]
