@@ -38,14 +38,7 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
 
     vp = isub.add_parser("verify", help="check a bundle's hashes and signature", parents=[parent])
     vp.add_argument("bundle", type=Path, metavar="BUNDLE")
-    vp.add_argument(
-        "--pubkey",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="KEY.pub",
-        help="pinned public key (repeatable; default: sync.pubkeys; none = hashes only)",
-    )
+    add_pubkey_option(vp, "pinned public key (repeatable; default: sync.pubkeys; none = hashes only)")
     vp.add_argument(
         "--device-only",
         action="store_true",
@@ -69,14 +62,7 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     src = sp.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", action="append", type=Path, metavar="FILE", help="query photo (repeatable)")
     src.add_argument("--list", type=Path, metavar="FILE", help="text file of photo paths, one per line (# comments)")
-    sp.add_argument(
-        "--pubkey",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="KEY.pub",
-        help="pinned public key (repeatable; default: sync.pubkeys; none = hashes only)",
-    )
+    add_pubkey_option(sp, "pinned public key (repeatable; default: sync.pubkeys; none = hashes only)")
     sp.add_argument("--top", type=int, default=None, metavar="K", help="cases per photo (default: matching.top_k)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=_search)
@@ -92,10 +78,20 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
         module.register(isub, parent)
 
 
+def add_pubkey_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """The repeatable ``--pubkey KEY.pub`` option of the index commands (``args.pubkeys``, None when absent)."""
+    parser.add_argument("--pubkey", dest="pubkeys", action="append", type=Path, default=None, metavar="KEY.pub",
+                        help=help_text)
+
+
+def pinned_pubkeys(args: argparse.Namespace, config: Config) -> list[Path]:
+    """Keys given with ``--pubkey``, else the ones pinned in ``sync.pubkeys`` (possibly none)."""
+    return list(args.pubkeys) if args.pubkeys is not None else [Path(k) for k in config.sync.pubkeys]
+
+
 def _pubkeys(args: argparse.Namespace, config: Config) -> list[Path] | None:
-    """Keys from --pubkey, else ``sync.pubkeys``, else None (signature not checked)."""
-    keys = list(args.pubkey) or [Path(k) for k in config.sync.pubkeys]
-    return keys or None
+    """:func:`pinned_pubkeys`, or None when there are none (signature not checked)."""
+    return pinned_pubkeys(args, config) or None
 
 
 def _keygen(args: argparse.Namespace, config: Config) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 from edge.config import Config
 from edge.errors import NamusEdgeError
 from edge.secrets import read_mqtt_password
+from index.cli import add_pubkey_option, pinned_pubkeys
 from index.publish import Announcement, announce, latest_url, publish_bundle
 from index.sync import SyncError, expected_model_from_config, sync_once
 
@@ -32,15 +33,7 @@ def register(index_sub: argparse._SubParsersAction, parent: argparse.ArgumentPar
         action="store_true",
         help="also publish embeddings.npy, thumbnails and reports (devices never fetch them)",
     )
-    p.add_argument(
-        "--pubkey",
-        dest="pubkeys",
-        metavar="KEY.pub",
-        type=Path,
-        action="append",
-        default=None,
-        help="check the signature against this public key before publishing (repeatable)",
-    )
+    add_pubkey_option(p, "check the signature against this public key before publishing (repeatable)")
     p.add_argument(
         "--announce",
         action="store_true",
@@ -65,15 +58,7 @@ def register(index_sub: argparse._SubParsersAction, parent: argparse.ArgumentPar
     )
     s.add_argument("--url", metavar="URL", help="publish tree base URL or its latest.json (default: sync.url)")
     s.add_argument("--dest", metavar="STATE_DIR", type=Path, help="state directory (default: sync.state_dir)")
-    s.add_argument(
-        "--pubkey",
-        dest="pubkeys",
-        metavar="KEY.pub",
-        type=Path,
-        action="append",
-        default=None,
-        help="pinned operator public key (repeatable; default: sync.pubkeys)",
-    )
+    add_pubkey_option(s, "pinned operator public key (repeatable; default: sync.pubkeys)")
     s.add_argument("--keep", type=int, metavar="K", help="versions kept on disk (default: sync.keep_versions)")
     s.set_defaults(func=sync_command)
 
@@ -102,11 +87,10 @@ def sync_command(args: argparse.Namespace, config: Config) -> int:
     url = args.url or config.sync.url
     if not url:
         raise SyncError("no bundle URL: pass --url or set sync.url")
-    pubkeys = args.pubkeys if args.pubkeys is not None else [Path(p) for p in config.sync.pubkeys]
     result = sync_once(
         url,
         args.dest or Path(config.sync.state_dir),
-        pubkeys,
+        pinned_pubkeys(args, config),
         expected_model_from_config(config),
         timeout_s=config.sync.timeout_s,
         max_bytes=config.sync.max_bytes,
