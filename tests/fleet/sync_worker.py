@@ -27,14 +27,20 @@ from index.manifest import ModelIdentity
 from index.sync import sync_once
 
 
+def _say(text: str) -> None:
+    """Write one line with a single write(2): a pipe write this small is atomic, so a line from a
+    child killed at any instant is either whole or absent, never glued to the worker's next line."""
+    os.write(sys.stdout.fileno(), f"{text}\n".encode())
+
+
 def _announce(name: str, fn: Callable[..., Any], after: str | None = None) -> Callable[..., Any]:
-    """Wrap ``fn`` so that the child prints ``stage <name>`` before (and ``stage <after>`` after) it runs."""
+    """Wrap ``fn`` so that the child says ``stage <name>`` before (and ``stage <after>`` after) it runs."""
 
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        print(f"stage {name}", flush=True)
+        _say(f"stage {name}")
         result = fn(*args, **kwargs)
         if after:
-            print(f"stage {after}", flush=True)
+            _say(f"stage {after}")
         return result
 
     return wrapped
@@ -67,12 +73,12 @@ def main() -> None:
                 code = 0 if res.ok else 1
             finally:
                 os._exit(code)
-        print(f"pid {pid}", flush=True)
+        _say(f"pid {pid}")
         _, status = os.waitpid(pid, 0)
         if os.WIFSIGNALED(status):
-            print(f"signal {os.WTERMSIG(status)}", flush=True)
+            _say(f"signal {os.WTERMSIG(status)}")
         else:
-            print(f"exit {os.WEXITSTATUS(status)}", flush=True)
+            _say(f"exit {os.WEXITSTATUS(status)}")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +34,10 @@ from index.sync import CURRENT_NAME, TMP_DIR, VERSIONS_DIR, current_version
 MIN_KILLS = 50
 MAX_ROUNDS = 160
 STAGES = ("download", "verify", "switch", "switched", "prune")
+ROUND_TIMEOUT_S = 120.0
+OUTCOME = re.compile(r"(exit|signal) -?\d+$")
+PID = re.compile(r"\bpid (\d+)")
+STAGE = re.compile(r"\bstage (\w+)")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -65,32 +71,46 @@ def test_sigkill_at_random_points_always_leaves_a_loadable_current(make_bundle, 
                  "keep": 1}
             )
 
+            def read_line() -> str:
+                assert worker.stdout is not None
+                line = worker.stdout.readline()
+                assert line, "the sync worker stopped answering (killed by the watchdog after a hung round)"
+                return line.strip()
+
             def run(delay: float | None, stage: str | None = None) -> tuple[str, float]:
-                """One sync; kill it ``delay`` s after it starts, or after it announces ``stage``."""
-                assert worker.stdin is not None and worker.stdout is not None
+                """One sync; kill it ``delay`` s after it starts, or after it announces ``stage``.
+
+                Returns the worker's ``exit <code>`` / ``signal <n>`` line and the round's duration. A
+                watchdog kills the worker if a round takes over ROUND_TIMEOUT_S, so a lost line fails
+                the test instead of hanging it.
+                """
+                assert worker.stdin is not None
                 worker.stdin.write(request + "\n")
                 worker.stdin.flush()
                 t0 = time.monotonic()
-                pid: int | None = None
-                seen = stage is None
-                while True:
-                    kind, _, value = worker.stdout.readline().strip().partition(" ")
-                    if kind in ("exit", "signal"):  # ended before the kill point (e.g. nothing to do)
-                        return f"{kind} {value}", time.monotonic() - t0
-                    pid = int(value) if kind == "pid" else pid
-                    seen = seen or (kind == "stage" and value == stage)
-                    if pid is not None and seen:
-                        break
-                if delay is not None:
-                    time.sleep(delay)
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                while True:
-                    line = worker.stdout.readline().strip()
-                    if not line.startswith(("stage", "pid")):
-                        return line, time.monotonic() - t0
+                watchdog = threading.Timer(ROUND_TIMEOUT_S, worker.kill)
+                watchdog.start()
+                try:
+                    pid: int | None = None
+                    seen = stage is None
+                    killed = False
+                    while True:
+                        line = read_line()
+                        # matched anywhere in the line: a child killed mid-line cannot hide the outcome
+                        if outcome := OUTCOME.search(line):
+                            return outcome.group(0), time.monotonic() - t0
+                        if found := PID.search(line):
+                            pid = int(found.group(1))
+                        seen = seen or stage in STAGE.findall(line)
+                        if pid is not None and seen and not killed and delay is not None:
+                            time.sleep(delay)
+                            try:
+                                os.kill(pid, signal.SIGKILL)
+                            except ProcessLookupError:
+                                pass
+                            killed = True
+                finally:
+                    watchdog.cancel()
 
             # an initial version, not interrupted; its duration scales the kill delays
             publish_bundle(bundles[0], tree)
