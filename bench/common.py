@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.metadata
+import json
 import os
 import platform
 import resource
@@ -160,3 +161,13 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
     sep = "|" + "|".join("---" for _ in columns) + "|"
     body = ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join([head, sep, *body])
+
+
+def emit_summary(summary: dict[str, Any], out: str | None, as_json: bool) -> bool:
+    """Write ``summary`` as indented JSON to ``out`` (if given); with ``as_json`` also print it as one
+    JSON line. Returns ``as_json`` (the caller then prints no markdown)."""
+    if out:
+        Path(out).write_text(json.dumps(summary, indent=1, default=float), encoding="utf-8")
+    if as_json:
+        print(json.dumps(summary, default=float))
+    return as_json

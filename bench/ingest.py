@@ -27,7 +27,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -39,7 +38,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine_info, machine_markdown, markdown_table, peak_rss_mb
+from bench.common import emit_summary, machine_info, machine_markdown, markdown_table, peak_rss_mb
 
 log = logging.getLogger("bench.ingest")
 
@@ -168,10 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info["load_avg_end"] = tuple(round(v, 2) for v in os.getloadavg())
     info["peak_rss_mb"] = round(peak_rss_mb())
     summary = {"machine": info, "argv": sys.argv, "results": rows}
-    if args.out:
-        Path(args.out).write_text(json.dumps(summary, indent=1, default=float), encoding="utf-8")
-    if args.json:
-        print(json.dumps(summary, default=float))
+    if emit_summary(summary, args.out, args.json):
         return 0
     print(machine_markdown(info))
     print(f"- Load average at end: {info['load_avg_end']}; peak RSS {info['peak_rss_mb']} MiB; "

@@ -63,7 +63,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from bench.common import machine_info, machine_markdown, markdown_table, peak_rss_mb
+from bench.common import emit_summary, machine_info, machine_markdown, markdown_table, peak_rss_mb
 
 log = logging.getLogger("bench.pipeline")
 
@@ -367,22 +367,11 @@ def run_insightface(case: Case, data_dir: Path, threads: int, with_age: bool, cl
     rec.get_feat = clock.wrap("embed", rec.get_feat)
     if with_age:
         app.models["age"] = _AgeTask(_age_estimator(config), clock)
-    wall = cpu = 0.0
-    n = 0
-    for i, frame in enumerate(iter_frames(case, data_dir)):
-        if i == 0:
-            app.get(frame)  # warm-up, untimed
-        clock.active = True
-        t0, c0 = time.perf_counter(), time.process_time()
-        result = app.get(frame)
-        wall += time.perf_counter() - t0
-        cpu += time.process_time() - c0
-        clock.active = False
-        n += 1
-        for f in result:
-            faces.add(i, f.bbox, f.kps, f.det_score, f.embedding)
-    shutil.rmtree(tmp, ignore_errors=True)  # only links; InsightFace reads the files until the first detect
-    return n, wall, cpu
+    try:
+        return timed_frames(case, data_dir, clock, app.get,
+                            lambda i, f: faces.add(i, f.bbox, f.kps, f.det_score, f.embedding))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # only links; InsightFace reads the files until the first detect
 
 
 def run_plain(case: Case, data_dir: Path, threads: int, with_age: bool, clock: StageClock, faces: FaceLog,
@@ -395,20 +384,31 @@ def run_plain(case: Case, data_dir: Path, threads: int, with_age: bool, clock: S
     analyzer.prepare = clock.wrap("align", analyzer.prepare)  # type: ignore[method-assign]
     analyzer.embed = clock.wrap("embed", analyzer.embed)  # type: ignore[method-assign]
     analyzer.estimate_ages = clock.wrap("age", analyzer.estimate_ages)  # type: ignore[method-assign]
+    return timed_frames(case, data_dir, clock, analyzer.analyze,
+                        lambda i, f: faces.add(i, f.bbox, f.landmarks, f.det_score, f.embedding))
+
+
+def timed_frames(case: Case, data_dir: Path, clock: StageClock, analyze: Callable[[np.ndarray], Sequence[Any]],
+                 record: Callable[[int, Any], None]) -> tuple[int, float, float]:
+    """Run ``analyze`` on every frame of the case (the first frame once more, untimed, as warm-up).
+
+    ``record(frame_index, face)`` is called for each face found. Returns (frames, wall s, cpu s) of the
+    timed calls; the stage clock runs only during them.
+    """
     wall = cpu = 0.0
     n = 0
     for i, frame in enumerate(iter_frames(case, data_dir)):
         if i == 0:
-            analyzer.analyze(frame)
+            analyze(frame)  # warm-up, untimed
         clock.active = True
         t0, c0 = time.perf_counter(), time.process_time()
-        result = analyzer.analyze(frame)
+        result = analyze(frame)
         wall += time.perf_counter() - t0
         cpu += time.process_time() - c0
         clock.active = False
         n += 1
         for f in result:
-            faces.add(i, f.bbox, f.landmarks, f.det_score, f.embedding)
+            record(i, f)
     return n, wall, cpu
 
 
@@ -843,10 +843,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary["ratio_cpu_vs_insightface"] = quick[best]["ratio_cpu"] if best else None
         summary["fps"] = {k: v["fps"] for k, v in quick.items()}
         summary["identity_plain"] = identity.get(f"{QUICK_CASE}|plain|{threads[0]}")
-    if args.out:
-        Path(args.out).write_text(json.dumps(summary, indent=1, default=float), encoding="utf-8")
-    if args.json:
-        print(json.dumps(summary, default=float))
+    if emit_summary(summary, args.out, args.json):
         return 0
     print(machine_markdown(info))
     print(f"- Load average at end: {info['load_avg_end']}; total {info['total_s']} s")
