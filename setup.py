@@ -4,15 +4,34 @@ from glob import glob
 
 from setuptools import find_packages, setup
 
+#: Repository folder of each sub-package: the product keeps its folders, the install has one top-level name.
+LAYERS = ("core", "models", "index", "export", "edge")
+
+
+def _packages() -> tuple[list[str], dict[str, str]]:
+    packages = ["namus_edge"]
+    package_dir = {"namus_edge": "namus_edge"}
+    for folder in LAYERS:
+        for sub in [folder, *(f"{folder}.{p}" for p in find_packages(where=folder))]:
+            name = f"namus_edge.{sub}"
+            packages.append(name)
+            package_dir[name] = sub.replace(".", "/")
+    return packages, package_dir
+
+
+PACKAGES, PACKAGE_DIR = _packages()
+
+
 setup(
     name="namus-edge",
-    version="0.1.0",
+    version="0.2.0",
     description="Edge face search for missing persons: detection, embedding, FAISS search, MQTT events",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["edge", "edge.*", "models", "models.*", "export", "export.*", "index", "index.*"]),
-    package_data={"edge": ["py.typed"], "models": ["py.typed"], "index": ["py.typed"], "export": ["py.typed"]},
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
+    package_data={name: ["py.typed"] for name in ("namus_edge", *(f"namus_edge.{f}" for f in LAYERS))},
     install_requires=[
         "numpy>=1.24",
         "onnxruntime>=1.16",
@@ -42,6 +61,6 @@ setup(
         "demo": ["scikit-image>=0.21", "amqtt>=0.11"],
     },
     data_files=[("share/namus-edge/systemd", sorted(glob("systemd/*"))), ("share/namus-edge", ["config.yaml"])],
-    entry_points={"console_scripts": ["namus-edge=edge.cli:main"]},
+    entry_points={"console_scripts": ["namus-edge=namus_edge.cli:main"]},
     classifiers=["Programming Language :: Python :: 3", "Operating System :: POSIX :: Linux"],
 )

@@ -35,9 +35,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.config import load_config
-from models.age import AGE_BINS, AgeEstimator
-from models.aligner import (
+from namus_edge.core.config import load_config
+from namus_edge.models.age import AGE_BINS, AgeEstimator
+from namus_edge.models.aligner import (
     AGE_CHIP_SIZE,
     AGE_CHIP_UNIT,
     dlib_chip_transform,
@@ -99,7 +99,7 @@ def detect_all(samples: Sequence[Sample], root: Path, cache: Path, analyzer: Any
     Returns:
         float32 (N, 5, 2) landmarks in image pixels (NaN where no face) and bool (N,) found.
     """
-    from index.imagefile import read_image
+    from namus_edge.models.imagefile import read_image
 
     f = cache / "detections.npz"
     paths = np.array([s.path for s in samples])
@@ -168,7 +168,7 @@ def variant_probabilities(
     estimator: AgeEstimator, names: Sequence[str],
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per variant: float32 (N, 81) probabilities of the chip and of its mirror (cached)."""
-    from index.imagefile import read_image
+    from namus_edge.models.imagefile import read_image
 
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     todo = []
@@ -312,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.cache.mkdir(parents=True, exist_ok=True)
     samples = read_manifest(args.manifest or args.root / "manifest.csv")
 
-    from models.analyzer import FaceAnalyzer
+    from namus_edge.models.analyzer import FaceAnalyzer
 
     analyzer = FaceAnalyzer(load_config())
     assert analyzer.age is not None and analyzer.age_spec is not None

@@ -56,13 +56,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tests.namus_factory import SyntheticCase, fgnet_identities, lfw_identities, write_prepager
 
 from bench.common import machine_info, machine_markdown, markdown_table
-from edge.config import Config, load_config, match_threshold
-from edge.decision import best_candidate
-from edge.errors import ImageReadError
-from models.evaluation import AGE_GAP_BUCKETS, bucket_of, verification_metrics
-from tests.namus_factory import SyntheticCase, fgnet_identities, lfw_identities, write_prepager
+from namus_edge.core.config import Config, load_config
+from namus_edge.core.errors import ImageReadError
+from namus_edge.edge.decision import best_candidate
+from namus_edge.models.evaluation import AGE_GAP_BUCKETS, bucket_of, verification_metrics
+from namus_edge.models.registry import match_threshold
 
 log = logging.getLogger("bench.identification")
 
@@ -158,7 +159,7 @@ def embed_photos(analyzer: Any, paths: Sequence[Path]) -> tuple[dict[Path, np.nd
     """
     from tqdm import tqdm
 
-    from index.imagefile import read_image
+    from namus_edge.models.imagefile import read_image
 
     out: dict[Path, np.ndarray | None] = {}
     problems: dict[str, str] = {}
@@ -372,10 +373,10 @@ def impostor_metrics(emb: dict[Path, np.ndarray | None], identity_of: dict[Path,
 def run(config: Config, data_dir: Path, thresholds: Sequence[float], *, lfw_cases: int = 0, fgnet_subjects: int = 0,
         unenrolled: int = 0, pairs: bool = True, workdir: Path | None = None) -> dict[str, Any]:
     """Build the gallery, search every probe and compute every number (see the module docstring)."""
-    from index.build import build_bundle
-    from index.bundle import Bundle
-    from index.signing import generate_keypair
-    from models.analyzer import FaceAnalyzer
+    from namus_edge.index.build import build_bundle
+    from namus_edge.index.bundle import Bundle
+    from namus_edge.index.signing import generate_keypair
+    from namus_edge.models.analyzer import FaceAnalyzer
 
     info = machine_info()
     cs = make_case_set(data_dir, lfw_cases, fgnet_subjects, unenrolled)

@@ -57,7 +57,7 @@ def samples_source(shared: Path, dst: Path) -> Path:
     """The real sample records with the real face crops filed as their photos (tests/namus_factory.py)."""
     sys.path.insert(0, str(REPO / "tests"))
     try:
-        from namus_factory import samples_with_crops
+        from namus_edge_testing.namus_factory import samples_with_crops
     finally:
         sys.path.remove(str(REPO / "tests"))
     return samples_with_crops(shared, dst)
@@ -67,7 +67,7 @@ def lfw_source(data_dir: Path, dst: Path, photos: int) -> Path:
     """Write a NamUs-format case set of about `photos` LFW photos (MP and UP cases, 1-3 photos each) to `dst`."""
     sys.path.insert(0, str(REPO / "tests"))
     try:
-        from namus_factory import SyntheticCase, lfw_identities, write_prepager
+        from namus_edge_testing.namus_factory import SyntheticCase, lfw_identities, write_prepager
     finally:
         sys.path.remove(str(REPO / "tests"))
 
@@ -86,7 +86,7 @@ def lfw_source(data_dir: Path, dst: Path, photos: int) -> Path:
 
 def run_build(config: Any, analyzer: Any, source: Path, key: Path, workers: int, out: Path) -> dict[str, Any]:
     """One build; returns the summary numbers plus CPU use (process CPU time / wall)."""
-    from index.build import build_bundle
+    from namus_edge.index.build import build_bundle
 
     c0, t0 = time.process_time(), time.perf_counter()
     s = build_bundle(config, str(source), out, key, workers=workers, today=TODAY, progress=False, analyzer=analyzer)
@@ -122,9 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr)
-    from edge.config import load_config
-    from index.signing import generate_keypair
-    from models.analyzer import FaceAnalyzer
+    from namus_edge.core.config import load_config
+    from namus_edge.index.signing import generate_keypair
+    from namus_edge.models.analyzer import FaceAnalyzer
 
     if args.quick:
         args.lfw_photos = min(args.lfw_photos, 60)

@@ -29,16 +29,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine_info, machine_markdown
-from edge.config import load_config
-from edge.demo import EmbeddedBroker
-from edge.frame_queue import Frame
-from edge.mqtt_publisher import MqttPublisher
-from edge.outbox import Outbox
-from edge.pipeline import Pipeline
-from index.bundle import Bundle, BundleWriter
-from index.manifest import ModelIdentity
-from index.signing import generate_keypair
-from models.analyzer import FaceAnalyzer
+from namus_edge.core.config import load_config
+from namus_edge.demo import EmbeddedBroker
+from namus_edge.edge.frame_queue import Frame
+from namus_edge.edge.mqtt_publisher import MqttPublisher
+from namus_edge.edge.outbox import Outbox
+from namus_edge.edge.pipeline import Pipeline
+from namus_edge.index.bundle import Bundle
+from namus_edge.index.bundle_writer import BundleWriter
+from namus_edge.index.manifest import ModelIdentity
+from namus_edge.index.signing import generate_keypair
+from namus_edge.models.analyzer import FaceAnalyzer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

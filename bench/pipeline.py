@@ -283,16 +283,16 @@ def _forbid_network() -> None:
 
 
 def _config(threads: int) -> Any:
-    from edge.config import load_config
+    from namus_edge.core.config import load_config
 
     return load_config(overrides=[f"models.backend.intra_op_threads={threads}", "models.backend.inter_op_threads=1"])
 
 
 def _age_estimator(config: Any) -> Any:
     """Our AgeEstimator for the configured age model (as FaceAnalyzer builds it)."""
-    from models.age import AgeEstimator
-    from models.backends.factory import create_backend
-    from models.registry import get_spec, resolve
+    from namus_edge.models.age import AgeEstimator
+    from namus_edge.models.backends.factory import create_backend
+    from namus_edge.models.registry import get_spec, resolve
 
     name = config.models.selected()[2]
     cache = config.models.resolved_cache_dir()
@@ -306,7 +306,7 @@ def _age_estimator(config: Any) -> Any:
 
 def insightface_root(config: Any, folder: Path) -> Path:
     """Make `folder`/models/namus-bench with links to our verified detector and embedder files; returns it."""
-    from models.registry import resolve
+    from namus_edge.models.registry import resolve
 
     det, emb, _ = config.models.selected()
     cache = config.models.resolved_cache_dir()
@@ -324,7 +324,7 @@ class _AgeTask:
     taskname = "age"
 
     def __init__(self, estimator: Any, clock: StageClock) -> None:
-        from models.aligner import align_age_chip
+        from namus_edge.models.aligner import align_age_chip
 
         self.estimator = estimator
         self.chip = clock.wrap("align", align_age_chip)
@@ -377,7 +377,7 @@ def run_insightface(case: Case, data_dir: Path, threads: int, with_age: bool, cl
 def run_plain(case: Case, data_dir: Path, threads: int, with_age: bool, clock: StageClock, faces: FaceLog,
               info: dict[str, Any]) -> tuple[int, float, float]:
     """FaceAnalyzer.analyze per frame; returns (frames, wall s, cpu s) of the timed part."""
-    from models.analyzer import FaceAnalyzer
+    from namus_edge.models.analyzer import FaceAnalyzer
 
     analyzer = FaceAnalyzer(_config(threads), with_age=with_age)
     analyzer.detect = clock.wrap("detect", analyzer.detect)  # type: ignore[method-assign]
@@ -419,11 +419,11 @@ def random_bundle(folder: Path, faces: int, seed: int = 1) -> Path:
     stage runs on every searched face but never fires: the search and decide costs are those of a real
     bundle of this size without events.
     """
-    from edge.config import load_config
-    from index.bundle import BundleWriter
-    from index.manifest import ModelIdentity
-    from index.signing import generate_keypair
-    from models.registry import get_spec
+    from namus_edge.core.config import load_config
+    from namus_edge.index.bundle_writer import BundleWriter
+    from namus_edge.index.manifest import ModelIdentity
+    from namus_edge.index.signing import generate_keypair
+    from namus_edge.models.registry import get_spec
 
     config = load_config()
     det, emb, _ = config.models.selected()
@@ -460,10 +460,10 @@ def run_pipeline(case: Case, data_dir: Path, threads: int, with_age: bool, clock
     """
     from datetime import datetime, timezone
 
-    from edge.frame_queue import Frame
-    from edge.pipeline import Pipeline
-    from index.bundle import Bundle
-    from models.analyzer import FaceAnalyzer
+    from namus_edge.edge.frame_queue import Frame
+    from namus_edge.edge.pipeline import Pipeline
+    from namus_edge.index.bundle import Bundle
+    from namus_edge.models.analyzer import FaceAnalyzer
 
     config = _config(threads)
     analyzer = FaceAnalyzer(config, with_age=with_age)
@@ -534,7 +534,7 @@ def install_insightface_preprocessing() -> str:
     InsightFace (bilinear, truncated size, instead of INTER_AREA and a rounded size) and built its input
     tensor with ``cv2.dnn.blobFromImage`` instead of NumPy. Not the shipped code.
     """
-    import models.detector as detector_mod
+    import namus_edge.models.detector as detector_mod
 
     def fast_blob(self: Any, canvas_bgr: np.ndarray) -> np.ndarray:
         c = self.spec.contract
@@ -634,7 +634,7 @@ def compare_faces(ref: dict[str, np.ndarray], ours: dict[str, np.ndarray], *, al
         Counts, the minimum matched IoU, the largest box/landmark coordinate difference (px) and the
         minimum/mean embedding cosine over faces embedded on both sides.
     """
-    from edge.tracker import iou_matrix
+    from namus_edge.edge.tracker import iou_matrix
 
     frames = sorted(set(ref["frame"].tolist()) | set(ours["frame"].tolist()))
     count_mismatch, unmatched = 0, 0
@@ -672,7 +672,7 @@ def compare_faces(ref: dict[str, np.ndarray], ours: dict[str, np.ndarray], *, al
 
 def _insightface_letterbox(image: np.ndarray, size: tuple[int, int]) -> Any:
     """InsightFace's SCRFD resize (cv2.resize default bilinear, truncated size) in our Letterbox type."""
-    from models.detector import Letterbox
+    from namus_edge.models.detector import Letterbox
 
     w_in, h_in = size
     h, w = image.shape[:2]
@@ -693,9 +693,9 @@ def parity_diagnostics(case: Case, data_dir: Path, ref: dict[str, np.ndarray], f
     * resize: our full analyzer with InsightFace's detector resize (bilinear, truncated size) instead of
       ours (INTER_AREA when shrinking, rounded size) versus InsightFace (isolates the letterbox).
     """
-    import models.detector as detector_mod
-    from models.aligner import align_arcface
-    from models.analyzer import FaceAnalyzer
+    import namus_edge.models.detector as detector_mod
+    from namus_edge.models.aligner import align_arcface
+    from namus_edge.models.analyzer import FaceAnalyzer
 
     analyzer = FaceAnalyzer(_config(1), with_age=False)
     cos_emb: list[float] = []

@@ -52,8 +52,8 @@ from bench.common import (
     peak_rss_mb,
     release_freed_memory,
 )
-from index.faiss_index import apply_search_params, build_index, choose_index
-from models.registry import get_spec
+from namus_edge.index.faiss_index import apply_search_params, build_index, choose_index
+from namus_edge.models.registry import get_spec
 
 log = logging.getLogger("bench.search")
 
@@ -174,8 +174,8 @@ def compute_real_embeddings(data_dir: Any, cache: Any) -> dict[str, np.ndarray]:
 
     import cv2
 
-    from edge.config import load_config
-    from models.analyzer import FaceAnalyzer
+    from namus_edge.core.config import load_config
+    from namus_edge.models.analyzer import FaceAnalyzer
 
     cache = Path(cache)
     if cache.exists():

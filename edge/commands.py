@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from edge.config import Config
+from namus_edge.core.config import Config
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -51,30 +51,30 @@ def _show(args: argparse.Namespace, config: Config) -> int:
 
 
 def _defaults(args: argparse.Namespace, config: Config) -> int:
-    from edge.config_doc import render_yaml
+    from namus_edge.core.config_doc import render_yaml
 
     print(render_yaml(), end="")
     return 0
 
 
 def _reference(args: argparse.Namespace, config: Config) -> int:
-    from edge.config_doc import render_reference
+    from namus_edge.core.config_doc import render_reference
 
     print("\n".join(render_reference()))
     return 0
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
-    from edge.secrets import read_mqtt_password
-    from edge.service import EdgeService
+    from namus_edge.core.secrets import read_mqtt_password
+    from namus_edge.edge.service import EdgeService
 
     password = read_mqtt_password(config.mqtt) if config.mqtt.enabled else None
     return EdgeService(config, password=password).run()
 
 
 def _scan(args: argparse.Namespace, config: Config) -> int:
-    from edge.secrets import read_mqtt_password
-    from edge.service import scan_file
+    from namus_edge.core.secrets import read_mqtt_password
+    from namus_edge.edge.service import scan_file
 
     password = read_mqtt_password(config.mqtt) if args.mqtt else None
     result = scan_file(config, args.source, events_path=args.events, mqtt=args.mqtt, password=password,
@@ -90,7 +90,7 @@ def _scan(args: argparse.Namespace, config: Config) -> int:
 
 
 def _demo(args: argparse.Namespace, config: Config) -> int:
-    from edge.demo import run_demo
+    from namus_edge.demo import run_demo
 
     return run_demo(config, photos=args.photo, models_from=args.models_from, workdir=args.workdir,
                     frames=args.frames)

@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edge.config import AgeCheckConfig, MatchingConfig
+from namus_edge.core.config import AgeCheckConfig, MatchingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ class DecisionEngine:
         today: Callable[[], date] = _utc_today,
     ) -> None:
         if cfg.threshold is None:
-            raise ValueError("matching.threshold must be resolved first (edge.config.match_threshold)")
+            raise ValueError("matching.threshold must be resolved first (models.registry.match_threshold)")
         self.cfg = cfg
         self._threshold = float(cfg.threshold)
         self._case_info = case_info

@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from edge.errors import NamusEdgeError
+from namus_edge.core.cases import CASE_SETS
+from namus_edge.core.errors import NamusEdgeError
 
 SCHEMA_VERSION = 1
-
-CASE_SETS = ("MP", "UP", "UCP")
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _HEX_RE = re.compile(r"^[0-9a-f]{8,64}$")

@@ -16,9 +16,9 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge.errors import BundleError
-from index.bundle import Bundle
-from index.manifest import MANIFEST_NAME, ModelIdentity
+from namus_edge.core.errors import BundleError
+from namus_edge.index.bundle import Bundle
+from namus_edge.index.manifest import MANIFEST_NAME, ModelIdentity
 
 logger = logging.getLogger(__name__)
 

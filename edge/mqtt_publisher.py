@@ -42,11 +42,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.config import MqttConfig
-from edge.errors import NamusEdgeError
-from edge.events import MatchEvent
-from edge.outbox import Outbox, OutboxError
-from edge.secrets import resolve_credential_path
+from namus_edge.core.config import MqttConfig
+from namus_edge.core.errors import NamusEdgeError
+from namus_edge.core.secrets import resolve_credential_path
+from namus_edge.core.topics import announce_topic
+from namus_edge.edge.events import MatchEvent
+from namus_edge.edge.outbox import Outbox, OutboxError
 
 logger = logging.getLogger(__name__)
 
@@ -95,11 +96,6 @@ class Topics:
     def announce(self) -> str:
         """Index bundle announcements (fleet-wide): ``<prefix>/index/announce``."""
         return announce_topic(self.prefix)
-
-
-def announce_topic(prefix: str) -> str:
-    """Return the fleet-wide index announcement topic ``<prefix>/index/announce``."""
-    return f"{prefix}/index/announce"
 
 
 def _check_topic_part(name: str, value: str) -> None:

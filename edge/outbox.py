@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from edge.errors import NamusEdgeError
+from namus_edge.core.errors import NamusEdgeError
 
 logger = logging.getLogger(__name__)
 

@@ -25,14 +25,16 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from edge.config import Config, match_threshold
-from edge.decision import DecisionEngine, MatchDecision
-from edge.events import CaseRef, EventModels, MatchEvent, ModelRef, utc_timestamp
-from edge.frame_queue import Frame
-from edge.sources import MaskCache
-from edge.tracker import Tracker
-from index.faces import face_thumbnail
-from models.analyzer import FaceAnalyzer, PreparedFace
+from namus_edge.core.cases import case_link_for, parse_case_id
+from namus_edge.core.config import Config
+from namus_edge.edge.decision import DecisionEngine, MatchDecision
+from namus_edge.edge.events import CaseRef, EventModels, MatchEvent, ModelRef, utc_timestamp
+from namus_edge.edge.frame_queue import Frame
+from namus_edge.edge.sources import MaskCache
+from namus_edge.edge.tracker import Tracker
+from namus_edge.index.faces import face_thumbnail
+from namus_edge.models.analyzer import FaceAnalyzer, PreparedFace
+from namus_edge.models.registry import match_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -226,9 +228,9 @@ class Pipeline:
             timestamp=utc_timestamp(cand.frame.wall_time),
             case=CaseRef(
                 id_formatted=d.id_formatted,
-                case_set=str(case.get("case_set") or d.id_formatted.rstrip("0123456789")),
+                case_set=str(case.get("case_set") or parse_case_id(d.id_formatted)[0]),
                 name=str(case.get("display_name") or ""),
-                link=str(case.get("link") or f"https://www.namus.gov/Case#/{d.id_formatted}"),
+                link=str(case.get("link") or case_link_for(d.id_formatted)),
                 current_age_min=_int_or_none(case.get("current_age_min")),
                 current_age_max=_int_or_none(case.get("current_age_max")),
             ),

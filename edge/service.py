@@ -22,17 +22,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge.config import Config
-from edge.errors import NamusEdgeError
-from edge.events import MatchEvent
-from edge.frame_queue import Frame, FrameQueue
-from edge.index_holder import IndexHolder
-from edge.pipeline import Pipeline
-from edge.sdnotify import Notifier, ProgressWatchdog, watchdog_interval
+from namus_edge.core.config import Config
+from namus_edge.core.errors import NamusEdgeError
+from namus_edge.core.topics import announce_topic
+from namus_edge.edge.events import MatchEvent
+from namus_edge.edge.frame_queue import Frame, FrameQueue
+from namus_edge.edge.index_holder import IndexHolder
+from namus_edge.edge.pipeline import Pipeline
+from namus_edge.edge.sdnotify import Notifier, ProgressWatchdog, watchdog_interval
 
 if TYPE_CHECKING:
-    from edge.mqtt_publisher import MqttPublisher
-    from edge.outbox import Outbox
+    from namus_edge.edge.mqtt_publisher import MqttPublisher
+    from namus_edge.edge.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ def open_publisher(config: Config, password: str | None) -> tuple[MqttPublisher,
 
     The outbox is ``mqtt.outbox_path``, default ``<service.state_dir>/outbox.sqlite3``.
     """
-    from edge.mqtt_publisher import MqttPublisher
-    from edge.outbox import Outbox
+    from namus_edge.edge.mqtt_publisher import MqttPublisher
+    from namus_edge.edge.outbox import Outbox
 
     path = Path(config.mqtt.outbox_path or Path(config.service.state_dir) / "outbox.sqlite3")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +73,7 @@ def _index_holder(config: Config) -> IndexHolder:
     """The hot-reloading bundle holder of ``run`` and ``scan``; also sets FAISS's thread count for the process."""
     import faiss
 
-    from index.sync import expected_model_from_config
+    from namus_edge.index.sync import expected_model_from_config
 
     if not config.index.bundle:
         raise ServiceError("index.bundle is not set: point it at a bundle directory or <sync.state_dir>/current")
@@ -108,8 +109,8 @@ class EdgeService:
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code."""
-        from edge.sources import CaptureThread, frame_queue_for
-        from models.analyzer import FaceAnalyzer
+        from namus_edge.edge.sources import CaptureThread, frame_queue_for
+        from namus_edge.models.analyzer import FaceAnalyzer
 
         self.notifier.status("loading models")
         analyzer = FaceAnalyzer(self.config)
@@ -210,7 +211,6 @@ class EdgeService:
         if not self.config.mqtt.enabled:
             logger.warning("mqtt.enabled is false: match events are only logged")
             return
-        from edge.mqtt_publisher import announce_topic
 
         self.publisher, self.outbox = open_publisher(self.config, self.password)
         if self.config.sync.on_announce:
@@ -284,7 +284,7 @@ class EdgeService:
         threading.Thread(target=self._sync, args=(url,), name="sync", daemon=True).start()
 
     def _sync(self, url: str) -> None:
-        from index.sync import expected_model_from_config, sync_once
+        from namus_edge.index.sync import expected_model_from_config, sync_once
 
         if not self._sync_lock.acquire(blocking=False):
             return
@@ -331,7 +331,7 @@ def scan_file(config: Config, source: Path, *, events_path: Path | None = None, 
     """
     import cv2
 
-    from models.analyzer import FaceAnalyzer
+    from namus_edge.models.analyzer import FaceAnalyzer
 
     if not source.is_file():
         raise ServiceError(f"--source {source}: no such file")

@@ -39,9 +39,9 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from edge.config import CameraConfig
-from edge.errors import NamusEdgeError
-from edge.frame_queue import Frame, FrameQueue
+from namus_edge.core.config import CameraConfig
+from namus_edge.core.errors import NamusEdgeError
+from namus_edge.edge.frame_queue import Frame, FrameQueue
 
 logger = logging.getLogger(__name__)
 

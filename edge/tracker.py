@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.config import MatchingConfig
-from models.boxes import iou_matrix
-from models.face import Detection
+from namus_edge.core.config import MatchingConfig
+from namus_edge.models.boxes import iou_matrix
+from namus_edge.models.face import Detection
 
 
 def _greedy_pairs(scores: np.ndarray, minimum: float) -> list[tuple[int, int]]:

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Literal
 import cv2
 import numpy as np
 
-from edge.errors import ImageReadError, NamusEdgeError
-from models.preprocess import to_blob
-from models.registry import ModelSpec
+from namus_edge.core.errors import ImageReadError, NamusEdgeError
+from namus_edge.models.preprocess import to_blob
+from namus_edge.models.registry import ModelSpec
 
 if TYPE_CHECKING:
-    from models.detector import FaceDetector
+    from namus_edge.models.detector import FaceDetector
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def model_input(image_bgr: np.ndarray, spec: ModelSpec, size: tuple[int, int]) -
         float32 (3, H, W).
     """
     if spec.role == "detector":
-        from models.detector import letterbox
+        from namus_edge.models.detector import letterbox
 
         canvas = letterbox(image_bgr, size).canvas
     else:
@@ -109,7 +109,7 @@ def aligned_face(image_bgr: np.ndarray, spec: ModelSpec, detector: FaceDetector)
     Returns:
         uint8 (h, w, 3) BGR crop at the model input size, or ``None`` when no face is found.
     """
-    from models.aligner import align_age_chip, align_arcface
+    from namus_edge.models.aligner import align_age_chip, align_arcface
 
     faces, _ = detector.detect_photo(image_bgr)
     if not faces:

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge.config import BackendConfig, Config
-from edge.errors import NamusEdgeError
-from models.registry import REGISTRY, ModelSpec, get_spec, resolve
+from namus_edge.core.config import BackendConfig, Config
+from namus_edge.core.errors import NamusEdgeError
+from namus_edge.models.registry import REGISTRY, ModelSpec, get_spec, resolve
 
 if TYPE_CHECKING:
-    from models.detector import FaceDetector
+    from namus_edge.models.detector import FaceDetector
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def _model_file(config: Config, name: str) -> tuple[ModelSpec, Path]:
 
 
 def _verification_inputs(spec: ModelSpec, size: tuple[int, int], images: Path | None) -> tuple[np.ndarray, str]:
-    from export.calibration import list_images, load_inputs
+    from namus_edge.export.calibration import list_images, load_inputs
 
     if images is not None:
         paths = list_images(images, limit=16)
@@ -104,7 +104,7 @@ def _verification_inputs(spec: ModelSpec, size: tuple[int, int], images: Path | 
             raise ExportUsageError(f"--images {images}: no .jpg/.png/... files")
         data, _ = load_inputs(paths, spec, size)
         return data, f"{len(paths)} photos"
-    from export.calibration import model_input
+    from namus_edge.export.calibration import model_input
 
     rng = np.random.default_rng(0)
     w, h = size
@@ -114,7 +114,7 @@ def _verification_inputs(spec: ModelSpec, size: tuple[int, int], images: Path | 
 
 
 def _onnx(args: argparse.Namespace, config: Config) -> int:
-    from export.onnx_prep import DEFAULT_DETECTOR_SIZES, default_sizes, prepare_and_verify
+    from namus_edge.export.onnx_prep import DEFAULT_DETECTOR_SIZES, default_sizes, prepare_and_verify
 
     names = list(args.model) or list(REGISTRY)
     detector_sizes = ([parse_size(s) for s in args.sizes.split(",")] if args.sizes
@@ -153,8 +153,8 @@ def _engine_dir(args: argparse.Namespace, backend: BackendConfig) -> Path:
 
 
 def _trt(args: argparse.Namespace, config: Config) -> int:
-    from export.engine_cache import BatchProfile
-    from export.trt_build import build_engine, plan_build
+    from namus_edge.export.trt_build import build_engine, plan_build
+    from namus_edge.models.backends.engine_cache import BatchProfile
 
     spec = get_spec(args.model)
     try:
@@ -179,7 +179,7 @@ def _trt(args: argparse.Namespace, config: Config) -> int:
 
 
 def _prepared_bytes(args: argparse.Namespace, config: Config, spec: ModelSpec, size: tuple[int, int]) -> bytes:
-    from export.onnx_prep import prepare_and_verify, read_metadata
+    from namus_edge.export.onnx_prep import prepare_and_verify, read_metadata
 
     if args.onnx is not None:
         meta = read_metadata(args.onnx)
@@ -199,8 +199,8 @@ def _prepared_bytes(args: argparse.Namespace, config: Config, spec: ModelSpec, s
 
 def _cpu_detector(config: Config) -> FaceDetector:
     """The configured detector on onnxruntime CPU (aligns faces for calibration and parity)."""
-    from models.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from models.detector import FaceDetector
+    from namus_edge.models.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from namus_edge.models.detector import FaceDetector
 
     name = config.models.selected()[0]
     spec, path = _model_file(config, name)
@@ -208,11 +208,11 @@ def _cpu_detector(config: Config) -> FaceDetector:
 
 
 def _check(args: argparse.Namespace, config: Config) -> int:
-    from export.calibration import list_images, read_image
-    from export.engine_cache import read_manifest
-    from export.parity import format_table, run_parity
-    from models.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from models.backends.tensorrt_backend import TensorRTBackend
+    from namus_edge.export.calibration import list_images, read_image
+    from namus_edge.export.parity import format_table, run_parity
+    from namus_edge.models.backends.engine_cache import read_manifest
+    from namus_edge.models.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from namus_edge.models.backends.tensorrt_backend import TensorRTBackend
 
     spec, source = _model_file(config, args.model)
     if not args.engine.is_file():

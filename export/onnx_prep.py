@@ -31,8 +31,8 @@ import onnx
 import onnx.defs
 from onnx import ModelProto, helper, numpy_helper, shape_inference
 
-from edge.errors import ModelError
-from models.registry import ModelSpec
+from namus_edge.core.errors import ModelError
+from namus_edge.models.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
 

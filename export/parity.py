@@ -22,16 +22,16 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from edge.config import DetectionConfig
-from edge.errors import ModelError
-from export.calibration import aligned_face
-from export.engine_cache import Precision
-from models.backends.base import Backend
-from models.boxes import iou_matrix
-from models.registry import ModelSpec
+from namus_edge.core.config import DetectionConfig
+from namus_edge.core.errors import ModelError
+from namus_edge.export.calibration import aligned_face
+from namus_edge.models.backends.base import Backend
+from namus_edge.models.backends.engine_cache import Precision
+from namus_edge.models.boxes import iou_matrix
+from namus_edge.models.registry import ModelSpec
 
 if TYPE_CHECKING:
-    from models.detector import FaceDetector
+    from namus_edge.models.detector import FaceDetector
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def check_detector(
         size: detector input (width, height) of the model under test.
         limits: pass limits.
     """
-    from models.detector import FaceDetector
+    from namus_edge.models.detector import FaceDetector
 
     cfg = DetectionConfig(input_size=size)
     ref_det, test_det = FaceDetector(ref, spec, cfg), FaceDetector(test, spec, cfg)
@@ -163,7 +163,7 @@ def check_embedder(
         faces: (name, uint8 (112, 112, 3) BGR aligned face) pairs.
         limits: pass limits.
     """
-    from models.embedder import FaceEmbedder
+    from namus_edge.models.embedder import FaceEmbedder
 
     crops = np.stack([f for _, f in faces])
     cos = row_cosine(FaceEmbedder(ref, spec).embed(crops), FaceEmbedder(test, spec).embed(crops))
@@ -183,7 +183,7 @@ def check_age(
         chips: (name, uint8 (64, 64, 3) BGR chip) pairs.
         limits: pass limits.
     """
-    from models.age import AgeEstimator
+    from namus_edge.models.age import AgeEstimator
 
     stack = np.stack([c for _, c in chips])
     a = AgeEstimator(ref, spec, flip=False).estimate(stack)

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge.errors import NamusEdgeError
-from export.calibration import MIN_CALIBRATION_IMAGES, CropMode, batches, list_images, load_calibration_set
-from export.engine_cache import (
+from namus_edge.core.errors import NamusEdgeError
+from namus_edge.export.calibration import MIN_CALIBRATION_IMAGES, CropMode, batches, list_images, load_calibration_set
+from namus_edge.models.backends.engine_cache import (
     PRECISIONS,
     BatchProfile,
     EngineKey,
@@ -34,11 +34,11 @@ from export.engine_cache import (
     sha256_bytes,
     write_engine,
 )
-from models.backends.tensorrt_backend import trt_logger
-from models.registry import ModelSpec
+from namus_edge.models.backends.tensorrt_backend import trt_logger
+from namus_edge.models.registry import ModelSpec
 
 if TYPE_CHECKING:
-    from models.detector import FaceDetector
+    from namus_edge.models.detector import FaceDetector
 
 logger = logging.getLogger(__name__)
 

@@ -23,14 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from edge.config import Config
-from edge.errors import BundleError, NamusEdgeError
-from index.bundle import Bundle, BundleWriter, case_diff
-from index.faces import choose_face, face_thumbnail
-from index.imagefile import check_image_file
-from index.layouts import scan_source
-from index.manifest import ModelIdentity
-from index.records import CaseRecord, ImageRef
+from namus_edge.core.config import Config
+from namus_edge.core.errors import BundleError, NamusEdgeError
+from namus_edge.index.bundle import Bundle
+from namus_edge.index.bundle_diff import case_diff
+from namus_edge.index.bundle_writer import BundleWriter
+from namus_edge.index.faces import choose_face, face_thumbnail
+from namus_edge.index.layouts import scan_source
+from namus_edge.index.manifest import ModelIdentity
+from namus_edge.index.records import CaseRecord, ImageRef
+from namus_edge.models.imagefile import check_image_file
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +226,7 @@ def build_bundle(
         raise BuildError(f"{src_path}: no open cases of {', '.join(sets)} found")
 
     if analyzer is None:
-        from models.analyzer import FaceAnalyzer
+        from namus_edge.models.analyzer import FaceAnalyzer
 
         analyzer = FaceAnalyzer(config, with_age=False)
     emb_spec, det_spec = analyzer.embedder_spec, analyzer.detector_spec
@@ -372,7 +374,7 @@ def _resolve_source(config: Config, source: str, case_sets: Sequence[str]) -> Pa
         if not path.exists():
             raise BuildError(f"--source {source}: no such directory")
         return path
-    from index.namus_api import fetch_all
+    from namus_edge.index.namus_api import fetch_all
 
     store = Path(config.index.api.store_dir or Path(config.service.state_dir) / "namus-api")
     report = fetch_all(config.index.api, store, case_sets, categories=config.index.categories)

@@ -7,7 +7,7 @@ import json
 from datetime import date
 from pathlib import Path
 
-from edge.config import Config
+from namus_edge.core.config import Config
 
 
 def register(index_sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def register(index_sub: argparse._SubParsersAction, parent: argparse.ArgumentPar
 
 
 def _build(args: argparse.Namespace, config: Config) -> int:
-    from index.build import BuildError, build_bundle
+    from namus_edge.index.build import BuildError, build_bundle
 
     sets = None
     if args.case_sets:

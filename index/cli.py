@@ -16,14 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge.config import Config, match_threshold
-from edge.errors import NamusEdgeError
-from index.manifest import read_manifest, verify_bundle
+from namus_edge.core.config import Config
+from namus_edge.core.errors import NamusEdgeError
+from namus_edge.index.manifest import read_manifest, verify_bundle
+from namus_edge.models.registry import match_threshold
 
 logger = logging.getLogger(__name__)
 
 #: Modules that add more ``index`` subcommands: ``register(index_sub, parent)``.
-EXTRA_COMMAND_MODULES: tuple[str, ...] = ("index.build_cli", "index.fleet_cli")
+EXTRA_COMMAND_MODULES: tuple[str, ...] = ("namus_edge.index.build_cli", "namus_edge.index.fleet_cli")
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -95,7 +96,7 @@ def _pubkeys(args: argparse.Namespace, config: Config) -> list[Path] | None:
 
 
 def _keygen(args: argparse.Namespace, config: Config) -> int:
-    from index.signing import generate_keypair, key_id
+    from namus_edge.index.signing import generate_keypair, key_id
 
     private, public = generate_keypair(args.out)
     print(f"private key: {private} (mode 0600; keep it offline)")
@@ -182,7 +183,8 @@ def _human(n: float) -> str:
 
 
 def _diff(args: argparse.Namespace, config: Config) -> int:
-    from index.bundle import Bundle, diff_bundles
+    from namus_edge.index.bundle import Bundle
+    from namus_edge.index.bundle_diff import diff_bundles
 
     with Bundle.load(args.old) as old, Bundle.load(args.new) as new:
         diff = diff_bundles(old, new)
@@ -253,10 +255,10 @@ def _search_document(bundle_matches: Sequence[tuple[Path, int, Sequence[Any]]], 
 def _search(args: argparse.Namespace, config: Config) -> int:
     import numpy as np
 
-    from index.bundle import Bundle
-    from index.imagefile import read_image
-    from index.sync import expected_model_from_config
-    from models.analyzer import FaceAnalyzer
+    from namus_edge.index.bundle import Bundle
+    from namus_edge.index.sync import expected_model_from_config
+    from namus_edge.models.analyzer import FaceAnalyzer
+    from namus_edge.models.imagefile import read_image
 
     top_k = args.top if args.top is not None else config.matching.top_k
     if top_k < 1:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from models.face import Detection
+from namus_edge.models.face import Detection
 
 THUMB_PAD = 0.2
 

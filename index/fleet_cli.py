@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edge.config import Config
-from edge.errors import NamusEdgeError
-from edge.secrets import read_mqtt_password
-from index.cli import add_pubkey_option, pinned_pubkeys
-from index.publish import Announcement, announce, latest_url, publish_bundle
-from index.sync import SyncError, expected_model_from_config, sync_once
+from namus_edge.core.config import Config
+from namus_edge.core.errors import NamusEdgeError
+from namus_edge.core.secrets import read_mqtt_password
+from namus_edge.index.cli import add_pubkey_option, pinned_pubkeys
+from namus_edge.index.publish import Announcement, announce, latest_url, publish_bundle
+from namus_edge.index.sync import SyncError, expected_model_from_config, sync_once
 
 
 def register(index_sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:

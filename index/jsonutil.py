@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from edge.errors import NamusEdgeError
+from namus_edge.core.errors import NamusEdgeError
+from namus_edge.core.fsutil import write_atomic
 
 # The Prepager writer joins case bodies with "," and closes with "]": a failed last request
 # leaves ",]" (possibly with whitespace between). Only that exact ending is repaired.
@@ -76,20 +76,10 @@ def load_json_file(path: str | os.PathLike[str], allow_trailing_comma: bool = Fa
 
 
 def write_json_atomic(path: str | os.PathLike[str], value: Any) -> None:
-    """Write ``value`` as UTF-8 JSON (non-ASCII kept as is) to a temp sibling, fsync, then rename over ``path``.
+    """Write ``value`` as UTF-8 JSON (non-ASCII kept as is) atomically and durably over ``path``.
 
     Raises:
         OSError: The directory cannot be created or written.
     """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(value, fh, ensure_ascii=False, separators=(",", ":"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    write_atomic(Path(path), data)

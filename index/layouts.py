@@ -42,15 +42,12 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from edge.errors import NamusEdgeError
-from index.jsonutil import JsonFileError, load_json_file
-from index.records import (
-    PUBLIC_SITE,
+from namus_edge.core.cases import PUBLIC_SITE, case_set_code, case_set_name, is_case_set_name
+from namus_edge.core.errors import NamusEdgeError
+from namus_edge.index.jsonutil import JsonFileError, load_json_file
+from namus_edge.index.records import (
     CaseRecord,
     RecordError,
-    case_set_code,
-    case_set_name,
-    is_case_set_name,
     normalize_case,
     parse_namus_datetime,
     raw_case_id,

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from edge.errors import BundleError, BundleVerificationError
-from index.signing import verify_signature
-from models.registry import sha256_file
+from namus_edge.core.errors import BundleError, BundleVerificationError
+from namus_edge.core.fsutil import sha256_file
+from namus_edge.index.signing import verify_signature
 
 logger = logging.getLogger(__name__)
 

@@ -52,22 +52,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edge.config import NamusApiConfig
-from edge.errors import NamusEdgeError
-from index.imagefile import sniff_image
-from index.jsonutil import JsonFileError, load_json_file, parse_json_bytes, write_json_atomic
-from index.records import (
+from namus_edge.core.cases import case_set_code, case_set_name
+from namus_edge.core.config import NamusApiConfig
+from namus_edge.core.errors import NamusEdgeError
+from namus_edge.index.jsonutil import JsonFileError, load_json_file, parse_json_bytes, write_json_atomic
+from namus_edge.index.records import (
     DEFAULT_FACE_CATEGORIES,
     STATE_FIELDS,
     ImageRef,
     RecordError,
-    case_set_code,
-    case_set_name,
     image_refs,
     parse_namus_datetime,
     raw_case_id,
     raw_state_name,
 )
+from namus_edge.models.imagefile import sniff_image
 
 logger = logging.getLogger(__name__)
 

@@ -33,9 +33,7 @@ import json
 import logging
 import os
 import re
-import shutil
 import ssl
-import tempfile
 import threading
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -44,10 +42,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edge.config import MqttConfig
-from edge.errors import BundleError, NamusEdgeError
-from index.manifest import MANIFEST_NAME, SIGNATURE_NAME, check_relpath, read_manifest, verify_bundle
-from models.registry import sha256_file
+from namus_edge.core.config import MqttConfig
+from namus_edge.core.errors import BundleError, NamusEdgeError
+from namus_edge.core.fsutil import copy_atomic, fsync_dir, sha256_file, write_atomic
+from namus_edge.core.secrets import resolve_credential_path
+from namus_edge.core.topics import announce_topic
+from namus_edge.index.manifest import MANIFEST_NAME, SIGNATURE_NAME, check_relpath, read_manifest, verify_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -141,57 +141,6 @@ def check_version(version: object) -> str:
     return version
 
 
-def fsync_dir(path: Path) -> None:
-    """Flush a directory entry table to disk (makes renames and new files durable)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def copy_atomic(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` through a temporary sibling: fsync, rename, fsync the directory.
-
-    Raises:
-        OSError: the source cannot be read or the destination written.
-    """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(dst.parent)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary sibling: fsync, rename, fsync the directory.
-
-    Raises:
-        OSError: the directory cannot be created or written.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
 def publish_bundle(
     bundle_dir: Path,
     dest_dir: Path,
@@ -264,7 +213,7 @@ def publish_bundle(
             "published": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         latest_path = dest_dir / LATEST_NAME
-        write_bytes_atomic(latest_path, (json.dumps(latest, sort_keys=True, indent=2) + "\n").encode("utf-8"))
+        write_atomic(latest_path, (json.dumps(latest, sort_keys=True, indent=2) + "\n").encode("utf-8"))
     except OSError as exc:
         raise PublishError(f"cannot write to {dest_dir}: {exc.strerror or exc}") from exc
     logger.info("published bundle %s to %s (%d file(s) copied)", version, dest_dir, len(copied))
@@ -348,9 +297,6 @@ def announce(
     """
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
-
-    from edge.mqtt_publisher import announce_topic
-    from edge.secrets import resolve_credential_path
 
     topic = announce_topic(mqtt.topic_prefix)
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"namus-edge-publisher-{os.getpid()}")

@@ -21,22 +21,10 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal
 
-from edge.errors import NamusEdgeError
+from namus_edge.core.cases import CASE_SETS, PUBLIC_SITE, CaseSetCode, case_link, case_set_code
+from namus_edge.core.errors import NamusEdgeError
 
 logger = logging.getLogger(__name__)
-
-CaseSetCode = Literal["MP", "UP", "UCP"]
-
-#: Short codes of the three case sets, in NamUs order.
-CASE_SETS: tuple[CaseSetCode, ...] = ("MP", "UP", "UCP")
-
-_CODE_TO_NAME: dict[str, str] = {
-    "MP": "MissingPersons",
-    "UP": "UnidentifiedPersons",
-    "UCP": "UnclaimedPersons",
-}
-_NAME_TO_CODE: dict[str, CaseSetCode] = {"MissingPersons": "MP", "UnidentifiedPersons": "UP", "UnclaimedPersons": "UCP"}
-_CODES: dict[str, CaseSetCode] = {"MP": "MP", "UP": "UP", "UCP": "UCP"}
 
 #: Search-predicate field holding the state, per case set (NAMUS_FORMAT §1).
 STATE_FIELDS: dict[str, str] = {"MP": "stateOfLastContact", "UP": "stateOfRecovery", "UCP": "stateFound"}
@@ -53,9 +41,6 @@ DEFAULT_FACE_CATEGORIES: tuple[str, ...] = (
 #: Categories whose images are drawings or synthetic renderings, not photographs.
 RENDERING_CATEGORIES: frozenset[str] = frozenset({"AgeProgression", "Composite", "ArtistRendering"})
 
-#: Public website host used to build case links.
-PUBLIC_SITE = "https://www.namus.gov"
-
 _UNKNOWN_TEXT = frozenset({"unknown", "n/a", "none", "unk"})
 _STORAGE_KEY_RE = re.compile(r"^[0-9a-f]{32}$")
 _DATETIME_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,7}))?$")
@@ -63,48 +48,6 @@ _DATETIME_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\
 
 class RecordError(NamusEdgeError):
     """A raw NamUs record lacks a required field or has an invalid value (message names case and field)."""
-
-
-# --------------------------------------------------------------------------------------------
-# case-set names
-# --------------------------------------------------------------------------------------------
-
-
-def case_set_code(name: str) -> CaseSetCode:
-    """Return the short code (``"MP"``, ``"UP"``, ``"UCP"``) of a case set.
-
-    Args:
-        name: Either the API path segment (``"MissingPersons"``) or the code itself.
-
-    Raises:
-        RecordError: ``name`` is neither; the message lists the valid names.
-    """
-    if name in _NAME_TO_CODE:
-        return _NAME_TO_CODE[name]
-    if name in _CODES:
-        return _CODES[name]
-    valid = ", ".join(f"{c}/{n}" for c, n in _CODE_TO_NAME.items())
-    raise RecordError(f"unknown case set {name!r}; expected one of {valid}")
-
-
-def case_set_name(code: str) -> str:
-    """Return the API path segment (``"MissingPersons"``, ...) of a case set code or name."""
-    return _CODE_TO_NAME[case_set_code(code)]
-
-
-def is_case_set_name(name: str) -> bool:
-    """Return True when ``name`` is one of the three API path segments (``MissingPersons``, ...)."""
-    return name in _NAME_TO_CODE
-
-
-def format_case_id(case_set: str, case_id: int) -> str:
-    """Return the ``idFormatted`` form of a case key, e.g. ``("UP", 2336) -> "UP2336"``."""
-    return f"{case_set_code(case_set)}{int(case_id)}"
-
-
-def case_link(case_set: str, case_id: int, site: str = PUBLIC_SITE) -> str:
-    """Return the public case page ``<site>/<CaseSet>/Case#/<id>``."""
-    return f"{site.rstrip('/')}/{case_set_name(case_set)}/Case#/{int(case_id)}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge.errors import BundleVerificationError, NamusEdgeError
+from namus_edge.core.errors import BundleVerificationError, NamusEdgeError
 
 logger = logging.getLogger(__name__)
 

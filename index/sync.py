@@ -44,9 +44,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from edge.config import Config
-from edge.errors import BundleError, NamusEdgeError
-from index.manifest import (
+from namus_edge.core.config import Config
+from namus_edge.core.errors import BundleError, NamusEdgeError
+from namus_edge.core.fsutil import fsync_dir, fsync_tree, sha256_file, write_atomic
+from namus_edge.index.manifest import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
     ModelIdentity,
@@ -55,9 +56,9 @@ from index.manifest import (
     parse_manifest,
     verify_bundle,
 )
-from index.publish import check_version, fsync_dir, latest_url, parse_latest, write_bytes_atomic
-from index.signing import verify_signature
-from models.registry import get_spec, sha256_file
+from namus_edge.index.publish import check_version, latest_url, parse_latest
+from namus_edge.index.signing import verify_signature
+from namus_edge.models.registry import get_spec
 
 logger = logging.getLogger(__name__)
 
@@ -264,18 +265,6 @@ def sync_lock(state_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _fsync_tree(root: Path) -> None:
-    """Fsync every file and directory under ``root`` (bottom-up), then ``root`` itself."""
-    for dirpath, _dirs, names in os.walk(root, topdown=False):
-        for name in names:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(dirpath))
-
-
 def switch_current(state_dir: Path, version: str) -> None:
     """Atomically point ``state_dir/current`` at ``versions/<version>`` and make it durable."""
     tmp = state_dir / f"{CURRENT_NAME}.tmp-{os.getpid()}"
@@ -340,14 +329,14 @@ def _load_rejected(state_dir: Path) -> dict[str, Any]:
 def _reject(state_dir: Path, version: str, manifest_sha256: str, reason: str) -> None:
     data = _load_rejected(state_dir)
     data[version] = {"manifest_sha256": manifest_sha256, "reason": reason}
-    write_bytes_atomic(state_dir / REJECTED_NAME, json.dumps(data, sort_keys=True, indent=2).encode("utf-8"))
+    write_atomic(state_dir / REJECTED_NAME, json.dumps(data, sort_keys=True, indent=2).encode("utf-8"))
 
 
 def default_load_check(pubkeys: Sequence[Path], expected_model: ModelIdentity) -> Callable[[Path], object]:
     """The load check used after switching: open the bundle through ``current`` with ``Bundle.load``."""
 
     def check(path: Path) -> object:
-        from index.bundle import Bundle
+        from namus_edge.index.bundle import Bundle
 
         bundle = Bundle.load(path, pubkeys=pubkeys, expected_model=expected_model)
         version = bundle.version
@@ -461,7 +450,7 @@ def _sync_locked(
         if not final.is_dir():
             received = _download(latest, base, partial, pubkeys, expected_model, timeout_s, max_bytes, state_dir)
             verify_bundle(partial, pubkeys, expected_model, include_operator_files=False)
-            _fsync_tree(partial)
+            fsync_tree(partial)
             os.rename(partial, final)
             fsync_dir(final.parent)
     except BundleError as exc:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.errors import ModelError
-from models.backends.base import Backend
-from models.preprocess import to_blob
-from models.registry import ModelSpec
+from namus_edge.core.errors import ModelError
+from namus_edge.models.backends.base import Backend
+from namus_edge.models.preprocess import to_blob
+from namus_edge.models.registry import ModelSpec
 
 #: Age in years of each output class.
 AGE_BINS = np.concatenate([[0.25], np.arange(1, 81)]).astype(np.float32)

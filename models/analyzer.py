@@ -17,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.config import Config
-from models.age import AgeEstimator
-from models.aligner import align_age_chip, align_arcface
-from models.backends.factory import create_backend
-from models.detector import FaceDetector
-from models.embedder import FaceEmbedder
-from models.face import Detection, Face, QualityReport
-from models.quality import assess
-from models.registry import ModelSpec, get_spec, resolve
+from namus_edge.core.config import Config
+from namus_edge.models.age import AgeEstimator
+from namus_edge.models.aligner import align_age_chip, align_arcface
+from namus_edge.models.backends.factory import create_backend
+from namus_edge.models.detector import FaceDetector
+from namus_edge.models.embedder import FaceEmbedder
+from namus_edge.models.face import Detection, Face, QualityReport
+from namus_edge.models.quality import assess
+from namus_edge.models.registry import ModelSpec, get_spec, resolve
 
 logger = logging.getLogger(__name__)
 

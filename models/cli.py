@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from edge.config import Config
-from models.fetch import fetch_models
-from models.registry import REGISTRY, check_file
+from namus_edge.core.config import Config
+from namus_edge.models.fetch import fetch_models
+from namus_edge.models.registry import REGISTRY, check_file
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:

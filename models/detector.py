@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edge.config import DetectionConfig
-from edge.errors import ModelError
-from models.backends.base import Backend
-from models.boxes import iou_matrix
-from models.face import Detection
-from models.registry import ModelSpec
+from namus_edge.core.config import DetectionConfig
+from namus_edge.core.errors import ModelError
+from namus_edge.models.backends.base import Backend
+from namus_edge.models.boxes import iou_matrix
+from namus_edge.models.face import Detection
+from namus_edge.models.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
 

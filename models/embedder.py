@@ -10,10 +10,10 @@ import logging
 
 import numpy as np
 
-from edge.errors import ModelError
-from models.backends.base import Backend
-from models.preprocess import to_blob
-from models.registry import ModelSpec
+from namus_edge.core.errors import ModelError
+from namus_edge.models.backends.base import Backend
+from namus_edge.models.preprocess import to_blob
+from namus_edge.models.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
 

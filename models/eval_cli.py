@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from edge.config import Config
-from edge.errors import ImageReadError, NamusEdgeError
-from models.evaluation import (
+from namus_edge.core.config import Config
+from namus_edge.core.errors import ImageReadError, NamusEdgeError
+from namus_edge.models.evaluation import (
     AGE_GAP_BUCKETS,
     AGE_GROUPS,
     average_precision,
@@ -95,14 +95,14 @@ def _filter_dataset(rows: list[dict[str, str]], args: argparse.Namespace) -> lis
 
 
 def _analyzer(config: Config, with_age: bool) -> Any:
-    from models.analyzer import FaceAnalyzer
+    from namus_edge.models.analyzer import FaceAnalyzer
 
     return FaceAnalyzer(config, with_age=with_age)
 
 
 def _largest_face(analyzer: Any, path: Path, *, need_age: bool) -> tuple[Any | None, str | None]:
     """(face, problem): the largest face of an image with embedding (and age), or why none."""
-    from index.imagefile import read_image
+    from namus_edge.models.imagefile import read_image
 
     try:
         image = read_image(path)
@@ -307,10 +307,10 @@ def _render_age(r: dict) -> str:
 
 def run_detect(args: argparse.Namespace, config: Config) -> int:
     """Handler of ``eval detect``."""
-    from index.imagefile import read_image
-    from models.backends.factory import create_backend
-    from models.detector import FaceDetector
-    from models.registry import get_spec, resolve
+    from namus_edge.models.backends.factory import create_backend
+    from namus_edge.models.detector import FaceDetector
+    from namus_edge.models.imagefile import read_image
+    from namus_edge.models.registry import get_spec, resolve
 
     rows = _filter_dataset(_read_csv(args.manifest, ("path", "bboxes_xywh")), args)
     det_name = config.models.selected()[0]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.boxes import iou_matrix
+from namus_edge.models.boxes import iou_matrix
 
 AGE_GROUPS: tuple[tuple[str, float, float], ...] = (
     ("0-15", 0, 15),

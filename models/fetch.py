@@ -21,8 +21,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.errors import ModelError
-from models.registry import ModelSpec, check_file, get_spec
+from namus_edge.core.errors import ModelError
+from namus_edge.models.registry import ModelSpec, check_file, get_spec
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.registry import InputContract
+from namus_edge.models.registry import InputContract
 
 
 def to_blob(crops_bgr: np.ndarray, contract: InputContract) -> np.ndarray:

@@ -12,8 +12,8 @@ import math
 import cv2
 import numpy as np
 
-from edge.config import QualityConfig
-from models.face import Detection, QualityReport
+from namus_edge.core.config import QualityConfig
+from namus_edge.models.face import Detection, QualityReport
 
 
 def sharpness(aligned_bgr: np.ndarray) -> float:

@@ -7,13 +7,14 @@ disk; :mod:`models.fetch` fills the cache and :func:`resolve` finds a verified f
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from edge.errors import ModelError
+from namus_edge.core.config import Config, ConfigError
+from namus_edge.core.errors import ModelError
+from namus_edge.core.fsutil import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -196,18 +197,6 @@ def get_spec(name: str) -> ModelSpec:
         raise ModelError(f"unknown model {name!r}; known models: {', '.join(sorted(REGISTRY))}") from None
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while True:
-            block = fh.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
-
-
 ModelState = Literal["present", "missing", "corrupt"]
 
 
@@ -240,3 +229,17 @@ def resolve(name: str, cache_dir: Path) -> Path:
     if state == "corrupt":
         raise ModelError(f"model {name} is corrupt: {detail}; delete it and fetch again")
     return cache_dir / spec.filename
+
+
+def match_threshold(config: Config) -> float:
+    """The effective ``matching.threshold``: the configured value, else the embedder's default.
+
+    Raises:
+        ConfigError: no threshold is configured and the embedder has no measured default.
+    """
+    if config.matching.threshold is not None:
+        return float(config.matching.threshold)
+    spec = get_spec(config.models.selected()[1])
+    if spec.match_threshold is None:
+        raise ConfigError(f"matching.threshold: set it explicitly; embedder {spec.name} has no measured default")
+    return float(spec.match_threshold)

@@ -42,9 +42,9 @@ def model_cache(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     Uses $NAMUS_EDGE_MODELS / ~/.cache/namus-edge/models when `models fetch` already filled it
     (as .ci/run does), else fetches from ../shared/models into a temporary cache.
     """
-    from edge.config import ModelsConfig
-    from models.fetch import fetch_models
-    from models.registry import REGISTRY, check_file
+    from namus_edge.core.config import ModelsConfig
+    from namus_edge.models.fetch import fetch_models
+    from namus_edge.models.registry import REGISTRY, check_file
 
     cache = ModelsConfig().resolved_cache_dir()
     if all(check_file(s, cache)[0] == "present" for s in REGISTRY.values()):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.config import BackendConfig
-from models.backends.base import Backend
+from namus_edge.core.config import BackendConfig
+from namus_edge.models.backends.base import Backend
 
 
 def create_backend(path: Path, cfg: BackendConfig) -> Backend:
@@ -15,9 +15,9 @@ def create_backend(path: Path, cfg: BackendConfig) -> Backend:
         ModelLoadError: the backend cannot load the model or its provider is unavailable.
     """
     if cfg.kind == "tensorrt":
-        from models.backends.tensorrt_backend import TensorRTBackend
+        from namus_edge.models.backends.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend.for_onnx(path, cfg)
-    from models.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from namus_edge.models.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(path, cfg)

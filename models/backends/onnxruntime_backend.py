@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from edge.config import BackendConfig
-from edge.errors import ModelLoadError
-from models.backends.base import Backend, TensorInfo
+from namus_edge.core.config import BackendConfig
+from namus_edge.core.errors import ModelLoadError
+from namus_edge.models.backends.base import Backend, TensorInfo
 
 logger = logging.getLogger(__name__)
 

@@ -25,11 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from edge.config import BackendConfig
-from edge.errors import ModelLoadError
-from export.engine_cache import EngineManifest, check_runtime, find_engines, read_manifest, verify_engine_bytes
-from models.backends.base import Backend, TensorInfo
-from models.registry import sha256_file
+from namus_edge.core.config import BackendConfig
+from namus_edge.core.errors import ModelLoadError
+from namus_edge.core.fsutil import sha256_file
+from namus_edge.models.backends.base import Backend, TensorInfo
+from namus_edge.models.backends.engine_cache import (
+    EngineManifest,
+    check_runtime,
+    find_engines,
+    read_manifest,
+    verify_engine_bytes,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from tests.mosquitto import mosquitto, mosquitto_factory  # noqa: F401 - fixtures re-exported for pytest
+from namus_edge_testing.mosquitto import mosquitto, mosquitto_factory  # noqa: F401 - fixtures re-exported for pytest

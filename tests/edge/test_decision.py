@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.config import AgeCheckConfig, MatchingConfig
-from edge.decision import (
+from namus_edge.core.config import AgeCheckConfig, MatchingConfig
+from namus_edge.edge.decision import (
     DecisionEngine,
     MatchDecision,
     age_plausible,
@@ -306,7 +306,7 @@ def test_votes_restart_after_end_track():
 
 
 def test_non_matching_faces_leave_no_log(caplog):
-    caplog.set_level(logging.DEBUG, logger="edge.decision")
+    caplog.set_level(logging.DEBUG, logger="namus_edge.edge.decision")
     eng = engine()
     feed(eng, [Hit("MP100", 0.35), Hit("MP500", 0.2)], 20, age=40.0)
     feed(eng, [Hit("MP100", 0.9)], 20, age=90.0, track=2)  # rejected by age

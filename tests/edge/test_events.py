@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.events import (
+from namus_edge.edge.events import (
     SCHEMA_VERSION,
     CaseRef,
     EventError,

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from edge.frame_queue import Frame, FrameQueue
+from namus_edge.edge.frame_queue import Frame, FrameQueue
 
 UTC = timezone.utc
 

@@ -16,14 +16,14 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from namus_edge_testing.mosquitto import Collector, MosquittoBroker, make_tls_files
 
-from edge.config import MqttConfig
-from edge.events import MatchEvent
-from edge.mqtt_publisher import AUTH_REFUSED_MESSAGE, MqttError, MqttPublisher, announce_topic
-from edge.outbox import Outbox
-from edge.secrets import SecretError, read_mqtt_password
+from namus_edge.core.config import MqttConfig
+from namus_edge.core.secrets import SecretError, read_mqtt_password
+from namus_edge.edge.events import MatchEvent
+from namus_edge.edge.mqtt_publisher import AUTH_REFUSED_MESSAGE, MqttError, MqttPublisher, announce_topic
+from namus_edge.edge.outbox import Outbox
 from tests.edge.test_events import make_event
-from tests.mosquitto import Collector, MosquittoBroker, make_tls_files
 
 REPO = Path(__file__).resolve().parents[2]
 DEVICE = "dev-1"
@@ -136,7 +136,7 @@ def test_face_crop_modes(mosquitto: MosquittoBroker, publishers: Callable[..., A
 def test_broker_outage_loses_nothing(
     mosquitto_factory: Callable[..., MosquittoBroker], publishers: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="edge.mqtt_publisher")
+    caplog.set_level(logging.INFO, logger="namus_edge.edge.mqtt_publisher")
     broker = mosquitto_factory(persistence=True)
     with Collector(broker, [MATCH], client_id="collector-b", clean_session=False) as sub:
         # the collector's session must be on disk before the broker is killed
@@ -217,10 +217,10 @@ def test_subscription_survives_reconnect(mosquitto: MosquittoBroker, publishers:
 
 CHILD = r"""
 import json, os, signal, sys
-from edge.config import MqttConfig
-from edge.events import MatchEvent, new_event_id
-from edge.mqtt_publisher import MqttPublisher
-from edge.outbox import Outbox
+from namus_edge.core.config import MqttConfig
+from namus_edge.edge.events import MatchEvent, new_event_id
+from namus_edge.edge.mqtt_publisher import MqttPublisher
+from namus_edge.edge.outbox import Outbox
 
 cfg = MqttConfig(**json.loads(sys.argv[1]))
 template = json.loads(sys.argv[2])
@@ -332,9 +332,9 @@ def test_wrong_password_logs_once_and_retries(
 
 LIVE_CHILD = r"""
 import json, sys, time
-from edge.config import MqttConfig
-from edge.mqtt_publisher import MqttPublisher
-from edge.outbox import Outbox
+from namus_edge.core.config import MqttConfig
+from namus_edge.edge.mqtt_publisher import MqttPublisher
+from namus_edge.edge.outbox import Outbox
 
 pub = MqttPublisher(MqttConfig(**json.loads(sys.argv[1])), "dev-1", Outbox(sys.argv[2]), None)
 pub.start()
@@ -387,7 +387,7 @@ def test_outbox_bound_drops_oldest(
 ) -> None:
     cfg = mosquitto.mqtt_config()
     mosquitto.stop()
-    caplog.set_level(logging.WARNING, logger="edge.outbox")
+    caplog.set_level(logging.WARNING, logger="namus_edge.edge.outbox")
     pub, box = publishers(cfg, max_events=5)
     sent = [make_event(track_id=i) for i in range(8)]
     for e in sent:

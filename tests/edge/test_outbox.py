@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.outbox import Outbox, OutboxError
+from namus_edge.edge.outbox import Outbox, OutboxError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,7 +70,7 @@ def test_bound_drops_oldest_and_logs(tmp_path: Path, caplog: pytest.LogCaptureFi
     with Outbox(tmp_path / "o.sqlite3", max_events=3) as box:
         seqs = [box.put("t", bytes([i])) for i in range(3)]
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-        with caplog.at_level(logging.WARNING, logger="edge.outbox"):
+        with caplog.at_level(logging.WARNING, logger="namus_edge.edge.outbox"):
             box.put("t", b"\x03")
             box.put_many([("t", b"\x04", 1, False), ("t", b"\x05", 1, False)])
         assert len(box) == 3

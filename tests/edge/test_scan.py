@@ -8,15 +8,16 @@ from datetime import date
 import cv2
 import faiss
 import pytest
-from namus_factory import SyntheticCase, lfw_identities, write_prepager
+from namus_edge_testing.mosquitto import Collector
+from namus_edge_testing.namus_factory import SyntheticCase, lfw_identities, write_prepager
 
-from edge.cli import main
-from edge.config import load_config, match_threshold
-from edge.demo import synthesize_clip
-from index.build import build_bundle
-from index.signing import generate_keypair
-from models.analyzer import FaceAnalyzer
-from tests.mosquitto import Collector
+from namus_edge.cli import main
+from namus_edge.core.config import load_config
+from namus_edge.demo import synthesize_clip
+from namus_edge.index.build import build_bundle
+from namus_edge.index.signing import generate_keypair
+from namus_edge.models.analyzer import FaceAnalyzer
+from namus_edge.models.registry import match_threshold
 
 N_CASES = 12
 

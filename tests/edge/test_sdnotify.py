@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.sdnotify import Notifier, ProgressWatchdog, watchdog_interval
+from namus_edge.edge.sdnotify import Notifier, ProgressWatchdog, watchdog_interval
 
 
 @pytest.fixture()

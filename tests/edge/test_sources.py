@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import CameraConfig
-from edge.frame_queue import Frame, FrameQueue
-from edge.sources import (
+from namus_edge.core.config import CameraConfig
+from namus_edge.edge.frame_queue import Frame, FrameQueue
+from namus_edge.edge.sources import (
     CaptureThread,
     FpsCap,
     MaskCache,
@@ -512,7 +512,7 @@ def test_stream_is_live_and_slow_consumer_drops_oldest(mjpeg):
 
 
 def test_stream_loss_is_reconnected_with_backoff(mjpeg, caplog):
-    caplog.set_level(logging.INFO, logger="edge.sources")
+    caplog.set_level(logging.INFO, logger="namus_edge.edge.sources")
     url = mjpeg.url.replace("http://", "http://viewer:s3cret@")  # credentials must never be logged
     c = cam(url, reconnect_initial_s=0.2, reconnect_max_s=0.8, read_timeout_s=3, queue_size=4)
     t, q, stop = run_capture(c)

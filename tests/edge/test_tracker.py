@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.config import MatchingConfig
-from edge.tracker import Tracker, iou_matrix
-from models.face import Detection
+from namus_edge.core.config import MatchingConfig
+from namus_edge.edge.tracker import Tracker, iou_matrix
+from namus_edge.models.face import Detection
 
 
 def det(x1: float, y1: float, x2: float, y2: float, score: float = 0.9) -> Detection:

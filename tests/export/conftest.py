@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from export.calibration import list_images, load_inputs
-from export.onnx_prep import PrepReport, prepare_and_verify
-from models.registry import get_spec
+from namus_edge.export.calibration import list_images, load_inputs
+from namus_edge.export.onnx_prep import PrepReport, prepare_and_verify
+from namus_edge.models.registry import get_spec
 
 Prepared = Callable[[str, tuple[int, int]], PrepReport]
 

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import BackendConfig, DetectionConfig
-from edge.errors import ImageReadError
-from export.calibration import (
+from namus_edge.core.config import BackendConfig, DetectionConfig
+from namus_edge.core.errors import ImageReadError
+from namus_edge.export.calibration import (
     CalibrationError,
     aligned_face,
     batches,
@@ -21,9 +21,9 @@ from export.calibration import (
     load_inputs,
     model_input,
 )
-from models.backends.onnxruntime_backend import OnnxRuntimeBackend
-from models.detector import FaceDetector
-from models.registry import get_spec
+from namus_edge.models.backends.onnxruntime_backend import OnnxRuntimeBackend
+from namus_edge.models.detector import FaceDetector
+from namus_edge.models.registry import get_spec
 
 
 @pytest.fixture(scope="module")

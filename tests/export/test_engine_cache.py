@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import BackendConfig
-from edge.errors import ModelLoadError
-from export.calibration import CalibrationError
-from export.engine_cache import (
+from namus_edge.core.config import BackendConfig
+from namus_edge.core.errors import ModelLoadError
+from namus_edge.export.calibration import CalibrationError
+from namus_edge.export.trt_build import DEFAULT_BATCH, FIXED_BATCH, TrtBuildError, is_jetson, plan_build
+from namus_edge.models.backends.engine_cache import (
     BatchProfile,
     EngineKey,
     EngineManifest,
@@ -30,9 +31,8 @@ from export.engine_cache import (
     verify_engine_bytes,
     write_engine,
 )
-from export.trt_build import DEFAULT_BATCH, FIXED_BATCH, TrtBuildError, is_jetson, plan_build
-from models.backends.factory import create_backend
-from models.registry import get_spec
+from namus_edge.models.backends.factory import create_backend
+from namus_edge.models.registry import get_spec
 
 SHA = get_spec("edgeface_xs").sha256
 ORIN = "Orin"

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from export.calibration import list_images, load_inputs
-from export.onnx_prep import (
+from namus_edge.export.calibration import list_images, load_inputs
+from namus_edge.export.onnx_prep import (
     META_PREFIX,
     PrepError,
     default_sizes,
@@ -19,7 +19,7 @@ from export.onnx_prep import (
     prepare_model,
     read_metadata,
 )
-from models.registry import get_spec
+from namus_edge.models.registry import get_spec
 
 
 @pytest.fixture(scope="module")

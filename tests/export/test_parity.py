@@ -8,12 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import BackendConfig, DetectionConfig
-from edge.errors import ModelError
-from export.parity import THRESHOLDS, ParityRow, format_table, match_boxes, row_cosine, run_parity
-from models.backends.onnxruntime_backend import OnnxRuntimeBackend
-from models.detector import FaceDetector
-from models.registry import get_spec
+from namus_edge.core.config import BackendConfig, DetectionConfig
+from namus_edge.core.errors import ModelError
+from namus_edge.export.parity import THRESHOLDS, ParityRow, format_table, match_boxes, row_cosine, run_parity
+from namus_edge.models.backends.onnxruntime_backend import OnnxRuntimeBackend
+from namus_edge.models.detector import FaceDetector
+from namus_edge.models.registry import get_spec
 
 
 @pytest.mark.parametrize(

@@ -14,12 +14,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import BackendConfig, DetectionConfig
-from edge.errors import ModelLoadError
-from export.engine_cache import BatchProfile, EngineManifest, EngineMismatchError, read_manifest
-from export.onnx_prep import default_batch, prepare_model
-from export.parity import format_table, run_parity
-from models.registry import get_spec
+from namus_edge.core.config import BackendConfig, DetectionConfig
+from namus_edge.core.errors import ModelLoadError
+from namus_edge.export.onnx_prep import default_batch, prepare_model
+from namus_edge.export.parity import format_table, run_parity
+from namus_edge.models.backends.engine_cache import BatchProfile, EngineManifest, EngineMismatchError, read_manifest
+from namus_edge.models.registry import get_spec
 
 pytestmark = pytest.mark.gpu
 
@@ -53,15 +53,15 @@ def photos(test_images: Path) -> list[tuple[str, np.ndarray]]:
 
 @pytest.fixture(scope="module")
 def cpu_detector(model_cache: Path):
-    from models.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from models.detector import FaceDetector
+    from namus_edge.models.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from namus_edge.models.detector import FaceDetector
 
     spec = get_spec("det_500m")
     return FaceDetector(OnnxRuntimeBackend(model_cache / spec.filename, BackendConfig()), spec, DetectionConfig())
 
 
 def _build(model_cache: Path, engine_dir: Path, name: str, precision: str, size=None, batch=None, calib=None):
-    from export.trt_build import build_engine, plan_build
+    from namus_edge.export.trt_build import build_engine, plan_build
 
     spec = get_spec(name)
     plan = plan_build(spec, precision=precision, out_dir=engine_dir, size=size, batch=batch, calib_dir=calib)
@@ -70,7 +70,7 @@ def _build(model_cache: Path, engine_dir: Path, name: str, precision: str, size=
 
 
 def _ref(model_cache: Path, name: str):
-    from models.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from namus_edge.models.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(model_cache / get_spec(name).filename, BackendConfig())
 
@@ -81,7 +81,7 @@ def _cfg(engine_dir: Path, precision: str) -> BackendConfig:
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_embedder_engine_parity(gpu, model_cache, engine_dir, photos, cpu_detector, precision):
-    from models.backends.factory import create_backend
+    from namus_edge.models.backends.factory import create_backend
 
     path, manifest = _build(model_cache, engine_dir, "edgeface_xs", precision, batch=BatchProfile(1, 4, 8))
     assert manifest.key.gpu_name == gpu and path.is_file() and (engine_dir / "timing.cache").is_file()
@@ -97,7 +97,7 @@ def test_embedder_engine_parity(gpu, model_cache, engine_dir, photos, cpu_detect
 
 
 def test_int8_embedder_with_calibration(gpu, model_cache, engine_dir, data_dir, photos, cpu_detector):
-    from models.backends.tensorrt_backend import TensorRTBackend
+    from namus_edge.models.backends.tensorrt_backend import TensorRTBackend
 
     calib = data_dir / "verification" / "bbt"  # 40 real face crops
     path, manifest = _build(model_cache, engine_dir, "edgeface_xs", "int8", batch=BatchProfile(1, 8, 8), calib=calib)
@@ -111,7 +111,7 @@ def test_int8_embedder_with_calibration(gpu, model_cache, engine_dir, data_dir, 
 
 
 def test_detector_engines_per_size(gpu, model_cache, engine_dir, photos):
-    from models.backends.factory import create_backend
+    from namus_edge.models.backends.factory import create_backend
 
     for size in ((640, 640), (320, 320)):
         _build(model_cache, engine_dir, "det_500m", "fp16", size=size)
@@ -126,7 +126,7 @@ def test_detector_engines_per_size(gpu, model_cache, engine_dir, photos):
 
 
 def test_age_engine_parity(gpu, model_cache, engine_dir, photos, cpu_detector):
-    from models.backends.factory import create_backend
+    from namus_edge.models.backends.factory import create_backend
 
     _build(model_cache, engine_dir, "age_v1", "fp16")
     backend = create_backend(model_cache / get_spec("age_v1").filename, _cfg(engine_dir, "fp16"))
@@ -136,7 +136,7 @@ def test_age_engine_parity(gpu, model_cache, engine_dir, photos, cpu_detector):
 
 
 def test_engine_for_other_gpu_or_tampered_refused(gpu, model_cache, engine_dir, tmp_path):
-    from models.backends.tensorrt_backend import TensorRTBackend
+    from namus_edge.models.backends.tensorrt_backend import TensorRTBackend
 
     path, manifest = _build(model_cache, engine_dir, "age_v1", "fp32")
     other = tmp_path / path.name

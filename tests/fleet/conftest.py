@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from http_server import LoopbackHTTPServer
+from namus_edge_testing.http_server import LoopbackHTTPServer
+from namus_edge_testing.mosquitto import mosquitto, mosquitto_factory  # noqa: F401 - fixtures re-exported for pytest
 
-from edge.config import Config
-from index.bundle import BundleWriter
-from index.manifest import ModelIdentity
-from index.signing import generate_keypair
-from index.sync import expected_model_from_config
-from tests.mosquitto import mosquitto, mosquitto_factory  # noqa: F401 - fixtures re-exported for pytest
+from namus_edge.core.config import Config
+from namus_edge.index.bundle_writer import BundleWriter
+from namus_edge.index.manifest import ModelIdentity
+from namus_edge.index.signing import generate_keypair
+from namus_edge.index.sync import expected_model_from_config
 
 #: Another registered embedder (SFace, 128-d): a bundle built with it must be refused by a device
 #: that runs the default edgeface_xs.

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from typing import Any
 
 # imported once here: faiss is used by the load check in every child
-import index.bundle
-import index.sync
-from index.manifest import ModelIdentity
-from index.sync import sync_once
+import namus_edge.index.bundle  # noqa: F401 - pre-imported for the forked children
+from namus_edge.index import sync as sync_module
+from namus_edge.index.manifest import ModelIdentity
+from namus_edge.index.sync import sync_once
 
 
 def _say(text: str) -> None:
@@ -48,10 +48,10 @@ def _announce(name: str, fn: Callable[..., Any], after: str | None = None) -> Ca
 
 def _instrument() -> None:
     """Announce the sync's steps; the functions themselves run unchanged."""
-    index.sync.download_file = _announce("download", index.sync.download_file)
-    index.sync.verify_bundle = _announce("verify", index.sync.verify_bundle)
-    index.sync.switch_current = _announce("switch", index.sync.switch_current, after="switched")
-    index.sync.prune = _announce("prune", index.sync.prune)
+    sync_module.download_file = _announce("download", sync_module.download_file)
+    sync_module.verify_bundle = _announce("verify", sync_module.verify_bundle)
+    sync_module.switch_current = _announce("switch", sync_module.switch_current, after="switched")
+    sync_module.prune = _announce("prune", sync_module.prune)
 
 
 def main() -> None:

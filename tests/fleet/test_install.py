@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.cli import main
-from edge.config import load_config
-from edge.install import PLACEHOLDER_EXEC, UNIT_FILES, InstallError, install, render_unit
+from namus_edge.cli import main
+from namus_edge.core.config import load_config
+from namus_edge.install import PLACEHOLDER_EXEC, UNIT_FILES, InstallError, install, render_unit
 
 SCRIPT = Path(sys.executable).parent / "namus-edge"
 

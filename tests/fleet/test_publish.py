@@ -9,12 +9,12 @@ import threading
 
 import pytest
 import yaml
+from namus_edge_testing.mosquitto import Collector
 
-from edge.cli import main
-from index.manifest import INDEX_NAME, MANIFEST_NAME, META_NAME, SIGNATURE_NAME, verify_bundle
-from index.publish import Announcement, PublishError, parse_latest, publish_bundle
-from index.sync import sync_once
-from tests.mosquitto import Collector
+from namus_edge.cli import main
+from namus_edge.index.manifest import INDEX_NAME, MANIFEST_NAME, META_NAME, SIGNATURE_NAME, verify_bundle
+from namus_edge.index.publish import Announcement, PublishError, parse_latest, publish_bundle
+from namus_edge.index.sync import sync_once
 
 
 def test_publish_cli_writes_the_static_layout(make_bundle, keys, tmp_path, capsys):
@@ -178,14 +178,14 @@ def test_announce_with_a_wrong_password_fails_clearly(make_bundle, tmp_path, mos
     ],
 )
 def test_announcement_parsing_rejects_bad_payloads(payload, match):
-    from edge.errors import BundleError
+    from namus_edge.core.errors import BundleError
 
     with pytest.raises(BundleError, match=match):
         Announcement.from_json(payload)
 
 
 def test_latest_url_forms():
-    from index.publish import latest_url
+    from namus_edge.index.publish import latest_url
 
     assert latest_url("http://h/bundles") == "http://h/bundles/latest.json"
     assert latest_url("http://h/bundles/") == "http://h/bundles/latest.json"

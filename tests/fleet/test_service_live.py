@@ -13,11 +13,11 @@ import time
 
 import pytest
 import yaml
+from namus_edge_testing.mosquitto import Collector
 
-from index.publish import Announcement, announce, publish_bundle
-from index.sync import sync_once
+from namus_edge.index.publish import Announcement, announce, publish_bundle
+from namus_edge.index.sync import sync_once
 from tests.edge.test_sources import MjpegServer
-from tests.mosquitto import Collector
 
 
 class NotifySocket:
@@ -89,7 +89,7 @@ def test_run_service_live_update_watchdog_and_sigterm(tmp_path, make_bundle, key
     env = dict(os.environ, NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC="1000000",
                NAMUS_EDGE_MODELS=str(model_cache))
     sub = Collector(mosquitto, ["namus-edge/#"]).start()
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(cfg_path)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "namus_edge.cli", "run", "--config", str(cfg_path)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         assert notify.wait_for("READY=1", timeout=90), proc.stdout.read1().decode() if proc.poll() else "no READY"
@@ -103,7 +103,7 @@ def test_run_service_live_update_watchdog_and_sigterm(tmp_path, make_bundle, key
         # operator publishes v2 and announces it: the service syncs and reloads without a restart
         r2 = publish_bundle(v2, tree)
         ann = Announcement(version=r2.version, url=server.url, manifest_sha256=r2.latest["manifest_sha256"])
-        from edge.config import MqttConfig
+        from namus_edge.core.config import MqttConfig
 
         announce(MqttConfig(host="127.0.0.1", port=mosquitto.port, password_env=None), ann)
         assert sub.wait_for(lambda m: (_status(sub) or {}).get("index_version") == r2.version, timeout=20)

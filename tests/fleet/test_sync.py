@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from http_server import Fault, LoopbackHTTPServer
+from namus_edge_testing.http_server import Fault, LoopbackHTTPServer
 
-from edge.cli import main
-from index.bundle import Bundle
-from index.manifest import (
+from namus_edge.cli import main
+from namus_edge.index.bundle import Bundle
+from namus_edge.index.manifest import (
     INDEX_NAME,
     MANIFEST_NAME,
     SIGNATURE_NAME,
@@ -26,9 +26,9 @@ from index.manifest import (
     manifest_bytes,
     read_manifest,
 )
-from index.publish import publish_bundle
-from index.signing import sign_bytes
-from index.sync import (
+from namus_edge.index.publish import publish_bundle
+from namus_edge.index.signing import sign_bytes
+from namus_edge.index.sync import (
     CURRENT_NAME,
     REJECTED_NAME,
     VERSIONS_DIR,
@@ -60,7 +60,7 @@ def test_sync_cli_goes_live_then_unchanged(served, make_bundle, keys, device_mod
     pub = publish_bundle(make_bundle(12, seed=1), tree)
     state = tmp_path / "state"
     cmd = [
-        sys.executable, "-m", "edge.cli", "index", "sync",
+        sys.executable, "-m", "namus_edge.cli", "index", "sync",
         "--url", server.url, "--dest", str(state), "--pubkey", str(keys["operator"][1]),
     ]
     first = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)

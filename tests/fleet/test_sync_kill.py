@@ -24,12 +24,12 @@ import threading
 import time
 from pathlib import Path
 
-from http_server import LoopbackHTTPServer
+from namus_edge_testing.http_server import LoopbackHTTPServer
 
-from index.bundle import Bundle
-from index.manifest import verify_bundle
-from index.publish import publish_bundle
-from index.sync import CURRENT_NAME, TMP_DIR, VERSIONS_DIR, current_version
+from namus_edge.index.bundle import Bundle
+from namus_edge.index.manifest import verify_bundle
+from namus_edge.index.publish import publish_bundle
+from namus_edge.index.sync import CURRENT_NAME, TMP_DIR, VERSIONS_DIR, current_version
 
 MIN_KILLS = 50
 MAX_ROUNDS = 160

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import ServiceConfig
-from edge.install import UNIT_FILES, install
+from namus_edge.core.config import ServiceConfig
+from namus_edge.install import UNIT_FILES, install
 
 REPO = Path(__file__).resolve().parents[2]
 

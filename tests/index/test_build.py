@@ -9,7 +9,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from namus_factory import (
+from namus_edge_testing.namus_factory import (
     SyntheticCase,
     lfw_identities,
     raw_record,
@@ -18,12 +18,13 @@ from namus_factory import (
     write_prepager,
 )
 
-from edge.cli import main
-from edge.config import load_config, match_threshold
-from index.build import BuildError, build_bundle
-from index.bundle import Bundle
-from index.signing import generate_keypair
-from models.analyzer import FaceAnalyzer
+from namus_edge.cli import main
+from namus_edge.core.config import load_config
+from namus_edge.index.build import BuildError, build_bundle
+from namus_edge.index.bundle import Bundle
+from namus_edge.index.signing import generate_keypair
+from namus_edge.models.analyzer import FaceAnalyzer
+from namus_edge.models.registry import match_threshold
 
 TODAY = date(2026, 11, 23)
 
@@ -178,7 +179,7 @@ def test_raw_record_factory_is_valid():
 
 def test_build_from_api_source_over_loopback(tmp_path, shared_dir, key, capsys, model_cache, monkeypatch):
     """`index build --source api`: the NamUs client against a real loopback server with the real samples."""
-    from namus_server import NamusTestServer
+    from namus_edge_testing.namus_server import NamusTestServer
 
     monkeypatch.setenv("NAMUS_EDGE_MODELS", str(model_cache))
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")

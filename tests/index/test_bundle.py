@@ -12,11 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.errors import BundleError, BundleVerificationError
-from index.bundle import Bundle, BundleWriter, CaseMatch, diff_bundles
-from index.faiss_index import PQ_K_FACTOR, PQ_MIN_TRAIN, IndexChoice, build_index, choose_index, search_param
-from index.manifest import ModelIdentity, manifest_bytes, verify_bundle
-from index.signing import SigningKeyError, generate_keypair
+from namus_edge.core.errors import BundleError, BundleVerificationError
+from namus_edge.index.bundle import Bundle, CaseMatch
+from namus_edge.index.bundle_diff import diff_bundles
+from namus_edge.index.bundle_writer import BundleWriter
+from namus_edge.index.faiss_index import PQ_K_FACTOR, PQ_MIN_TRAIN, IndexChoice, build_index, choose_index, search_param
+from namus_edge.index.manifest import ModelIdentity, manifest_bytes, verify_bundle
+from namus_edge.index.signing import SigningKeyError, generate_keypair
 
 DIM = 512
 MODEL = ModelIdentity("edgeface_xs", "f64d05c10d84919122df8e2c72d1ba1e8d9a54b1855a802d9a3d7458c16d48a9", DIM)

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.cli import main
-from index.bundle import BundleWriter
-from index.manifest import ModelIdentity
-from index.signing import generate_keypair
-from models.registry import get_spec
+from namus_edge.cli import main
+from namus_edge.index.bundle_writer import BundleWriter
+from namus_edge.index.manifest import ModelIdentity
+from namus_edge.index.signing import generate_keypair
+from namus_edge.models.registry import get_spec
 
 MODEL = ModelIdentity("edgeface_xs", get_spec("edgeface_xs").sha256, 512)
 
@@ -184,9 +184,9 @@ def test_diff_two_bundles(
 def real_bundle(
     tmp_path_factory: pytest.TempPathFactory, model_cache: Path, test_images: Path, keys: tuple[Path, Path]
 ) -> Path:
-    from edge.config import load_config
-    from index.imagefile import read_image
-    from models.analyzer import FaceAnalyzer
+    from namus_edge.core.config import load_config
+    from namus_edge.models.analyzer import FaceAnalyzer
+    from namus_edge.models.imagefile import read_image
 
     analyzer = FaceAnalyzer(load_config(None, [f"models.cache_dir={model_cache}"]), with_age=False)
     cases = {}
@@ -289,7 +289,7 @@ def test_search_bad_inputs(bundle: Path, tmp_path: Path, capsys: pytest.CaptureF
 def test_extra_index_commands_register_and_only_their_absence_is_tolerated(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import index.cli
+    import namus_edge.index.cli
 
     pkg = tmp_path / "extra_pkg"
     pkg.mkdir()
@@ -303,9 +303,9 @@ def test_extra_index_commands_register_and_only_their_absence_is_tolerated(
     )
     (pkg / "broken_cli.py").write_text("import no_such_dependency_xyz\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(index.cli, "EXTRA_COMMAND_MODULES", ("extra_pkg.missing_cli", "extra_pkg.good_cli"))
+    monkeypatch.setattr(namus_edge.index.cli, "EXTRA_COMMAND_MODULES", ("extra_pkg.missing_cli", "extra_pkg.good_cli"))
     assert main(["index", "hello"]) == 0
     assert capsys.readouterr().out == "hello from hello\n"
-    monkeypatch.setattr(index.cli, "EXTRA_COMMAND_MODULES", ("extra_pkg.broken_cli",))
+    monkeypatch.setattr(namus_edge.index.cli, "EXTRA_COMMAND_MODULES", ("extra_pkg.broken_cli",))
     with pytest.raises(ModuleNotFoundError, match="no_such_dependency_xyz"):
         main(["index", "info", str(tmp_path)])

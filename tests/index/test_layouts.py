@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from index.jsonutil import JsonFileError, load_json_file, write_json_atomic
-from index.layouts import SourceError, scan_source
+from namus_edge.index.jsonutil import JsonFileError, load_json_file, write_json_atomic
+from namus_edge.index.layouts import SourceError, scan_source
 
 PREPAGER_KEYS = {("MP", 21001), ("MP", 36723), ("MP", 4598), ("MP", 2336), ("MP", 33530),
                  ("UP", 51903), ("UP", 100266), ("UP", 2336), ("UCP", 75919), ("UCP", 80158)}

@@ -12,12 +12,12 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from namus_server import FACE_CATEGORIES, NamusTestServer
+from namus_edge_testing.namus_server import FACE_CATEGORIES, NamusTestServer
 
-from edge.config import NamusApiConfig
-from index.imagefile import read_image, sniff_image
-from index.layouts import scan_source
-from index.namus_api import NamusApiError, NamusClient, fetch_all
+from namus_edge.core.config import NamusApiConfig
+from namus_edge.index.layouts import scan_source
+from namus_edge.index.namus_api import NamusApiError, NamusClient, fetch_all
+from namus_edge.models.imagefile import read_image, sniff_image
 
 UA = "namus-edge-test/1.0 (+loopback)"
 API = "/api/CaseSets/NamUs"

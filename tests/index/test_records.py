@@ -11,15 +11,12 @@ from typing import Any
 
 import pytest
 
-from index.records import (
-    CASE_SETS,
+from namus_edge.core.cases import CASE_SETS, CaseIdError, case_link, case_set_code, case_set_name
+from namus_edge.index.records import (
     DEFAULT_FACE_CATEGORIES,
     CaseRecord,
     ImageRef,
     RecordError,
-    case_link,
-    case_set_code,
-    case_set_name,
     face_worthy,
     normalize_case,
     parse_namus_datetime,
@@ -249,7 +246,7 @@ def test_record_errors_name_case_and_field(raw, mutate, cs: str, match: str) -> 
 
 
 def test_unknown_case_set_lists_valid_names() -> None:
-    with pytest.raises(RecordError, match="MP/MissingPersons"):
+    with pytest.raises(CaseIdError, match="MP/MissingPersons"):
         case_set_code("Missing")
 
 

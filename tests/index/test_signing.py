@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from edge.errors import BundleVerificationError
-from index.signing import (
+from namus_edge.core.errors import BundleVerificationError
+from namus_edge.index.signing import (
     SigningKeyError,
     generate_keypair,
     key_id,

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.age import AGE_BINS, calibrate, expected_age
-from models.aligner import (
+from namus_edge.models.age import AGE_BINS, calibrate, expected_age
+from namus_edge.models.aligner import (
     AGE_CHIP_LANDMARKS,
     AGE_CHIP_PADDING,
     AGE_CHIP_SIZE,
@@ -100,7 +100,7 @@ def test_calibrate_rejects_bad_points(points: np.ndarray, match: str) -> None:
 
 
 def test_shipped_calibration_is_monotone_and_spans_the_model_range() -> None:
-    from edge.config import ModelsConfig
+    from namus_edge.core.config import ModelsConfig
 
     pts = ModelsConfig().age_calibration
     assert pts is not None, "a fitted calibration ships by default (docs/age.md)"
@@ -199,9 +199,9 @@ def _subset(age_dir: Path, per_group: int) -> list[tuple[str, float]]:
 
 
 def test_age_mae_on_real_utkface_subset(data_dir: Path, model_cache: Path) -> None:
-    from edge.config import load_config
-    from index.imagefile import read_image
-    from models.analyzer import FaceAnalyzer
+    from namus_edge.core.config import load_config
+    from namus_edge.models.analyzer import FaceAnalyzer
+    from namus_edge.models.imagefile import read_image
 
     config = load_config(overrides=[f"models.cache_dir={model_cache}"])
     assert config.models.age_flip and config.models.age_calibration

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from models.aligner import ARCFACE_TEMPLATE, align_arcface, arcface_transform, transform_points, umeyama
+from namus_edge.models.aligner import ARCFACE_TEMPLATE, align_arcface, arcface_transform, transform_points, umeyama
 
 
 @pytest.mark.parametrize(

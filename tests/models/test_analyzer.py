@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import load_config
-from models.analyzer import FaceAnalyzer
-from models.face import Face
+from namus_edge.core.config import load_config
+from namus_edge.models.analyzer import FaceAnalyzer
+from namus_edge.models.face import Face
 
 
 @pytest.fixture(scope="module")

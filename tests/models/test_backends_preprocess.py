@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.config import BackendConfig, load_config
-from edge.errors import ModelLoadError
-from models.backends.factory import create_backend
-from models.backends.onnxruntime_backend import provider_list
-from models.preprocess import to_blob
-from models.registry import get_spec, resolve
+from namus_edge.core.config import BackendConfig, load_config
+from namus_edge.core.errors import ModelLoadError
+from namus_edge.models.backends.factory import create_backend
+from namus_edge.models.backends.onnxruntime_backend import provider_list
+from namus_edge.models.preprocess import to_blob
+from namus_edge.models.registry import get_spec, resolve
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def test_backend_reports_engine_and_threads(model_cache, caplog):
 def test_detector_input_sizes_agree(detector, size, model_cache, test_images):
     import cv2
 
-    from models.analyzer import FaceAnalyzer
+    from namus_edge.models.analyzer import FaceAnalyzer
 
     cfg = load_config(overrides=["models.set=custom", f"models.detector={detector}",
                                  f"detection.input_size=[{size[0]},{size[1]}]", "models.age=null"])
@@ -86,7 +86,7 @@ def test_detector_input_sizes_agree(detector, size, model_cache, test_images):
 
 @pytest.mark.parametrize("detector", ["det_500m", "yunet_dynamic"])
 def test_detector_blob_equals_contract_formula(detector, model_cache):
-    from models.detector import FaceDetector
+    from namus_edge.models.detector import FaceDetector
 
     spec = get_spec(detector)
     det = FaceDetector(create_backend(resolve(detector, model_cache), BackendConfig()), spec, load_config().detection)
@@ -98,7 +98,7 @@ def test_detector_blob_equals_contract_formula(detector, model_cache):
 
 
 def test_letterbox_follows_insightface_rounding():
-    from models.detector import letterbox
+    from namus_edge.models.detector import letterbox
 
     lb = letterbox(np.zeros((1080, 1920, 3), np.uint8), (640, 640))
     # width limits: 640 x int(640 * 1080 / 1920) = 640 x 360, scale = 360 / 1080

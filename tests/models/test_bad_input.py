@@ -6,10 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import load_config
-from edge.errors import ImageReadError
-from index.imagefile import read_image
-from models.analyzer import FaceAnalyzer
+from namus_edge.core.config import load_config
+from namus_edge.core.errors import ImageReadError
+from namus_edge.models.analyzer import FaceAnalyzer
+from namus_edge.models.imagefile import read_image
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.detector import (
+from namus_edge.models.detector import (
     FaceDetector,
     anchor_centers,
     distance2bbox,

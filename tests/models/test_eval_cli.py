@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from edge.cli import main
-from models.evaluation import auc, best_threshold, kfold_accuracy, tar_at_far, verification_metrics
+from namus_edge.cli import main
+from namus_edge.models.evaluation import auc, best_threshold, kfold_accuracy, tar_at_far, verification_metrics
 
 
 def _subset(src, dst, n_per_label, where):

@@ -13,10 +13,10 @@ from functools import partial
 
 import pytest
 
-from edge.cli import main
-from edge.errors import ModelError
-from models.fetch import fetch_model, fetch_models
-from models.registry import REGISTRY, check_file, get_spec, resolve
+from namus_edge.cli import main
+from namus_edge.core.errors import ModelError
+from namus_edge.models.fetch import fetch_model, fetch_models
+from namus_edge.models.registry import REGISTRY, check_file, get_spec, resolve
 
 
 @pytest.fixture()
@@ -142,8 +142,8 @@ def test_cli_fetch_and_list(mirror, tmp_path, capsys, monkeypatch):
 def test_analyzer_with_empty_cache_refuses_instead_of_downloading(tmp_path, monkeypatch):
     import urllib.request
 
-    from edge.config import load_config
-    from models.analyzer import FaceAnalyzer
+    from namus_edge.core.config import load_config
+    from namus_edge.models.analyzer import FaceAnalyzer
 
     def no_network(*a, **k):
         raise AssertionError("constructor tried to download")

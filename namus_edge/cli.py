@@ -13,19 +13,19 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from edge.config import Config, ConfigError, load_config
-from edge.errors import NamusEdgeError
+from namus_edge.core.config import Config, ConfigError, load_config
+from namus_edge.core.errors import NamusEdgeError
 
 logger = logging.getLogger(__name__)
 
 #: Modules that register command groups, in the order they appear in --help.
 COMMAND_MODULES: tuple[str, ...] = (
-    "edge.commands",
-    "models.cli",
-    "models.eval_cli",
-    "index.cli",
-    "export.cli",
-    "edge.install_cli",
+    "namus_edge.edge.commands",
+    "namus_edge.models.cli",
+    "namus_edge.models.eval_cli",
+    "namus_edge.index.cli",
+    "namus_edge.export.cli",
+    "namus_edge.install_cli",
 )
 
 

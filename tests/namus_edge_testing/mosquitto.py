@@ -310,7 +310,7 @@ class MosquittoBroker:
 
     def mqtt_config(self, **overrides: Any) -> Any:
         """An ``edge.config.MqttConfig`` for this broker with short test timings (overridable)."""
-        from edge.config import MqttConfig
+        from namus_edge.core.config import MqttConfig
 
         values: dict[str, Any] = {
             "host": self.host,

@@ -34,7 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.errors import ImageReadError
+from namus_edge.core.errors import ImageReadError
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edge.config import Config
-from edge.install import install
+from namus_edge.core.config import Config
+from namus_edge.install import install
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:

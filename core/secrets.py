@@ -10,8 +10,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from edge.config import MqttConfig
-from edge.errors import NamusEdgeError
+from namus_edge.core.config import MqttConfig
+from namus_edge.core.errors import NamusEdgeError
 
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 

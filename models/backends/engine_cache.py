@@ -12,16 +12,15 @@ Nothing here imports TensorRT or CUDA: the facts about the running system are pa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from edge.errors import ModelLoadError
+from namus_edge.core.errors import ModelLoadError
+from namus_edge.core.fsutil import sha256_bytes, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -237,20 +236,6 @@ class EngineManifest:
             raise ManifestError(f"{source}: invalid field value ({exc})") from exc
 
 
-def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of a byte string."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".part")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-
-
 def write_engine(directory: Path, manifest: EngineManifest, engine: bytes) -> Path:
     """Write an engine and its manifest atomically (``.part`` then rename; engine first).
 
@@ -269,8 +254,8 @@ def write_engine(directory: Path, manifest: EngineManifest, engine: bytes) -> Pa
         raise ValueError("manifest engine_sha256/engine_bytes do not match the engine bytes")
     directory.mkdir(parents=True, exist_ok=True)
     engine_path = directory / manifest.key.engine_name
-    _atomic_write(engine_path, engine)
-    _atomic_write(directory / manifest.key.manifest_name, manifest.to_json().encode())
+    write_atomic(engine_path, engine)
+    write_atomic(directory / manifest.key.manifest_name, manifest.to_json().encode())
     logger.info("wrote %s (%d bytes) and its manifest", engine_path, len(engine))
     return engine_path
 

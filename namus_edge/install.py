@@ -26,8 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from edge.config import Config, ConfigError, load_config
-from edge.errors import NamusEdgeError
+from namus_edge.core.config import Config, ConfigError, load_config
+from namus_edge.core.errors import NamusEdgeError
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""index.imagefile on real face crops and on damaged/unusual files built with cv2 (and Pillow for CMYK)."""
+"""models.imagefile on real face crops and on damaged/unusual files built with cv2 (and Pillow for CMYK)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.errors import ImageReadError
-from index.imagefile import check_image_file, decode_image_bytes, header_size, read_image, sniff_image
+from namus_edge.core.errors import ImageReadError
+from namus_edge.models.imagefile import check_image_file, decode_image_bytes, header_size, read_image, sniff_image
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from edge.config import CameraConfig, Config
+from namus_edge.core.config import CameraConfig, Config
 
 HEADER = """\
 # namus-edge configuration: every key with its default and meaning.

@@ -31,8 +31,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.config import Config, config_from_mapping
-from edge.errors import NamusEdgeError
+from namus_edge.core.config import Config, config_from_mapping
+from namus_edge.core.errors import NamusEdgeError
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class EmbeddedBroker:
 
 
 def _demo_photo(photos: Sequence[Path]) -> tuple[list[np.ndarray], str]:
-    from index.imagefile import read_image
+    from namus_edge.models.imagefile import read_image
 
     if photos:
         return [read_image(p) for p in photos], ", ".join(str(p) for p in photos)
@@ -170,8 +170,8 @@ def _demo_photo(photos: Sequence[Path]) -> tuple[list[np.ndarray], str]:
 
 
 def _ensure_models(config: Config, models_from: str | None) -> None:
-    from models.fetch import fetch_models
-    from models.registry import check_file, get_spec
+    from namus_edge.models.fetch import fetch_models
+    from namus_edge.models.registry import check_file, get_spec
 
     cache = config.models.resolved_cache_dir()
     names = [n for n in config.models.selected() if n]
@@ -193,9 +193,9 @@ def run_demo(config: Config, *, photos: Sequence[Path] = (), models_from: str | 
     """Run the demo end to end and print each event a subscriber receives; returns the exit code."""
     import paho.mqtt.client as mqtt
 
-    from edge.service import scan_file
-    from index.build import build_bundle
-    from index.signing import generate_keypair
+    from namus_edge.edge.service import scan_file
+    from namus_edge.index.build import build_bundle
+    from namus_edge.index.signing import generate_keypair
 
     tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="namus-edge-demo-"))
     tmp.mkdir(parents=True, exist_ok=True)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.cli import main
-from edge.config import Config, ConfigError, apply_overrides, load_config, parse_override
-from edge.config_doc import render_reference, render_yaml
+from namus_edge.cli import main
+from namus_edge.core.config import Config, ConfigError, apply_overrides, load_config, parse_override
+from namus_edge.core.config_doc import render_reference, render_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -136,6 +136,6 @@ def test_configuration_reference_doc_is_current():
      (["models.set=licence_clean", "matching.threshold=0.3"], 0.3)],
 )
 def test_match_threshold_follows_the_embedder_unless_set(overrides, expected):
-    from edge.config import match_threshold
+    from namus_edge.models.registry import match_threshold
 
     assert match_threshold(load_config(overrides=overrides)) == pytest.approx(expected)

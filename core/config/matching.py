@@ -1,0 +1,82 @@
+"""The ``detection``, ``quality`` and ``matching`` sections: what is a face, a usable face and a match."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from namus_edge.core.config.base import StrictModel
+
+
+class DetectionConfig(StrictModel):
+    """Face detector settings."""
+
+    input_size: tuple[int, int] = Field(
+        (640, 640), description="Detector input (width, height), multiples of 32; e.g. 640x384 for 16:9."
+    )
+    score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Minimum detector score.")
+    nms_threshold: float = Field(0.4, gt=0.0, le=1.0, description="IoU above which NMS suppresses a box.")
+    max_faces: int = Field(50, ge=1, le=1000, description="Keep at most this many faces per image (largest first).")
+    pad_retry: bool = Field(
+        True,
+        description="Photos only (ingest, eval): when no face is found, retry on the photo inside a padded canvas "
+        "(SCRFD misses faces filling > ~40% of the frame).",
+    )
+    pad_retry_score: float = Field(0.3, ge=0.0, le=1.0, description="Score threshold of the padded retry.")
+
+    @field_validator("input_size")
+    @classmethod
+    def _multiple_of_32(cls, v: tuple[int, int]) -> tuple[int, int]:
+        w, h = v
+        if w <= 0 or h <= 0 or w % 32 or h % 32:
+            raise ValueError(f"both sides must be positive multiples of 32, got {w}x{h}")
+        return v
+
+
+class QualityConfig(StrictModel):
+    """Face quality gates and the weights of the single quality score."""
+
+    min_face_area: float = Field(600.0, ge=0, description="Minimum bbox area in pixels (peers use 500-750).")
+    min_det_score: float = Field(0.6, ge=0.0, le=1.0, description="Minimum detector confidence.")
+    min_sharpness: float = Field(
+        20.0, ge=0.0, description="Minimum variance of the Laplacian on the aligned 112x112 grey crop."
+    )
+    max_yaw_deg: float = Field(45.0, gt=0, le=90, description="Maximum |yaw| estimated from landmarks.")
+    max_roll_deg: float = Field(35.0, gt=0, le=180, description="Maximum |roll| (eye line angle).")
+    min_quality: float = Field(0.3, ge=0.0, le=1.0, description="Minimum combined quality score in [0, 1].")
+    good_face_px: float = Field(112.0, gt=0, description="Face side (px) at which the size term saturates at 1.")
+    good_sharpness: float = Field(150.0, gt=0, description="Laplacian variance at which the sharpness term saturates.")
+
+
+class AgeCheckConfig(StrictModel):
+    """Age plausibility: estimated age against the case's current age range."""
+
+    enabled: bool = True
+    tolerance_years: float = Field(8.0, ge=0, description="Base tolerance around the case's current age range.")
+    child_extra_years: float = Field(
+        6.0, ge=0, description="Extra tolerance when the person was a child (< 18) at last contact."
+    )
+    per_gap_year: float = Field(
+        0.3, ge=0, description="Extra tolerance per year since last contact (older photos, wider window)."
+    )
+    max_tolerance_years: float = Field(25.0, ge=0, description="Upper bound of the total tolerance.")
+
+
+class MatchingConfig(StrictModel):
+    """Decision rules from search results to a match event."""
+
+    threshold: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="Cosine similarity for a candidate match; null = the embedder's measured default "
+        "(EdgeFace-XS 0.40, SFace 0.46: ~1e-5 false accepts per different-person pair, docs/accuracy.md).",
+    )
+    margin: float = Field(0.05, ge=0.0, le=2.0, description="Required lead of the best case over the second best.")
+    top_k: int = Field(5, ge=1, le=100, description="Cases retrieved per face.")
+    confirm_frames: int = Field(3, ge=1, le=1000, description="Frames of a track that must agree before an event.")
+    cooldown_s: float = Field(300.0, ge=0, description="At most one event per (camera, case) in this window.")
+    track_max_age_s: float = Field(2.0, gt=0, description="A track unseen this long is closed.")
+    track_iou: float = Field(0.3, ge=0, le=1, description="Minimum IoU to continue a track.")
+    track_embed_sim: float = Field(0.3, ge=-1, le=1, description="Minimum cosine to re-associate by embedding.")
+    faces_per_track: int = Field(5, ge=1, le=100, description="Best-quality faces kept per track for voting.")
+    age_check: AgeCheckConfig = Field(default_factory=AgeCheckConfig)

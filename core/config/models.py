@@ -1,0 +1,96 @@
+"""The ``models`` section: which models run, on which backend, from which cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from namus_edge.core.config.base import StrictModel
+
+MODELS_ENV = "NAMUS_EDGE_MODELS"
+
+
+ModelSet = Literal["default", "licence_clean", "custom"]
+
+#: The model names each preset selects (detector, embedder, age); see models/registry.py.
+MODEL_SETS: dict[str, tuple[str, str, str]] = {
+    # Best accuracy measured on ../shared/data; InsightFace SCRFD and EdgeFace weights are
+    # non-commercial research only.
+    "default": ("det_500m", "edgeface_xs", "age_v1"),
+    # Licence-clean: YuNet (same weights as OpenCV Zoo's MIT 2023mar file, dynamic-shape export,
+    # Apache-2.0), SFace (Apache-2.0), age-v1 (CC0).
+    "licence_clean": ("yunet_dynamic", "sface", "age_v1"),
+}
+
+
+class BackendConfig(StrictModel):
+    """How ONNX models are executed."""
+
+    kind: Literal["onnxruntime", "tensorrt"] = Field(
+        "onnxruntime",
+        description="onnxruntime (with `provider`), or tensorrt = native TensorRT engines (tensorrt + pycuda).",
+    )
+    provider: Literal["cpu", "cuda", "tensorrt"] = Field(
+        "cpu", description="onnxruntime execution provider; no silent fallback to another."
+    )
+    intra_op_threads: int = Field(1, ge=0, le=64, description="onnxruntime intra-op threads (0 = library default).")
+    inter_op_threads: int = Field(1, ge=0, le=64, description="onnxruntime inter-op threads (0 = library default).")
+    trt_engine_cache_dir: str | None = Field(
+        None, description="Engine cache for the onnxruntime TensorRT provider and native engines."
+    )
+    trt_fp16: bool = Field(True, description="Allow FP16 kernels in TensorRT.")
+    engine_dir: str | None = Field(None, description="Directory of engines built by `namus-edge export trt`.")
+    engine_precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp16", description="kind=tensorrt: precision of the engines to load from engine_dir (export trt --precision)."
+    )
+    gpu_device: int = Field(0, ge=0, description="CUDA device index.")
+    warmup_runs: int = Field(1, ge=0, le=50, description="Forward passes on dummy input at load.")
+
+
+#: Default age calibration (raw expected age -> age, np.interp, clipped at the ends) for age-v1
+#: on the product's age chip with flip averaging. Fitted by `python -m bench.age_study` (docs/age.md):
+#: binned medians of true age (16 equal-count bins of the raw estimate, count chosen by inner 2-fold
+#: CV) made monotone with weighted PAV, on half A of the UTKFace dev set (1,800 images, split
+#: stratified by 5-year age bins, seed 20250601; 900 images). Held-out half B: MAE 7.33 raw -> 7.06.
+AGE_CALIBRATION_UTKFACE: tuple[tuple[float, float], ...] = (
+    (0.0, 0.0), (0.97, 1.0), (6.93, 9.0), (18.98, 15.0), (23.91, 24.0), (26.68, 26.0), (29.15, 26.5),
+    (31.7, 31.0), (34.99, 37.0), (39.38, 41.0), (44.31, 50.0), (50.03, 51.0), (55.11, 60.0),
+    (60.87, 62.0), (67.53, 72.0), (76.89, 76.0), (79.99, 84.0),
+)
+
+
+class ModelsConfig(StrictModel):
+    """Which models run, and where their files are cached."""
+
+    set: ModelSet = Field("default", description="Preset: default, licence_clean, or custom (use the names below).")
+    detector: str = Field("det_500m", description="Registry name of the face detector (set: custom).")
+    embedder: str = Field("edgeface_xs", description="Registry name of the face embedder (set: custom).")
+    age: str | None = Field("age_v1", description="Registry name of the age model, or null to skip age.")
+    cache_dir: str | None = Field(
+        None, description=f"Model cache; default ${MODELS_ENV} or ~/.cache/namus-edge/models."
+    )
+    age_flip: bool = Field(True, description="Average age over the chip and its mirror image.")
+    age_calibration: list[tuple[float, float]] | None = Field(
+        default_factory=lambda: list(AGE_CALIBRATION_UTKFACE),
+        description="Piecewise-linear (raw, calibrated) age points, raw strictly increasing; null = raw ages.",
+    )
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+
+    def selected(self) -> tuple[str, str, str | None]:
+        """Return (detector, embedder, age) registry names after applying the preset."""
+        if self.set == "custom":
+            return self.detector, self.embedder, self.age
+        det, emb, age = MODEL_SETS[self.set]
+        return det, emb, (age if self.age is not None else None)
+
+    def resolved_cache_dir(self) -> Path:
+        """The model cache directory: config key, else ``$NAMUS_EDGE_MODELS``, else ~/.cache."""
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser()
+        env = os.environ.get(MODELS_ENV)
+        if env:
+            return Path(env).expanduser()
+        return Path("~/.cache/namus-edge/models").expanduser()

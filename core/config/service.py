@@ -1,0 +1,26 @@
+"""The ``service`` section: the long-running device service."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from namus_edge.core.config.base import StrictModel
+
+
+class ServiceConfig(StrictModel):
+    """The long-running service."""
+
+    device_id: str = Field("edge-01", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    state_dir: str = Field("/var/lib/namus-edge", description="Outbox and runtime state.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    drain_timeout_s: float = Field(10.0, gt=0, description="SIGTERM: finish and flush within this bound.")
+    watchdog_stall_s: float = Field(
+        30.0, gt=0, description="No pipeline progress for this long stops the watchdog pings."
+    )
+    batch_max_faces: int = Field(32, ge=1, le=512, description="Faces embedded in one batch (across cameras).")
+    index_poll_s: float = Field(5.0, gt=0, description="How often the bundle path is checked for a new version.")
+    debug_save_frames: str | None = Field(
+        None, description="Debug only: save frames with matches to this directory. Off (null) in production."
+    )
