@@ -91,6 +91,9 @@ class Face:
             and was not embedded.
         age: estimated age in years, or ``None`` when no age model runs.
         quality_report: the terms behind ``quality``.
+        p_male: estimated probability in [0, 1] that the face is male (1 - p_male: female), or
+            ``None`` when no sex model runs. Confidence is ``max(p_male, 1 - p_male)``; sex is
+            unreliable for young children, so consumers threshold it per age band.
     """
 
     bbox: np.ndarray
@@ -100,6 +103,7 @@ class Face:
     embedding: np.ndarray
     age: float | None
     quality_report: QualityReport | None = field(default=None, compare=False)
+    p_male: float | None = None
 
     def __post_init__(self) -> None:
         _check("bbox", self.bbox, (4,))
