@@ -11,6 +11,7 @@ demo:
 
 lint:
 	ruff check .
+	lint-imports --no-cache
 
 typecheck:
 	mypy

@@ -50,6 +50,7 @@ setup(
             "pytest>=7.4",
             "ruff>=0.4",
             "mypy>=1.8",
+            "import-linter>=2.0",
             "types-PyYAML",
             "onnx>=1.14",
             "onnxslim>=0.1.30",

@@ -1,27 +1,15 @@
-"""Top-level device commands: ``config``, and (with the runtime) ``run``, ``scan`` and ``demo``."""
+"""The device runtime commands: ``run`` (the camera service) and ``scan`` (one video file)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from namus_edge.core.config import Config
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
-    """Add the ``config`` command group (and the runtime commands when present)."""
-    p = sub.add_parser("config", help="show, document or check the configuration", parents=[parent])
-    csub = p.add_subparsers(dest="config_command", metavar="ACTION")
-    csub.required = True
-    s = csub.add_parser("show", help="print the effective configuration (after --config and --set) as JSON",
-                        parents=[parent])
-    s.set_defaults(func=_show)
-    d = csub.add_parser("defaults", help="print the documented default config.yaml", parents=[parent])
-    d.set_defaults(func=_defaults)
-    r = csub.add_parser("reference", help="print the Markdown reference of every key", parents=[parent])
-    r.set_defaults(func=_reference)
-
+    """Add the device runtime commands ``run`` and ``scan``."""
     run = sub.add_parser("run", help="the long-running camera service (systemd Type=notify)", parents=[parent])
     run.set_defaults(func=_run)
 
@@ -32,36 +20,6 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     scan.add_argument("--mqtt", action="store_true", help="also publish events to the configured broker")
     scan.add_argument("--camera-id", help="camera id in events (default: the file name)")
     scan.set_defaults(func=_scan)
-
-    demo = sub.add_parser("demo", help="self-contained demo: demo case, synthetic clip, embedded broker",
-                          parents=[parent])
-    demo.add_argument("--photo", type=Path, action="append", default=[],
-                      help="enrol these photos as the demo case (default: scikit-image's astronaut)")
-    demo.add_argument("--models-from", default=None,
-                      help="model mirror dir or URL for missing models (default: ../shared/models if present, "
-                           "else official URLs)")
-    demo.add_argument("--workdir", type=Path, help="keep the demo files here (default: a temporary directory)")
-    demo.add_argument("--frames", type=int, default=90, help="frames in the synthetic clip")
-    demo.set_defaults(func=_demo)
-
-
-def _show(args: argparse.Namespace, config: Config) -> int:
-    print(json.dumps(config.model_dump(mode="json"), indent=2))
-    return 0
-
-
-def _defaults(args: argparse.Namespace, config: Config) -> int:
-    from namus_edge.core.config_doc import render_yaml
-
-    print(render_yaml(), end="")
-    return 0
-
-
-def _reference(args: argparse.Namespace, config: Config) -> int:
-    from namus_edge.core.config_doc import render_reference
-
-    print("\n".join(render_reference()))
-    return 0
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
@@ -87,10 +45,3 @@ def _scan(args: argparse.Namespace, config: Config) -> int:
         print("warning: not every event was acknowledged by the broker; they stay in the outbox")
         return 1
     return 0
-
-
-def _demo(args: argparse.Namespace, config: Config) -> int:
-    from namus_edge.demo import run_demo
-
-    return run_demo(config, photos=args.photo, models_from=args.models_from, workdir=args.workdir,
-                    frames=args.frames)

@@ -14,17 +14,16 @@ import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import cv2
 import numpy as np
 
 from namus_edge.core.errors import ImageReadError, NamusEdgeError
+from namus_edge.models.aligner import align_age_chip, align_arcface
+from namus_edge.models.detector import FaceDetector, letterbox
 from namus_edge.models.preprocess import to_blob
 from namus_edge.models.registry import ModelSpec
-
-if TYPE_CHECKING:
-    from namus_edge.models.detector import FaceDetector
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +87,6 @@ def model_input(image_bgr: np.ndarray, spec: ModelSpec, size: tuple[int, int]) -
         float32 (3, H, W).
     """
     if spec.role == "detector":
-        from namus_edge.models.detector import letterbox
 
         canvas = letterbox(image_bgr, size).canvas
     else:
@@ -109,8 +107,6 @@ def aligned_face(image_bgr: np.ndarray, spec: ModelSpec, detector: FaceDetector)
     Returns:
         uint8 (h, w, 3) BGR crop at the model input size, or ``None`` when no face is found.
     """
-    from namus_edge.models.aligner import align_age_chip, align_arcface
-
     faces, _ = detector.detect_photo(image_bgr)
     if not faces:
         return None

@@ -17,6 +17,7 @@ import numpy as np
 
 from namus_edge.core.config import BackendConfig, Config
 from namus_edge.core.errors import NamusEdgeError
+from namus_edge.core.extras import require_extra
 from namus_edge.models.registry import REGISTRY, ModelSpec, get_spec, resolve
 
 if TYPE_CHECKING:
@@ -113,7 +114,14 @@ def _verification_inputs(spec: ModelSpec, size: tuple[int, int], images: Path | 
     return data, f"{_RANDOM_IMAGES} random images"
 
 
+def _require_export_extra(feature: str) -> None:
+    """Fail with one line naming the extra when onnx/onnxslim are missing (they come with ``[export]``)."""
+    for module in ("onnx", "onnxslim"):
+        require_extra(module, "export", feature)
+
+
 def _onnx(args: argparse.Namespace, config: Config) -> int:
+    _require_export_extra("namus-edge export onnx")
     from namus_edge.export.onnx_prep import DEFAULT_DETECTOR_SIZES, default_sizes, prepare_and_verify
 
     names = list(args.model) or list(REGISTRY)
@@ -179,6 +187,7 @@ def _trt(args: argparse.Namespace, config: Config) -> int:
 
 
 def _prepared_bytes(args: argparse.Namespace, config: Config, spec: ModelSpec, size: tuple[int, int]) -> bytes:
+    _require_export_extra("namus-edge export trt")
     from namus_edge.export.onnx_prep import prepare_and_verify, read_metadata
 
     if args.onnx is not None:

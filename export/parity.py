@@ -18,20 +18,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
 from namus_edge.core.config import DetectionConfig
 from namus_edge.core.errors import ModelError
 from namus_edge.export.calibration import aligned_face
+from namus_edge.models.age import AgeEstimator
 from namus_edge.models.backends.base import Backend
 from namus_edge.models.backends.engine_cache import Precision
 from namus_edge.models.boxes import iou_matrix
+from namus_edge.models.detector import FaceDetector
+from namus_edge.models.embedder import FaceEmbedder
 from namus_edge.models.registry import ModelSpec
-
-if TYPE_CHECKING:
-    from namus_edge.models.detector import FaceDetector
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +137,6 @@ def check_detector(
         size: detector input (width, height) of the model under test.
         limits: pass limits.
     """
-    from namus_edge.models.detector import FaceDetector
-
     cfg = DetectionConfig(input_size=size)
     ref_det, test_det = FaceDetector(ref, spec, cfg), FaceDetector(test, spec, cfg)
     rows = []
@@ -163,8 +161,6 @@ def check_embedder(
         faces: (name, uint8 (112, 112, 3) BGR aligned face) pairs.
         limits: pass limits.
     """
-    from namus_edge.models.embedder import FaceEmbedder
-
     crops = np.stack([f for _, f in faces])
     cos = row_cosine(FaceEmbedder(ref, spec).embed(crops), FaceEmbedder(test, spec).embed(crops))
     return [ParityRow(spec.name, n, "cosine", float(c), ">=", limits.cosine) for (n, _), c in zip(faces, cos,
@@ -183,8 +179,6 @@ def check_age(
         chips: (name, uint8 (64, 64, 3) BGR chip) pairs.
         limits: pass limits.
     """
-    from namus_edge.models.age import AgeEstimator
-
     stack = np.stack([c for _, c in chips])
     a = AgeEstimator(ref, spec, flip=False).estimate(stack)
     b = AgeEstimator(test, spec, flip=False).estimate(stack)

@@ -18,11 +18,12 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from namus_edge.core.errors import NamusEdgeError
+from namus_edge.core.extras import require_extra
 from namus_edge.export.calibration import MIN_CALIBRATION_IMAGES, CropMode, batches, list_images, load_calibration_set
 from namus_edge.models.backends.engine_cache import (
     PRECISIONS,
@@ -35,10 +36,8 @@ from namus_edge.models.backends.engine_cache import (
     write_engine,
 )
 from namus_edge.models.backends.tensorrt_backend import trt_logger
+from namus_edge.models.detector import FaceDetector
 from namus_edge.models.registry import ModelSpec
-
-if TYPE_CHECKING:
-    from namus_edge.models.detector import FaceDetector
 
 logger = logging.getLogger(__name__)
 
@@ -206,10 +205,7 @@ def cuda_device(index: int) -> tuple[Any, Any]:
     Raises:
         TrtBuildError: pycuda missing or no such device.
     """
-    try:
-        import pycuda.driver as cuda
-    except ImportError as exc:
-        raise TrtBuildError("pycuda is not installed: install the 'gpu' extra (pip install 'namus-edge[gpu]')") from exc
+    cuda = require_extra("pycuda.driver", "gpu", "building TensorRT engines")
     try:
         cuda.init()
         dev = cuda.Device(index)
@@ -271,11 +267,7 @@ def build_engine(
         TrtBuildError: TensorRT missing, parse failure, precision unsupported by the GPU,
             calibration problems, or a failed build.
     """
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise TrtBuildError("TensorRT's Python API is not installed (JetPack ships it; "
-                            "elsewhere install the 'gpu' extra)") from exc
+    trt = require_extra("tensorrt", "gpu", "building TensorRT engines (JetPack ships TensorRT)")
     cuda, dev = cuda_device(gpu_device)
     ctx = dev.retain_primary_context()
     ctx.push()

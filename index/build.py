@@ -31,7 +31,9 @@ from namus_edge.index.bundle_writer import BundleWriter
 from namus_edge.index.faces import choose_face, face_thumbnail
 from namus_edge.index.layouts import scan_source
 from namus_edge.index.manifest import ModelIdentity
+from namus_edge.index.namus_api import fetch_all
 from namus_edge.index.records import CaseRecord, ImageRef
+from namus_edge.models.analyzer import FaceAnalyzer
 from namus_edge.models.imagefile import check_image_file
 
 logger = logging.getLogger(__name__)
@@ -226,7 +228,6 @@ def build_bundle(
         raise BuildError(f"{src_path}: no open cases of {', '.join(sets)} found")
 
     if analyzer is None:
-        from namus_edge.models.analyzer import FaceAnalyzer
 
         analyzer = FaceAnalyzer(config, with_age=False)
     emb_spec, det_spec = analyzer.embedder_spec, analyzer.detector_spec
@@ -374,7 +375,6 @@ def _resolve_source(config: Config, source: str, case_sets: Sequence[str]) -> Pa
         if not path.exists():
             raise BuildError(f"--source {source}: no such directory")
         return path
-    from namus_edge.index.namus_api import fetch_all
 
     store = Path(config.index.api.store_dir or Path(config.service.state_dir) / "namus-api")
     report = fetch_all(config.index.api, store, case_sets, categories=config.index.categories)

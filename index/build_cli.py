@@ -8,6 +8,7 @@ from datetime import date
 from pathlib import Path
 
 from namus_edge.core.config import Config
+from namus_edge.index.build import BuildError, build_bundle
 
 
 def register(index_sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -26,7 +27,6 @@ def register(index_sub: argparse._SubParsersAction, parent: argparse.ArgumentPar
 
 
 def _build(args: argparse.Namespace, config: Config) -> int:
-    from namus_edge.index.build import BuildError, build_bundle
 
     sets = None
     if args.case_sets:

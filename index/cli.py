@@ -18,7 +18,13 @@ from typing import Any
 
 from namus_edge.core.config import Config
 from namus_edge.core.errors import NamusEdgeError
+from namus_edge.index.bundle import Bundle
+from namus_edge.index.bundle_diff import diff_bundles
 from namus_edge.index.manifest import read_manifest, verify_bundle
+from namus_edge.index.signing import generate_keypair, key_id
+from namus_edge.index.sync import expected_model_from_config
+from namus_edge.models.analyzer import FaceAnalyzer
+from namus_edge.models.imagefile import read_image
 from namus_edge.models.registry import match_threshold
 
 logger = logging.getLogger(__name__)
@@ -96,7 +102,6 @@ def _pubkeys(args: argparse.Namespace, config: Config) -> list[Path] | None:
 
 
 def _keygen(args: argparse.Namespace, config: Config) -> int:
-    from namus_edge.index.signing import generate_keypair, key_id
 
     private, public = generate_keypair(args.out)
     print(f"private key: {private} (mode 0600; keep it offline)")
@@ -183,8 +188,6 @@ def _human(n: float) -> str:
 
 
 def _diff(args: argparse.Namespace, config: Config) -> int:
-    from namus_edge.index.bundle import Bundle
-    from namus_edge.index.bundle_diff import diff_bundles
 
     with Bundle.load(args.old) as old, Bundle.load(args.new) as new:
         diff = diff_bundles(old, new)
@@ -255,10 +258,6 @@ def _search_document(bundle_matches: Sequence[tuple[Path, int, Sequence[Any]]], 
 def _search(args: argparse.Namespace, config: Config) -> int:
     import numpy as np
 
-    from namus_edge.index.bundle import Bundle
-    from namus_edge.index.sync import expected_model_from_config
-    from namus_edge.models.analyzer import FaceAnalyzer
-    from namus_edge.models.imagefile import read_image
 
     top_k = args.top if args.top is not None else config.matching.top_k
     if top_k < 1:

@@ -47,6 +47,7 @@ from typing import Any, Literal
 from namus_edge.core.config import Config
 from namus_edge.core.errors import BundleError, NamusEdgeError
 from namus_edge.core.fsutil import fsync_dir, fsync_tree, sha256_file, write_atomic
+from namus_edge.index.bundle import Bundle
 from namus_edge.index.manifest import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
@@ -336,7 +337,6 @@ def default_load_check(pubkeys: Sequence[Path], expected_model: ModelIdentity) -
     """The load check used after switching: open the bundle through ``current`` with ``Bundle.load``."""
 
     def check(path: Path) -> object:
-        from namus_edge.index.bundle import Bundle
 
         bundle = Bundle.load(path, pubkeys=pubkeys, expected_model=expected_model)
         version = bundle.version

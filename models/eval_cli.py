@@ -18,6 +18,9 @@ import numpy as np
 
 from namus_edge.core.config import Config
 from namus_edge.core.errors import ImageReadError, NamusEdgeError
+from namus_edge.models.analyzer import FaceAnalyzer
+from namus_edge.models.backends.factory import create_backend
+from namus_edge.models.detector import FaceDetector
 from namus_edge.models.evaluation import (
     AGE_GAP_BUCKETS,
     AGE_GROUPS,
@@ -27,6 +30,8 @@ from namus_edge.models.evaluation import (
     match_detections,
     verification_metrics,
 )
+from namus_edge.models.imagefile import read_image
+from namus_edge.models.registry import get_spec, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -95,15 +100,12 @@ def _filter_dataset(rows: list[dict[str, str]], args: argparse.Namespace) -> lis
 
 
 def _analyzer(config: Config, with_age: bool) -> Any:
-    from namus_edge.models.analyzer import FaceAnalyzer
 
     return FaceAnalyzer(config, with_age=with_age)
 
 
 def _largest_face(analyzer: Any, path: Path, *, need_age: bool) -> tuple[Any | None, str | None]:
     """(face, problem): the largest face of an image with embedding (and age), or why none."""
-    from namus_edge.models.imagefile import read_image
-
     try:
         image = read_image(path)
     except ImageReadError as exc:
@@ -307,11 +309,6 @@ def _render_age(r: dict) -> str:
 
 def run_detect(args: argparse.Namespace, config: Config) -> int:
     """Handler of ``eval detect``."""
-    from namus_edge.models.backends.factory import create_backend
-    from namus_edge.models.detector import FaceDetector
-    from namus_edge.models.imagefile import read_image
-    from namus_edge.models.registry import get_spec, resolve
-
     rows = _filter_dataset(_read_csv(args.manifest, ("path", "bboxes_xywh")), args)
     det_name = config.models.selected()[0]
     spec = get_spec(det_name)

@@ -14,7 +14,6 @@ import hashlib
 import io
 import logging
 import os
-import shutil
 import urllib.error
 import urllib.request
 import zipfile
@@ -121,12 +120,3 @@ def fetch_models(source: str, cache_dir: Path, names: list[str], timeout: float 
             logger.error("%s", exc)
             report.failed[name] = str(exc)
     return report
-
-
-def copy_tree_models(src: Path, cache_dir: Path) -> None:
-    """Copy every registry file found in ``src`` into ``cache_dir`` (used by tests and demos)."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    for name in os.listdir(src):
-        p = src / name
-        if p.is_file() and p.suffix == ".onnx":
-            shutil.copy2(p, cache_dir / name)

@@ -20,11 +20,13 @@ logger = logging.getLogger(__name__)
 
 #: Modules that register command groups, in the order they appear in --help.
 COMMAND_MODULES: tuple[str, ...] = (
+    "namus_edge.core.config_cli",
     "namus_edge.edge.commands",
     "namus_edge.models.cli",
     "namus_edge.models.eval_cli",
     "namus_edge.index.cli",
     "namus_edge.export.cli",
+    "namus_edge.demo_cli",
     "namus_edge.install_cli",
 )
 
@@ -48,6 +50,8 @@ def common_options(*, root: bool) -> argparse.ArgumentParser:
     )
     parent.add_argument("--log-level", default=None if root else argparse.SUPPRESS,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parent.add_argument("--verbose", action="store_true", default=False if root else argparse.SUPPRESS,
+                        help="also show third-party libraries' log lines below WARNING")
     return parent
 
 
@@ -67,13 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(level: str) -> None:
-    """Configure root logging for the CLI (library code only uses module loggers)."""
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str, *, verbose: bool = False) -> None:
+    """Configure logging for the CLI (library code only uses module loggers).
+
+    namus-edge's own loggers log at ``level``; third-party libraries (brokers, HTTP clients,
+    state machines) only at WARNING and above unless ``verbose``, so their chatter does not bury
+    the lines that matter.
+    """
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    own = getattr(logging, level)
+    logging.getLogger().setLevel(own if verbose else max(logging.WARNING, own))
+    logging.getLogger("namus_edge").setLevel(getattr(logging, level))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"namus-edge: {exc}", file=sys.stderr)
         return 2
-    setup_logging(args.log_level or config.service.log_level)
+    setup_logging(args.log_level or config.service.log_level, verbose=args.verbose)
     try:
         return int(args.func(args, config) or 0)
     except NamusEdgeError as exc:

@@ -33,6 +33,13 @@ import numpy as np
 
 from namus_edge.core.config import Config, config_from_mapping
 from namus_edge.core.errors import NamusEdgeError
+from namus_edge.core.extras import require_extra
+from namus_edge.edge.service import scan_file
+from namus_edge.index.build import build_bundle
+from namus_edge.index.signing import generate_keypair
+from namus_edge.models.fetch import fetch_models
+from namus_edge.models.imagefile import read_image
+from namus_edge.models.registry import check_file, get_spec
 
 logger = logging.getLogger(__name__)
 
@@ -122,13 +129,11 @@ class EmbeddedBroker:
         raise DemoError(f"the embedded {self.kind} broker did not start on port {self.port}")
 
     def _start_amqtt(self) -> None:
-        try:
-            import asyncio
+        import asyncio
 
-            from amqtt.broker import Broker
-        except ImportError as exc:
-            raise DemoError("no MQTT broker: install mosquitto (apt-get install mosquitto) or "
-                            "`pip install amqtt`") from exc
+        broker_module = require_extra("amqtt.broker", "demo",
+                                      "the demo without mosquitto (or: apt-get install mosquitto)")
+        Broker = broker_module.Broker
         port = self.port
         loop = asyncio.new_event_loop()
         cfg = {"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
@@ -157,21 +162,14 @@ class EmbeddedBroker:
 
 
 def _demo_photo(photos: Sequence[Path]) -> tuple[list[np.ndarray], str]:
-    from namus_edge.models.imagefile import read_image
 
     if photos:
         return [read_image(p) for p in photos], ", ".join(str(p) for p in photos)
-    try:
-        from skimage import data
-    except ImportError as exc:
-        raise DemoError("the default demo photo comes from scikit-image: `pip install scikit-image`, "
-                        "or pass --photo FILE") from exc
+    data = require_extra("skimage.data", "demo", "the demo's default photo (or pass --photo FILE)")
     return [cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)], "scikit-image astronaut (Eileen Collins, NASA)"
 
 
 def _ensure_models(config: Config, models_from: str | None) -> None:
-    from namus_edge.models.fetch import fetch_models
-    from namus_edge.models.registry import check_file, get_spec
 
     cache = config.models.resolved_cache_dir()
     names = [n for n in config.models.selected() if n]
@@ -193,9 +191,6 @@ def run_demo(config: Config, *, photos: Sequence[Path] = (), models_from: str | 
     """Run the demo end to end and print each event a subscriber receives; returns the exit code."""
     import paho.mqtt.client as mqtt
 
-    from namus_edge.edge.service import scan_file
-    from namus_edge.index.build import build_bundle
-    from namus_edge.index.signing import generate_keypair
 
     tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="namus-edge-demo-"))
     tmp.mkdir(parents=True, exist_ok=True)

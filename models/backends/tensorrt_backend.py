@@ -27,6 +27,7 @@ import numpy as np
 
 from namus_edge.core.config import BackendConfig
 from namus_edge.core.errors import ModelLoadError
+from namus_edge.core.extras import require_extra
 from namus_edge.core.fsutil import sha256_file
 from namus_edge.models.backends.base import Backend, TensorInfo
 from namus_edge.models.backends.engine_cache import (
@@ -46,14 +47,9 @@ def _gpu_modules(device: int) -> tuple[Any, Any, Any]:
     Raises:
         ModelLoadError: tensorrt or pycuda missing, or no such CUDA device.
     """
-    try:
-        import pycuda.driver as cuda
-        import tensorrt as trt
-    except ImportError as exc:
-        raise ModelLoadError(
-            f"models.backend.kind=tensorrt needs the tensorrt and pycuda Python packages ({exc}); on a Jetson "
-            "they come with JetPack, elsewhere install the 'gpu' extra, or set models.backend.kind=onnxruntime"
-        ) from exc
+    feature = "models.backend.kind=tensorrt (on a Jetson JetPack ships it; or set models.backend.kind=onnxruntime)"
+    trt = require_extra("tensorrt", "gpu", feature)
+    cuda = require_extra("pycuda.driver", "gpu", feature)
     try:
         cuda.init()
         ctx = cuda.Device(device).retain_primary_context()

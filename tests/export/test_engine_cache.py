@@ -14,6 +14,7 @@ import pytest
 
 from namus_edge.core.config import BackendConfig
 from namus_edge.core.errors import ModelLoadError
+from namus_edge.core.extras import MissingExtraError
 from namus_edge.export.calibration import CalibrationError
 from namus_edge.export.trt_build import DEFAULT_BATCH, FIXED_BATCH, TrtBuildError, is_jetson, plan_build
 from namus_edge.models.backends.engine_cache import (
@@ -261,5 +262,5 @@ def test_tensorrt_backend_without_tensorrt_says_what_to_do(model_cache, tmp_path
     else:
         pytest.skip("tensorrt is installed here: this test checks the message on machines without it")
     cfg = BackendConfig(kind="tensorrt", engine_dir=str(tmp_path))
-    with pytest.raises(ModelLoadError, match=r"needs the tensorrt and pycuda Python packages"):
+    with pytest.raises(MissingExtraError, match=r'tensorrt.*pip install "namus-edge\[gpu\]"'):
         create_backend(model_cache / get_spec("age_v1").filename, cfg)
