@@ -19,8 +19,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
+from namus_edge.core.closing import Closing
 from namus_edge.core.errors import NamusEdgeError
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class OutboxItem:
     created: float
 
 
-class Outbox:
+class Outbox(Closing):
     """SQLite-backed FIFO of messages, bounded by dropping the oldest.
 
     Thread-safe: one connection, every operation under one lock. One process at a time
@@ -236,10 +236,3 @@ class Outbox:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> Outbox:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -13,13 +13,13 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import faiss
 import numpy as np
 
 from namus_edge.core.cases import case_sort_key
+from namus_edge.core.closing import Closing
 from namus_edge.core.errors import BundleError, BundleVerificationError
 from namus_edge.index.bundle_schema import (
     row_to_case,
@@ -56,7 +56,7 @@ class CaseMatch:
     face_id: int
 
 
-class Bundle:
+class Bundle(Closing):
     """A loaded bundle: FAISS index plus the sqlite metadata, searched by case.
 
     Thread safety: :meth:`search` may run from several threads; sqlite access is serialised
@@ -265,10 +265,3 @@ class Bundle:
         with self._lock:
             self._conn.close()
 
-    def __enter__(self) -> Bundle:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

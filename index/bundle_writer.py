@@ -20,13 +20,13 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import faiss
 import numpy as np
 
 from namus_edge.core.cases import CASE_SETS, case_sort_key
+from namus_edge.core.closing import Closing
 from namus_edge.core.errors import BundleError
 from namus_edge.core.fsutil import fsync_dir, fsync_file
 from namus_edge.index.bundle import Bundle
@@ -64,7 +64,7 @@ from namus_edge.index.signing import load_private_key, sign_bytes
 
 logger = logging.getLogger(__name__)
 
-class BundleWriter:
+class BundleWriter(Closing):
     """Build a bundle in a temporary directory beside ``out_dir`` and move it into place on :meth:`finish`.
 
     Use as a context manager (or call :meth:`abort`) so an exception while collecting faces
@@ -416,16 +416,13 @@ class BundleWriter:
             os.rename(tmp, self.out_dir)
             fsync_dir(parent)
 
+    def close(self) -> None:
+        """Same as :meth:`abort`: what :meth:`finish` did not move into place is discarded."""
+        self.abort()
+
     def abort(self) -> None:
         """Discard the temporary directory (idempotent); ``out_dir`` is left as it was."""
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
-    def __enter__(self) -> BundleWriter:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.abort()

@@ -105,12 +105,7 @@ class Announcement:
             BundleError: not a JSON object with a safe ``version``, an http(s) ``url`` and a
                 64-hex ``manifest_sha256``.
         """
-        try:
-            data = json.loads(payload.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"announcement is not UTF-8 JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise BundleError(f"announcement must be a JSON object, got {type(data).__name__}")
+        data = _json_object(payload, "announcement")
         version, url, digest = data.get("version"), data.get("url"), data.get("manifest_sha256")
         if not isinstance(version, str) or not VERSION_RE.match(version):
             raise BundleError(f"announcement has an invalid version {version!r}")
@@ -119,6 +114,21 @@ class Announcement:
         if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
             raise BundleError(f"announcement manifest_sha256 must be 64 lowercase hex digits, got {digest!r}")
         return cls(version=version, url=url, manifest_sha256=digest)
+
+
+def _json_object(payload: bytes, source: str) -> dict[str, Any]:
+    """Decode ``payload`` as a UTF-8 JSON object.
+
+    Raises:
+        BundleError: naming ``source`` when it is not UTF-8 JSON or not an object.
+    """
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{source} is not UTF-8 JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise BundleError(f"{source}: must be a JSON object, got {type(data).__name__}")
+    return data
 
 
 def latest_url(url: str) -> str:
@@ -231,12 +241,7 @@ def parse_latest(data: bytes, source: str = LATEST_NAME) -> dict[str, Any]:
     Raises:
         BundleError: naming ``source`` and the bad field.
     """
-    try:
-        latest = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{source}: not valid UTF-8 JSON ({exc})") from exc
-    if not isinstance(latest, dict):
-        raise BundleError(f"{source}: top level must be an object")
+    latest = _json_object(data, source)
     check_version(latest.get("version"))
     path = latest.get("path", f"{latest['version']}/")
     if not isinstance(path, str) or not path.endswith("/"):

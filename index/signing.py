@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -98,20 +99,25 @@ def _read_pem(path: Path, what: str) -> bytes:
         raise SigningKeyError(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
 
 
+def _load_key(path: Path, kind: str, load: Callable[[bytes], object], expected: type) -> Any:
+    data = _read_pem(Path(path), kind)
+    try:
+        key = load(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise SigningKeyError(f"{path} is not a usable PEM {kind}: {exc}") from exc
+    if not isinstance(key, expected):
+        raise SigningKeyError(f"{path} holds a {type(key).__name__}, expected an Ed25519 {kind}")
+    return key
+
+
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """Load an unencrypted PKCS#8 PEM Ed25519 private key.
 
     Raises:
         SigningKeyError: naming ``path`` when it is missing, unreadable, encrypted, or not Ed25519.
     """
-    data = _read_pem(Path(path), "private key")
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise SigningKeyError(f"{path} is not an unencrypted PEM private key: {exc}") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise SigningKeyError(f"{path} holds a {type(key).__name__}, expected an Ed25519 private key")
-    return key
+    return _load_key(path, "private key", lambda data: serialization.load_pem_private_key(data, password=None),
+                     Ed25519PrivateKey)
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
@@ -120,14 +126,7 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     Raises:
         SigningKeyError: naming ``path`` when it is missing, unreadable, or not an Ed25519 public key.
     """
-    data = _read_pem(Path(path), "public key")
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise SigningKeyError(f"{path} is not a PEM public key: {exc}") from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise SigningKeyError(f"{path} holds a {type(key).__name__}, expected an Ed25519 public key")
-    return key
+    return _load_key(path, "public key", serialization.load_pem_public_key, Ed25519PublicKey)
 
 
 def key_id(pubkey_path: Path) -> str:
