@@ -25,7 +25,7 @@ Rows (``--impls``):
   (:func:`install_insightface_preprocessing`), to show what that change would give. Not run by default.
 
 The pipeline rows also search every embedded face in a real signed bundle of 10,000 random unit vectors
-(written once with :class:`index.bundle.BundleWriter`) and feed the decision engine; InsightFace has
+(written once with :class:`namus_edge.index.bundle_writer.BundleWriter`) and feed the decision engine; InsightFace has
 neither stage, so this is extra work on our side only (small: see the search column).
 
 Every (case, row, threads) runs in its own subprocess (fair peak RSS, no shared caches). Frames are made

@@ -20,7 +20,7 @@ from namus_edge.core.config import CameraConfig, Config
 
 HEADER = """\
 # namus-edge configuration: every key with its default and meaning.
-# Generated from edge/config.py by `namus-edge config defaults` (a test keeps them equal).
+# Generated from core/config/ (one module per section) by `namus-edge config defaults` (a test keeps them equal).
 # Unknown keys are errors. Override any key on the command line with
 #   --set dotted.key=value   (e.g. --set detection.input_size=[640,384])
 """
