@@ -46,7 +46,7 @@ setup(
     package_dir=PACKAGE_DIR,
     package_data={
         **{name: ["py.typed"] for name in ("namus_edge", *(f"namus_edge.{f}" for f in LAYERS))},
-        "namus_edge.review": ["py.typed", "templates/*.html", "static/*", "migrations/*.py", "migrations/versions/*.py"],
+        "namus_edge.review": ["py.typed", "templates/*.html", "static/*"],
     },
     install_requires=[
         "numpy>=1.24",

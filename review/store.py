@@ -184,7 +184,7 @@ class Store:
         try:
             with self.engine.begin() as conn:
                 if conn.execute(select(events.c.item_id).where(events.c.event_id == ev.event_id)).first():
-                    raise _Duplicate
+                    raise _DuplicateError
                 item = conn.execute(
                     select(items.c.id, items.c.similarity).where(
                         items.c.device_id == ev.device_id, items.c.camera_id == ev.camera_id,
@@ -193,12 +193,14 @@ class Store:
                     ).order_by(items.c.id.desc()).limit(1)
                 ).first()
                 if item is None:
-                    item_id = int(conn.execute(insert(items).values(
+                    inserted = conn.execute(insert(items).values(
                         device_id=ev.device_id, camera_id=ev.camera_id, track_id=ev.track_id,
                         primary_event_id=ev.event_id, case_id=ev.case.id_formatted, similarity=ev.similarity,
                         index_version=ev.index_version, first_seen=now, last_seen=event_time, event_count=1,
                         status="pending",
-                    )).inserted_primary_key[0])
+                    )).inserted_primary_key
+                    assert inserted is not None
+                    item_id = int(inserted[0])
                     new_item = True
                 else:
                     item_id = int(item[0])
@@ -218,7 +220,7 @@ class Store:
                 self._audit(conn, now, "mqtt", "event_received", item_id=item_id, event_id=ev.event_id,
                             device_id=ev.device_id, camera_id=ev.camera_id, case=ev.case.id_formatted,
                             bundle=ev.index_version, models=ev.models.to_dict(), policy=parsed.policy)
-        except (_Duplicate, IntegrityError):
+        except (_DuplicateError, IntegrityError):
             # IntegrityError: another console instance stored the same event_id concurrently.
             with self.engine.connect() as conn:
                 row = conn.execute(select(events.c.item_id).where(events.c.event_id == ev.event_id)).first()
@@ -315,6 +317,7 @@ class Store:
         Args:
             status: ``pending`` (pending + disputed), ``reviewed`` (every other status), ``all``,
                 or one exact item status.
+            limit: at most this many items.
 
         Raises:
             StoreError: an unknown status.
@@ -428,6 +431,7 @@ class Store:
             unreviewed_before: items still pending that arrived before this time lose their crops
                 and become ``expired``.
             orphans_before: crops whose event never arrived, received before this time, are deleted.
+            actor: the audit log's actor.
 
         Returns:
             ``{"rejected": n, "unreviewed": n, "released": n, "orphans": n, "crops": n}``: items
@@ -562,5 +566,5 @@ class Store:
         return User(row[0], row[1])
 
 
-class _Duplicate(Exception):
+class _DuplicateError(Exception):
     """Internal: the event_id is already stored."""
