@@ -12,8 +12,8 @@ from namus_edge_testing.mosquitto import Collector
 
 from namus_edge.core.config import Config, MatchingConfig
 from namus_edge.edge.decision import DecisionEngine
-from namus_edge.edge.suppression import SuppressionError, Suppressions, parse_suppression
 from namus_edge.edge.service import EdgeService
+from namus_edge.edge.suppression import SuppressionError, Suppressions, parse_suppression
 
 
 class Hit:

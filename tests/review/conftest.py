@@ -177,8 +177,9 @@ def console_config(tmp_path, broker=None, bundle=None, **review: Any):
 
 @pytest.fixture()
 def console_factory(tmp_path):
-    from namus_edge.review.service import ReviewService
     from namus_edge_testing.mosquitto import free_port
+
+    from namus_edge.review.service import ReviewService
 
     started: list[Console] = []
 

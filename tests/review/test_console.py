@@ -61,7 +61,8 @@ def test_csrf_less_posts_and_login_rate_limit(console_factory):
     # rate limiting: after 3 failures even the right password is refused (429) for this user
     for _ in range(3):
         tok = csrf_of(anon, "/login")
-        assert anon.post("/login", data={"username": "alice", "password": "wrong", "csrf_token": tok}).status_code == 401
+        r = anon.post("/login", data={"username": "alice", "password": "wrong", "csrf_token": tok})
+        assert r.status_code == 401
     tok = csrf_of(anon, "/login")
     assert anon.post("/login", data={"username": "alice", "password": PW, "csrf_token": tok}).status_code == 429
     actions = [a["action"] for a in console.service.store.audit_log()]
