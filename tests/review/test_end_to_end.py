@@ -64,12 +64,13 @@ def test_scan_to_console_dedupe_two_reviewers_confirm(world, tmp_path, mosquitto
     threads = faiss.omp_get_max_threads()
     with Collector(mosquitto, ["namus-edge/#"]) as sub:
         try:
-            assert main(["scan", "--source", str(world["clip"]), "--mqtt", *_device_sets(world, tmp_path, mosquitto)]) == 0
+            rc = main(["scan", "--source", str(world["clip"]), "--mqtt", *_device_sets(world, tmp_path, mosquitto)])
+            assert rc == 0
         finally:
             faiss.omp_set_num_threads(threads)
         assert sub.wait_for(lambda m: any(t.endswith("/match") for t, _, _ in m), timeout=15)
-        wait_until(lambda: console.service.ingestor.stats()["accepted"] == 1 and console.service.ingestor.stats()["crops"] == 1,
-                   what="the event and its crop in the console")
+        stats = console.service.ingestor.stats
+        wait_until(lambda: stats()["accepted"] == 1 and stats()["crops"] == 1, what="the event and its crop")
         items = api["alice"].get("/api/candidates", params={"status": "pending"}).json()["items"]
         assert len(items) == 1, items
         item = items[0]
