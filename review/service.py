@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import uvicorn
@@ -23,6 +26,14 @@ from namus_edge.review.store import IngestResult, Store
 from namus_edge.review.web import ReviewContext, create_app
 
 logger = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal capture (it re-raises SIGTERM after shutdown, so exit code 143)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def database_url(config: Config) -> str:
@@ -94,14 +105,22 @@ class ReviewService:
     def serve(self) -> None:
         """Run the web server until SIGINT/SIGTERM (uvicorn's handlers), then stop everything."""
         rc = self.config.review
-        self._server = uvicorn.Server(uvicorn.Config(self.app, host=rc.host, port=rc.port, log_level="warning",
+        self._server = _Server(uvicorn.Config(self.app, host=rc.host, port=rc.port, log_level="warning",
                                                      proxy_headers=True, access_log=False))
         logger.info("review console on http://%s:%d (database %s)", rc.host, rc.port,
                     self.store.engine.url.render_as_string(hide_password=True))
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.request_stop())
         try:
             self._server.run()
         finally:
             self.stop()
+
+    def request_stop(self) -> None:
+        """Ask the web server to finish (what SIGTERM does); :meth:`serve` then stops everything."""
+        if self._server is not None:
+            self._server.should_exit = True
 
     def stop(self) -> None:
         """Stop MQTT, the retention loop and the database pool."""

@@ -64,7 +64,7 @@ def _seed(console) -> str:
                                          (0.43, ["not_a_match"]), (0.41, ["not_a_match"]), (0.45, ["unsure"])]):
         ev = make_event(track=100 + i, case="MP7001", similarity=sim, device="edge-02")
         ingest.on_match("namus-edge/edge-02/match", json.dumps(ev).encode())
-        for user, verdict in zip(("carol", "dave"), verdicts):
+        for user, verdict in zip(("carol", "dave"), verdicts, strict=False):
             store.add_verdict(ev["event_id"], user, verdict)
     return first
 
