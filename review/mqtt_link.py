@@ -71,6 +71,7 @@ class MqttLink:
         self._subs: dict[str, Handler] = {}
         self._lock = threading.Lock()
         self.connected = threading.Event()
+        self._stopping = False
         self.on_connected: list[Callable[[], None]] = []
 
     def _configure_tls(self) -> None:
@@ -121,6 +122,7 @@ class MqttLink:
 
     def stop(self) -> None:
         """Publish ``offline``, disconnect and stop the network thread."""
+        self._stopping = True
         if self.connected.is_set():
             info = self.client.publish(self.availability, "offline", qos=1, retain=True)
             try:
@@ -152,4 +154,7 @@ class MqttLink:
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason_code: object,
                        properties: object) -> None:
         self.connected.clear()
-        logger.warning("review: disconnected from MQTT broker (%s); paho reconnects", reason_code)
+        if self._stopping:
+            logger.info("review: disconnected from MQTT broker")
+        else:
+            logger.warning("review: disconnected from MQTT broker (%s); paho reconnects", reason_code)
