@@ -5,7 +5,20 @@ from glob import glob
 from setuptools import find_packages, setup
 
 #: Repository folder of each sub-package: the product keeps its folders, the install has one top-level name.
-LAYERS = ("core", "models", "index", "export", "edge")
+LAYERS = ("core", "models", "index", "export", "edge", "review")
+
+#: The reviewer console (namus_edge.review): web app, storage, migrations.
+REVIEW_DEPS = [
+    "fastapi>=0.110",
+    "uvicorn>=0.29",
+    "jinja2>=3.1",
+    "sqlalchemy>=2.0",
+    "alembic>=1.13",
+    "argon2-cffi>=23.1",
+    "python-multipart>=0.0.9",
+    "itsdangerous>=2.1",
+    "psycopg[binary]>=3.1",
+]
 
 
 def _packages() -> tuple[list[str], dict[str, str]]:
@@ -31,7 +44,10 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    package_data={name: ["py.typed"] for name in ("namus_edge", *(f"namus_edge.{f}" for f in LAYERS))},
+    package_data={
+        **{name: ["py.typed"] for name in ("namus_edge", *(f"namus_edge.{f}" for f in LAYERS))},
+        "namus_edge.review": ["py.typed", "templates/*.html", "static/*"],
+    },
     install_requires=[
         "numpy>=1.24",
         "onnxruntime>=1.16",
@@ -56,7 +72,11 @@ setup(
             "onnxslim>=0.1.30",
             "scikit-image>=0.21",
             "pillow>=10",
+            *REVIEW_DEPS,
+            "httpx>=0.27",
+            "selenium>=4.15",
         ],
+        "review": REVIEW_DEPS,
         # insightface declares opencv-python, which replaces opencv-python-headless: see docs/benchmarks.md
         "bench": ["insightface>=0.7.3", "psutil>=5.9"],
         "demo": ["scikit-image>=0.21", "amqtt>=0.11"],

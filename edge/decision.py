@@ -297,6 +297,8 @@ class DecisionEngine:
         case_info: looks up a case's facts by id (see :data:`CaseInfo`); called only for the
             best case of a face that passed threshold and margin.
         today: returns the current date for the age check (default: today in UTC).
+        suppressed: ``suppressed(camera_id, id_formatted)`` is true while reviewers suppressed the
+            pair (see :mod:`edge.suppression`); such a pair emits no event.
     """
 
     def __init__(
@@ -304,6 +306,7 @@ class DecisionEngine:
         cfg: MatchingConfig,
         case_info: CaseInfo,
         today: Callable[[], date] = _utc_today,
+        suppressed: Callable[[str, str], bool] | None = None,
     ) -> None:
         if cfg.threshold is None:
             raise ValueError("matching.threshold must be resolved first (models.registry.match_threshold)")
@@ -313,6 +316,7 @@ class DecisionEngine:
         self._today = today
         self._tracks: dict[tuple[str, int], _TrackVotes] = {}
         self._last_event: dict[tuple[str, str], float] = {}
+        self.suppressed = suppressed
 
     @property
     def open_tracks(self) -> int:
@@ -377,6 +381,8 @@ class DecisionEngine:
 
         share = cv.weight / tv.total_weight
         if cv.count < self.cfg.confirm_frames or share <= 0.5:
+            return None
+        if self.suppressed is not None and self.suppressed(camera_id, cand.id_formatted):
             return None
         key = (camera_id, cand.id_formatted)
         last = self._last_event.get(key)

@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from namus_edge.core.config import Config
 from namus_edge.core.errors import NamusEdgeError
-from namus_edge.core.topics import announce_topic
+from namus_edge.core.topics import announce_topic, suppress_topic
 from namus_edge.edge.events import MatchEvent
 from namus_edge.edge.frame_queue import Frame, FrameQueue
 from namus_edge.edge.index_holder import IndexHolder
 from namus_edge.edge.pipeline import Pipeline
 from namus_edge.edge.sdnotify import Notifier, ProgressWatchdog, watchdog_interval
+from namus_edge.edge.suppression import Suppressions
 
 if TYPE_CHECKING:
     from namus_edge.edge.mqtt_publisher import MqttPublisher
@@ -104,6 +105,7 @@ class EdgeService:
         self.index = _index_holder(config)
         self._sync_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self.suppressions = Suppressions(config.matching.suppress_rejected_s)
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -119,6 +121,7 @@ class EdgeService:
             raise ServiceError(f"no loadable index at {self.config.index.bundle}: {self.index.last_error}")
         self._start_mqtt()
         self.pipeline = Pipeline(self.config, analyzer, self.index.get, self._emit)
+        self.pipeline.engine.suppressed = self.suppressions.active
         queues: dict[str, FrameQueue] = {}
         captures = []
         for cam in self.config.cameras:
@@ -215,6 +218,9 @@ class EdgeService:
         self.publisher, self.outbox = open_publisher(self.config, self.password)
         if self.config.sync.on_announce:
             self.publisher.subscribe(announce_topic(self.config.mqtt.topic_prefix), self._on_announce)
+        if self.config.matching.suppress_rejected_s > 0:
+            self.publisher.subscribe(suppress_topic(self.config.mqtt.topic_prefix, self.config.service.device_id),
+                                     self.suppressions.on_message)
         self.publisher.start()
 
     def _emit(self, event: MatchEvent, crop: bytes | None) -> None:

@@ -26,6 +26,7 @@ from namus_edge.core.config.models import (
     ModelsConfig,
 )
 from namus_edge.core.config.mqtt import MqttConfig, TlsConfig
+from namus_edge.core.config.review import HomeAssistantConfig, RetentionConfig, ReviewConfig
 from namus_edge.core.config.service import ServiceConfig
 from namus_edge.core.config.tree import Config
 
@@ -33,6 +34,6 @@ __all__ = [
     "AGE_CALIBRATION_UTKFACE", "MODELS_ENV", "MODEL_SETS",
     "AgeCheckConfig", "BackendConfig", "CameraConfig", "Config", "ConfigError", "DetectionConfig",
     "IndexConfig", "MatchingConfig", "ModelsConfig", "MqttConfig", "NamusApiConfig", "QualityConfig",
-    "ServiceConfig", "StrictModel", "SyncConfig", "TlsConfig",
+    "HomeAssistantConfig", "RetentionConfig", "ReviewConfig", "ServiceConfig", "StrictModel", "SyncConfig", "TlsConfig",
     "apply_overrides", "config_from_mapping", "load_config", "parse_override",
 ]

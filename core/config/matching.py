@@ -75,6 +75,10 @@ class MatchingConfig(StrictModel):
     top_k: int = Field(5, ge=1, le=100, description="Cases retrieved per face.")
     confirm_frames: int = Field(3, ge=1, le=1000, description="Frames of a track that must agree before an event.")
     cooldown_s: float = Field(300.0, ge=0, description="At most one event per (camera, case) in this window.")
+    suppress_rejected_s: float = Field(
+        7 * 86400.0, ge=0, le=365 * 86400,
+        description="Longest suppression of a (camera, case) a reviewer's 'not a match' may ask for; 0 ignores them.",
+    )
     track_max_age_s: float = Field(2.0, gt=0, description="A track unseen this long is closed.")
     track_iou: float = Field(0.3, ge=0, le=1, description="Minimum IoU to continue a track.")
     track_embed_sim: float = Field(0.3, ge=-1, le=1, description="Minimum cosine to re-associate by embedding.")

@@ -10,6 +10,7 @@ from namus_edge.core.config.index import IndexConfig, SyncConfig
 from namus_edge.core.config.matching import DetectionConfig, MatchingConfig, QualityConfig
 from namus_edge.core.config.models import ModelsConfig
 from namus_edge.core.config.mqtt import MqttConfig
+from namus_edge.core.config.review import ReviewConfig
 from namus_edge.core.config.service import ServiceConfig
 
 
@@ -25,6 +26,7 @@ class Config(StrictModel):
     index: IndexConfig = Field(default_factory=IndexConfig)
     sync: SyncConfig = Field(default_factory=SyncConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
 
     @field_validator("cameras")
     @classmethod

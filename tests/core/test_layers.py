@@ -39,6 +39,7 @@ def test_the_tree_keeps_every_contract(scratch: Path) -> None:
 
 @pytest.mark.parametrize(("module", "wrong_import", "contract"), [
     ("core/errors.py", "import namus_edge.edge.events", "layers"),
+    ("edge/service.py", "import namus_edge.review.store", "layers"),
     ("models/face.py", "from namus_edge.index import manifest", "layers"),
     ("index/manifest.py", "from namus_edge.export import onnx_prep", "layers"),
     ("edge/decision.py", "from namus_edge.index import build", "never ingest, build or"),
