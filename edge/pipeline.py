@@ -28,6 +28,7 @@ import numpy as np
 from namus_edge.core.cases import case_link_for, parse_case_id
 from namus_edge.core.config import Config
 from namus_edge.edge.decision import DecisionEngine, MatchDecision
+from namus_edge.edge.embedding_guard import usable_rows
 from namus_edge.edge.events import CaseRef, EventModels, MatchEvent, ModelRef, utc_timestamp
 from namus_edge.edge.frame_queue import Frame
 from namus_edge.edge.sources import MaskCache
@@ -66,6 +67,7 @@ class StageStats:
     faces: int = 0
     embedded: int = 0
     events: int = 0
+    nonfinite_dropped: int = 0
 
     def add(self, stage: str, seconds: float) -> None:
         """Fold one measurement into the stage's moving average."""
@@ -183,6 +185,16 @@ class Pipeline:
         t1 = time.perf_counter()
         ages = self.analyzer.estimate_ages(batch)
         t2 = time.perf_counter()
+        usable = usable_rows(embeddings)
+        if not usable.all():  # e.g. an fp16 overflow: drop those faces, never the batch
+            self.stats.nonfinite_dropped += int((~usable).sum())
+            logger.warning("dropped %d face(s) with a non-finite embedding (%d so far)",
+                           int((~usable).sum()), self.stats.nonfinite_dropped)
+            candidates = [c for c, ok in zip(candidates, usable, strict=True) if ok]
+            embeddings = embeddings[usable]
+            ages = None if ages is None else ages[usable]
+            if not candidates:
+                return 0
         index = self._current_index
         results = index.search(embeddings, top_k=self.config.matching.top_k) if index is not None else [
             [] for _ in candidates]

@@ -21,6 +21,7 @@ import numpy as np
 
 from namus_edge.core.cases import case_sort_key
 from namus_edge.core.errors import BundleError, BundleVerificationError
+from namus_edge.index.bundle_files import BundleDir, sqlite_from_bytes
 from namus_edge.index.bundle_schema import (
     row_to_case,
     row_to_face,
@@ -29,13 +30,17 @@ from namus_edge.index.faiss_index import apply_search_params
 from namus_edge.index.manifest import (
     EMBEDDINGS_NAME,
     INDEX_NAME,
+    MANIFEST_NAME,
     META_NAME,
+    SIGNATURE_NAME,
     ModelIdentity,
     check_file,
     check_model,
-    read_manifest,
-    verify_bundle,
+    parse_manifest,
+    unlisted_files,
 )
+from namus_edge.index.signing import verify_signature
+from namus_edge.index.trust import manifest_sequence
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +73,8 @@ class Bundle:
         self.path = path
         self.manifest = manifest
         self.version: str = manifest["bundle_version"]
+        self.sequence: int = manifest_sequence(manifest)
+        self.valid_until: str = str(manifest["valid_until"])
         self.model = ModelIdentity.from_dict(manifest["embedding_model"])
         self.dim: int = self.model.dim
         self._index: faiss.Index | None = index
@@ -86,7 +93,12 @@ class Bundle:
         expected_model: ModelIdentity | None = None,
         verify: bool = True,
     ) -> Bundle:
-        """Verify and open a bundle.
+        """Verify and open a bundle, using exactly the bytes that were verified.
+
+        Every file is opened once, without following symlinks (:mod:`index.bundle_files`): the
+        manifest and signature are checked from the bytes read, the SQLite metadata is hashed and
+        then opened from those same bytes (in memory), and the FAISS index is hashed while FAISS
+        parses it. Swapping a file on disk after its check cannot change what is searched.
 
         Args:
             path: bundle directory.
@@ -96,23 +108,38 @@ class Bundle:
                 Operator files are not needed; :meth:`embeddings` checks its file when used.
 
         Raises:
-            BundleVerificationError: see :func:`index.manifest.verify_bundle`.
+            BundleVerificationError: a bad signature, model, size or hash, an unlisted file, a symlink.
             BundleError: the index or database cannot be opened or disagree with the manifest.
         """
         path = Path(path)
-        if verify:
-            manifest = verify_bundle(path, pubkeys, expected_model, include_operator_files=False)
-        else:
-            manifest, _ = read_manifest(path)
+        with BundleDir(path) as bdir:
+            bdir.refuse_symlinks()
+            raw = bdir.read_bytes(MANIFEST_NAME, max_bytes=64 << 20)
+            manifest = parse_manifest(raw, str(path / MANIFEST_NAME))
+            if verify and pubkeys is not None:
+                sig_path = path / SIGNATURE_NAME
+                try:
+                    signature = bdir.read_bytes(SIGNATURE_NAME, max_bytes=4096)
+                except BundleVerificationError as exc:
+                    raise BundleVerificationError(f"{sig_path}: missing (the bundle is unsigned)") from exc
+                try:
+                    verify_signature(raw, signature, pubkeys)
+                except BundleVerificationError as exc:
+                    raise BundleVerificationError(f"{sig_path}: {exc}") from exc
             if expected_model is not None:
                 check_model(manifest, expected_model)
+            if verify:
+                listed = {MANIFEST_NAME, SIGNATURE_NAME, *manifest["files"], *manifest["operator_files"]}
+                extra = unlisted_files(path, listed)
+                if extra:
+                    raise BundleVerificationError(f"{path / extra[0]}: not listed in {MANIFEST_NAME}")
+            files = manifest["files"]
+            meta_path = path / META_NAME
+            meta_bytes = bdir.read_checked(META_NAME, files[META_NAME] if verify else None)
+            index_path = path / INDEX_NAME
+            index = bdir.read_index(INDEX_NAME, files[INDEX_NAME] if verify else None)
         model = ModelIdentity.from_dict(manifest["embedding_model"])
         info = manifest["index"]
-        index_path = path / INDEX_NAME
-        try:
-            index = faiss.read_index(str(index_path))
-        except RuntimeError as exc:
-            raise BundleError(f"{index_path}: cannot be read by FAISS ({str(exc).splitlines()[0]})") from exc
         if index.d != model.dim or index.ntotal != info.get("ntotal"):
             raise BundleError(
                 f"{index_path}: holds {index.ntotal} vectors of dim {index.d}, "
@@ -122,14 +149,8 @@ class Bundle:
             apply_search_params(index, str(info.get("type")), info.get("params") or {})
         except ValueError as exc:
             raise BundleError(f"{index_path}: {exc}") from exc
-        meta_path = path / META_NAME
-        try:
-            # immutable=1: a bundle never changes once written, so sqlite needs no locks (read-only media).
-            conn = sqlite3.connect(
-                f"{meta_path.resolve().as_uri()}?mode=ro&immutable=1", uri=True, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise BundleError(f"{meta_path}: cannot be opened ({exc})") from exc
+        conn = sqlite_from_bytes(meta_bytes, meta_path)
+        del meta_bytes
         try:
             conn.row_factory = sqlite3.Row
             n_faces = conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
