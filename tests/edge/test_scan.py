@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from datetime import date
 
 import cv2
@@ -97,9 +99,33 @@ def test_unenrolled_people_and_real_videos_give_no_event(world, tmp_path, data_d
         assert person.split(":")[1] not in out.out + out.err
 
 
-def test_scan_without_index_is_a_clear_error(tmp_path, capsys, model_cache, monkeypatch, data_dir):
+def test_scan_without_index_is_a_clear_error(world, tmp_path, capsys, model_cache, monkeypatch, data_dir):
     monkeypatch.setenv("NAMUS_EDGE_MODELS", str(model_cache))
     rc = main(["scan", "--source", str(data_dir / "video" / "faceapi_bbt_5frames.mp4"),
-               "--set", f"index.bundle={tmp_path / 'none'}"])
+               "--set", f"index.bundle={tmp_path / 'none'}", "--set", f"sync.pubkeys=[{world['pub']}]"])
     assert rc == 1
     assert "no loadable index" in capsys.readouterr().err
+
+
+def test_scan_fails_closed_on_unsigned_or_unverifiable_bundles(world, tmp_path, capsys, caplog, model_cache,
+                                                               monkeypatch, data_dir):
+    monkeypatch.setenv("NAMUS_EDGE_MODELS", str(model_cache))
+    clip = ["scan", "--source", str(data_dir / "video" / "faceapi_bbt_5frames.mp4")]
+    # no pinned key: refused before anything is loaded
+    assert main([*clip, "--set", f"index.bundle={world['bundle']}"]) == 1
+    assert "sync.pubkeys is empty" in capsys.readouterr().err
+    # a key is pinned but the bundle's signature is gone: refused
+    unsigned = tmp_path / "unsigned"
+    shutil.copytree(world["bundle"], unsigned)
+    (unsigned / "manifest.sig").unlink()
+    assert main([*clip, "--set", f"index.bundle={unsigned}", "--set", f"sync.pubkeys=[{world['pub']}]"]) == 1
+    assert "unsigned" in capsys.readouterr().err
+    # signed by another key than the pinned one: refused
+    _, rogue = generate_keypair(tmp_path / "rogue.key")
+    assert main([*clip, "--set", f"index.bundle={world['bundle']}", "--set", f"sync.pubkeys=[{rogue}]"]) == 1
+    assert "no loadable index" in capsys.readouterr().err
+    # development only: index.allow_unsigned loads it, loudly
+    with caplog.at_level(logging.WARNING):
+        assert main([*clip, "--set", f"index.bundle={unsigned}", "--set", "index.allow_unsigned=true",
+                     "--set", f"service.state_dir={tmp_path}"]) == 0
+    assert any("WITHOUT a signature check" in r.getMessage() for r in caplog.records)
