@@ -164,14 +164,13 @@ class EdgeService:
         try:
             self._loop(queues, watchdog)
         finally:
+            requested = self.stop_event.is_set()
             self.notifier.stopping()
             self._shutdown(queues, captures, watchdog)
-        return self._exit_code()
+        return 0 if requested else self._exit_code()
 
     def _exit_code(self) -> int:
-        """0 after a requested stop or when every camera was a file that ended; 1 when every capture died."""
-        if self.stop_event.is_set():
-            return 0
+        """After every camera stream ended by itself: 1 when a capture died on an error, 0 when all were files."""
         dead = [t.stats() for t in self.captures if t.stats().error]
         if dead:
             logger.error("every capture has stopped, %d on an error (%s); exiting 1 so that systemd restarts "

@@ -17,7 +17,8 @@ class ServiceConfig(StrictModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     drain_timeout_s: float = Field(10.0, gt=0, description="SIGTERM: finish and flush within this bound.")
     watchdog_stall_s: float = Field(
-        30.0, gt=0, description="No pipeline progress for this long stops the watchdog pings."
+        20.0, gt=0, description="The inference loop not turning for this long stops the watchdog pings (keep it "
+        "below WatchdogSec/2 of the unit, 30 s). Camera outages do not count: the loop turns without frames."
     )
     batch_max_faces: int = Field(32, ge=1, le=512, description="Faces embedded in one batch (across cameras).")
     index_poll_s: float = Field(5.0, gt=0, description="How often the bundle path is checked for a new version.")
