@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from namus_edge.core.config import Config
+from namus_edge.core.redaction import redact_tree
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -46,7 +47,8 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
 
 
 def _show(args: argparse.Namespace, config: Config) -> int:
-    print(json.dumps(config.model_dump(mode="json"), indent=2))
+    # credentials inside URLs (RTSP cameras, sync) are masked as in the logs
+    print(json.dumps(redact_tree(config.model_dump(mode="json")), indent=2))
     return 0
 
 

@@ -22,6 +22,12 @@ class ServiceConfig(StrictModel):
     )
     batch_max_faces: int = Field(32, ge=1, le=512, description="Faces embedded in one batch (across cameras).")
     index_poll_s: float = Field(5.0, gt=0, description="How often the bundle path is checked for a new version.")
-    debug_save_frames: str | None = Field(
-        None, description="Debug only: save frames with matches to this directory. Off (null) in production."
+    debug_save_crops: str | None = Field(
+        None, description="Debug only: save the matched face crop (never the whole frame) of each match to this "
+        "directory. Off (null) in production."
+    )
+    debug_max_files: int = Field(100, ge=1, le=100_000, description="Most debug crops kept (oldest deleted first).")
+    debug_retention_h: float = Field(
+        24.0, gt=0, le=24 * 90,
+        description="Debug crops older than this many hours are deleted (enforced at every save).",
     )

@@ -63,7 +63,7 @@ def test_enrolled_person_gives_one_event_on_mqtt_and_jsonl(world, tmp_path, mosq
         try:
             rc = main(["scan", "--source", str(clip), "--events", str(events_path), "--mqtt",
                        *_sets(world, tmp_path, "--set", f"mqtt.port={mosquitto.port}", "--set", "mqtt.host=127.0.0.1",
-                              "--set", f"service.debug_save_frames={tmp_path / 'debug'}")])
+                              "--set", f"service.debug_save_crops={tmp_path / 'debug'}")])
             assert faiss.omp_get_max_threads() == 1  # index.search_threads, default 1
         finally:
             faiss.omp_set_num_threads(threads)
@@ -77,8 +77,11 @@ def test_enrolled_person_gives_one_event_on_mqtt_and_jsonl(world, tmp_path, mosq
     assert e["schema_version"] == 1 and e["review_required"] is True
     assert e["similarity"] >= match_threshold(load_config()) and e["frames"] >= 3
     assert [m["event_id"] for m in mqtt_events] == [e["event_id"]]
-    # the explicit debug option saves the frame of the match, and nothing else
-    assert [p.name for p in (tmp_path / "debug").iterdir()] == [f"{e['event_id']}.jpg"]
+    # the explicit debug option saves the matched face crop (smaller than the frame), and nothing else
+    saved = list((tmp_path / "debug").iterdir())
+    assert [p.name for p in saved] == [f"{e['event_id']}.jpg"]
+    crop = cv2.imread(str(saved[0]))
+    assert crop.shape[0] * crop.shape[1] < 0.5 * 1280 * 720
 
 
 def test_unenrolled_people_and_real_videos_give_no_event(world, tmp_path, data_dir, model_cache, monkeypatch, capsys):
