@@ -31,6 +31,7 @@ from namus_edge.edge.decision import DecisionEngine, MatchDecision
 from namus_edge.edge.embedding_guard import usable_rows
 from namus_edge.edge.events import CaseRef, EventModels, MatchEvent, ModelRef, utc_timestamp
 from namus_edge.edge.frame_queue import Frame
+from namus_edge.edge.reattach import reattach
 from namus_edge.edge.sources import MaskCache
 from namus_edge.edge.tracker import Tracker
 from namus_edge.index.faces import face_thumbnail
@@ -207,7 +208,12 @@ class Pipeline:
         self.stats.add("search", t3 - t2)
         self.stats.embedded += len(candidates)
         emitted = 0
+        folded: dict[int, Any] = {}  # id(new track) -> the lost track it continues
         for i, cand in enumerate(candidates):
+            cand.track = folded.get(id(cand.track), cand.track)
+            track = reattach(self.tracker, cand.track, embeddings[i], self.config.matching.track_embed_sim)
+            if track is not cand.track:
+                folded[id(cand.track)] = cand.track = track
             age = None if ages is None else float(ages[i])
             det = cand.prepared.detection
             cand.track.add_face(cand.prepared.quality.score, det.bbox, cand.frame.timestamp, embeddings[i], age)
