@@ -64,6 +64,9 @@ class EventSink:
                 logger.error("outbox unwritable and %d events held: dropped match event %s (%d dropped)",
                              self.max_pending, old.event_id, self.dropped)
             self._drain()
+            if self._pending and self._pending[-1][0] is event:
+                logger.warning("match event %s held in memory (%d held): the outbox cannot be written",
+                               event.event_id, len(self._pending))
 
     def retry(self, force: bool = False) -> None:
         """Write held events if the retry delay has passed (or ``force``)."""
@@ -79,8 +82,6 @@ class EventSink:
             except OutboxError as exc:
                 self._next_retry = time.monotonic() + self.retry_s
                 self._health.degrade("outbox", f"{exc}; match events held in memory until it is writable")
-                logger.warning("match event %s held in memory (%d held): the outbox cannot be written",
-                               event.event_id, len(self._pending))
                 return
             self._pending.popleft()
         self._health.recover("outbox")

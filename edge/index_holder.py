@@ -16,6 +16,8 @@ being loaded (``bench.index_swap`` measures it). Every state change happens unde
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -30,6 +32,30 @@ from namus_edge.index.manifest import MANIFEST_NAME, ModelIdentity
 from namus_edge.index.trust import parse_utc
 
 logger = logging.getLogger(__name__)
+
+
+def release_free_heap() -> None:
+    """Give the heap pages a closed bundle freed back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    A bundle's many small allocations (the FAISS id map, SQLite) are freed into the heap, which
+    glibc does not always shrink; without the trim they stay resident beside the next bundle.
+    """
+    if not _LIBC:
+        _LIBC.append(_load_libc())  # loaded on first use, not at import
+    libc = _LIBC[0]
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+_LIBC: list[ctypes.CDLL | None] = []
 
 
 class IndexHolder:
@@ -109,6 +135,7 @@ class IndexHolder:
                         if bundle in self._retired:
                             self._retired.remove(bundle)
                             bundle.close()
+                            release_free_heap()
 
     def _disk_key(self) -> tuple[str, str] | None:
         try:
@@ -157,6 +184,7 @@ class IndexHolder:
                     self._retired.append(old)  # the last batch using it closes it
                 else:
                     old.close()
+                    release_free_heap()
         logger.info("index %s live (sequence %d, valid until %s, %d faces) from %s", new.version, new.sequence,
                     new.valid_until, new.manifest["counts"]["faces"], key[0])
         if self.expired():

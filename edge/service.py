@@ -126,6 +126,7 @@ class EdgeService:
         self.health = ServiceHealth()
         self.sink: EventSink | None = None
         self._batch_index: SearchIndex | None = None
+        self._processed: dict[str, int] = {}
         self._sync_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
@@ -210,6 +211,8 @@ class EdgeService:
                     self.pipeline.process(batch)
                 finally:
                     self._batch_index = None
+            for f in batch:
+                self._processed[f.camera_id] = self._processed.get(f.camera_id, 0) + 1
         except Exception as exc:  # noqa: BLE001 - the guard: one bad frame or value must not stop every camera
             self.health.batch_failed(exc, (f.camera_id for f in batch))
 
@@ -263,7 +266,8 @@ class EdgeService:
             h = self.health.camera(s.camera_id, s.connected, s.running, s.error)
             states.append(h)
             cams[s.camera_id] = {"state": h.state, "down_s": h.down_s, "fps": round(s.fps, 2),
-                                 "frames": s.frames_read, "dropped": s.dropped, "reconnects": s.reconnects,
+                                 "processed": self._processed.get(s.camera_id, 0), "frames": s.frames_read,
+                                 "dropped": s.dropped, "reconnects": s.reconnects,
                                  "connected": s.connected, "error": s.error}
         self._update_index_health()
         p = getattr(self, "pipeline", None)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,10 +79,11 @@ class Bundle:
         self._index: faiss.Index | None = index
         self._conn = conn
         self._lock = threading.Lock()
-        rows = conn.execute("SELECT face_id, id_formatted, image_key FROM faces").fetchall()
-        self._face_map: dict[int, tuple[str, str]] = {int(r[0]): (r[1], r[2]) for r in rows}
-        per_case = Counter(r[1] for r in rows)
-        self._max_faces_per_case = max(per_case.values(), default=1)
+        # face rows are looked up in SQLite per search (face_id is the rowid) rather than mirrored in a
+        # Python dict: that dict cost ~0.3 KiB per face, resident twice during a swap (bench.index_swap)
+        self._ntotal = int(conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0])
+        self._max_faces_per_case = int(conn.execute(
+            "SELECT COALESCE(MAX(n), 1) FROM (SELECT COUNT(*) AS n FROM faces GROUP BY id_formatted)").fetchone()[0])
 
     @classmethod
     def load(
@@ -135,12 +135,19 @@ class Bundle:
                     raise BundleVerificationError(f"{path / extra[0]}: not listed in {MANIFEST_NAME}")
             files = manifest["files"]
             meta_path = path / META_NAME
-            meta_bytes = bdir.read_checked(META_NAME, files[META_NAME] if verify else None)
+            # the metadata first: its two transient copies (bytes read, SQLite's own) are gone
+            # before the large index is streamed in, so a swap peaks at two bundles, not more
+            conn = sqlite_from_bytes(bdir.read_checked(META_NAME, files[META_NAME] if verify else None), meta_path)
             index_path = path / INDEX_NAME
-            index = bdir.read_index(INDEX_NAME, files[INDEX_NAME] if verify else None)
+            try:
+                index = bdir.read_index(INDEX_NAME, files[INDEX_NAME] if verify else None)
+            except BaseException:
+                conn.close()
+                raise
         model = ModelIdentity.from_dict(manifest["embedding_model"])
         info = manifest["index"]
         if index.d != model.dim or index.ntotal != info.get("ntotal"):
+            conn.close()
             raise BundleError(
                 f"{index_path}: holds {index.ntotal} vectors of dim {index.d}, "
                 f"manifest says {info.get('ntotal')} of dim {model.dim}"
@@ -148,9 +155,8 @@ class Bundle:
         try:
             apply_search_params(index, str(info.get("type")), info.get("params") or {})
         except ValueError as exc:
+            conn.close()
             raise BundleError(f"{index_path}: {exc}") from exc
-        conn = sqlite_from_bytes(meta_bytes, meta_path)
-        del meta_bytes
         try:
             conn.row_factory = sqlite3.Row
             n_faces = conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
@@ -169,7 +175,7 @@ class Bundle:
     @property
     def ntotal(self) -> int:
         """Number of face vectors in the index."""
-        return len(self._face_map)
+        return self._ntotal
 
     @property
     def faiss_index(self) -> faiss.Index:
@@ -214,19 +220,37 @@ class Bundle:
             return [[] for _ in range(len(q))]
         k = min(index.ntotal, top_k * self._max_faces_per_case)
         scores, ids = index.search(q, k)
+        face_map = self._face_rows({int(i) for i in ids.ravel() if i >= 0})
         results: list[list[CaseMatch]] = []
         for row_scores, row_ids in zip(scores, ids, strict=True):
             best: dict[str, CaseMatch] = {}
             for score, fid in zip(row_scores, row_ids, strict=True):
                 if fid < 0:  # fewer results than k (approximate indexes)
                     continue
-                cid, image_key = self._face_map[int(fid)]
+                cid, image_key = face_map[int(fid)]
                 prev = best.get(cid)
                 if prev is None or score > prev.score:
                     best[cid] = CaseMatch(cid, float(score), image_key, int(fid))
             ranked = sorted(best.values(), key=lambda m: (-m.score, case_sort_key(m.id_formatted)))
             results.append(ranked[:top_k])
         return results
+
+    def _face_rows(self, face_ids: set[int]) -> dict[int, tuple[str, str]]:
+        """``face_id -> (id_formatted, image_key)`` for the given ids (rowid lookups)."""
+        out: dict[int, tuple[str, str]] = {}
+        ids = sorted(face_ids)
+        with self._lock:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = self._conn.execute(
+                    f"SELECT face_id, id_formatted, image_key FROM faces WHERE face_id IN ({marks})", chunk
+                ).fetchall()
+                out.update({int(r[0]): (r[1], r[2]) for r in rows})
+        missing = face_ids - out.keys()
+        if missing:
+            raise BundleError(f"{self.path / META_NAME}: no face row for FAISS id(s) {sorted(missing)[:5]}")
+        return out
 
     def case(self, id_formatted: str) -> dict[str, Any] | None:
         """The metadata row of one case (``race`` as a list), or ``None`` when absent."""
