@@ -46,7 +46,7 @@ from tests.edge.test_sources import MjpegServer
 
 REPO = Path(__file__).resolve().parents[2]
 #: Stated bound on RSS growth between warm-up and the end of the soak.
-RSS_GROWTH_MIB = 150
+RSS_GROWTH_MIB = 64
 #: Seconds of undisturbed running between phases, the broker's downtime, the outbox outage.
 STEADY_S = 20
 BROKER_DOWN_S = 10
