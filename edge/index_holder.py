@@ -16,8 +16,6 @@ being loaded (``bench.index_swap`` measures it). Every state change happens unde
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import logging
 import os
@@ -27,35 +25,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from namus_edge.core.errors import BundleError
+from namus_edge.core.memory import release_free_heap
 from namus_edge.index.bundle import Bundle
 from namus_edge.index.manifest import MANIFEST_NAME, ModelIdentity
 from namus_edge.index.trust import parse_utc
 
 logger = logging.getLogger(__name__)
-
-
-def release_free_heap() -> None:
-    """Give the heap pages a closed bundle freed back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
-
-    A bundle's many small allocations (the FAISS id map, SQLite) are freed into the heap, which
-    glibc does not always shrink; without the trim they stay resident beside the next bundle.
-    """
-    if not _LIBC:
-        _LIBC.append(_load_libc())  # loaded on first use, not at import
-    libc = _LIBC[0]
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-def _load_libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-    return libc if hasattr(libc, "malloc_trim") else None
-
-
-_LIBC: list[ctypes.CDLL | None] = []
 
 
 class IndexHolder:

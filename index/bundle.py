@@ -20,6 +20,7 @@ import numpy as np
 
 from namus_edge.core.cases import case_sort_key
 from namus_edge.core.errors import BundleError, BundleVerificationError
+from namus_edge.core.memory import release_free_heap
 from namus_edge.index.bundle_files import BundleDir, sqlite_from_bytes
 from namus_edge.index.bundle_schema import (
     row_to_case,
@@ -138,6 +139,7 @@ class Bundle:
             # the metadata first: its two transient copies (bytes read, SQLite's own) are gone
             # before the large index is streamed in, so a swap peaks at two bundles, not more
             conn = sqlite_from_bytes(bdir.read_checked(META_NAME, files[META_NAME] if verify else None), meta_path)
+            release_free_heap()  # the bytes read are freed: keep that hole from staying resident
             index_path = path / INDEX_NAME
             try:
                 index = bdir.read_index(INDEX_NAME, files[INDEX_NAME] if verify else None)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-#: Two bundles, plus the loader's transient (one 1 MiB read chunk, allocator slack): measured 2.08 at
-#: 30k fp32 faces on the CI box; the tolerance is for that fixed slack on a small bundle.
-MAX_PEAK_RATIO = 2.25
+#: Two bundles (measured 1.99 at 30k fp32 faces on the 2-core CI box); the margin is for allocator
+#: slack on a bundle this small, not for a third bundle (the reference policy measures ~2.9).
+MAX_PEAK_RATIO = 2.15
 
 
 @pytest.mark.slow
