@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import resource
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import cv2
@@ -110,12 +110,15 @@ def test_non_finite_embedding_through_the_pipeline_is_dropped_and_counted(enroll
         pipe = Pipeline(enrolled["config"], analyzer, lambda: bundle, lambda e, c: events.append(e))
         cap = cv2.VideoCapture(str(enrolled["clip"]))
         i = 0
+        frames: list[np.ndarray] = []
+        t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
         with caplog.at_level(logging.WARNING):
             while True:
                 ok, img = cap.read()
                 if not ok:
                     break
-                pipe.process([Frame("door", i, i / 30.0, datetime.now(timezone.utc), img)])
+                frames.append(img)
+                pipe.process([Frame("door", i, i / 30.0, t0 + timedelta(seconds=i), img)])
                 i += 1
         cap.release()
     finally:
@@ -124,6 +127,10 @@ def test_non_finite_embedding_through_the_pipeline_is_dropped_and_counted(enroll
     assert poisoned and pipe.stats.nonfinite_dropped == 1
     assert any("non-finite embedding" in r.getMessage() for r in caplog.records)
     assert [e.case.id_formatted for e in events] == ["MP77"]  # the track went on and matched
+    # every field of the event comes from one frame: the one its timestamp names holds a face at its bbox
+    n = round((datetime.fromisoformat(events[0].timestamp.replace("Z", "+00:00")) - t0).total_seconds())
+    boxes = [d.bbox for d in analyzer.detect(frames[n])]
+    assert any(np.allclose(b, events[0].bbox, atol=1.0) for b in boxes), (events[0].bbox, boxes)
     assert pipe.stats.frames == i == 40
 
 

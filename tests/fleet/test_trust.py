@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -198,3 +200,24 @@ def test_announcement_naming_another_server_is_ignored(make_bundle, keys, device
     before = len(server.requests())
     svc2._on_announce("namus-edge/index/announce", json.dumps({"url": server.url}).encode())
     assert threading.active_count() < 50 and len(server.requests()) == before
+
+
+def test_run_refuses_unsigned_bundles(make_bundle, keys, tmp_path, model_cache):
+    from namus_edge.edge.service import ServiceError
+
+    bundle = tmp_path / "unsigned"
+    shutil.copytree(make_bundle(8, seed=46), bundle)
+    (bundle / "manifest.sig").unlink()
+    base = {"cameras": [{"id": "c", "source": str(tmp_path / "none.avi")}], "index": {"bundle": str(bundle)},
+            "mqtt": {"enabled": False}, "service": {"state_dir": str(tmp_path / "svc")}}
+    # no pinned key: `run` refuses before loading anything
+    with pytest.raises(ServiceError, match=r"sync\.pubkeys is empty"):
+        EdgeService(config_from_mapping(base, "test"))
+    # a pinned key and an unsigned bundle: the real `namus-edge run` process exits 1 and says why
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(json.dumps({**base, "sync": {"pubkeys": [str(keys["operator"][1])]}}))
+    res = subprocess.run([sys.executable, "-m", "namus_edge.cli", "run", "--config", str(cfg)],
+                         env=dict(os.environ, NAMUS_EDGE_MODELS=str(model_cache)), capture_output=True, text=True,
+                         timeout=180, check=False)
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "no loadable index" in res.stderr and "unsigned" in res.stderr
