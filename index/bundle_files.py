@@ -96,7 +96,10 @@ class BundleDir:
             if size > max_bytes:
                 raise BundleVerificationError(f"{self.path / rel}: {size} bytes, over the {max_bytes}-byte limit")
             with os.fdopen(os.dup(fd), "rb") as fh:
-                return fh.read(max_bytes + 1)
+                data = fh.read(size + 1)  # the size read, not the limit: read(n) allocates n bytes up front
+            if len(data) > max_bytes:
+                raise BundleVerificationError(f"{self.path / rel}: grew past the {max_bytes}-byte limit while read")
+            return data
         finally:
             os.close(fd)
 
