@@ -8,6 +8,7 @@ from typing import Any
 
 from namus_edge.core.config import Config
 from namus_edge.core.config_doc import render_reference, render_yaml
+from namus_edge.core.redaction import redact_tree
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -25,7 +26,8 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
 
 
 def _show(args: argparse.Namespace, config: Config) -> int:
-    data: dict[str, Any] = config.model_dump(mode="json")
+    # credentials inside URLs (RTSP cameras, sync) are masked as in the logs
+    data: dict[str, Any] = redact_tree(config.model_dump(mode="json"))
     print(json.dumps(data, indent=2))
     return 0
 

@@ -27,6 +27,7 @@ while holding its own message lock, so the callbacks never take a lock that is h
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import logging
 import queue
@@ -98,6 +99,27 @@ class Topics:
         return announce_topic(self.prefix)
 
 
+def check_password_transport(cfg: MqttConfig, password: str | None) -> None:
+    """Refuse to send a password in clear text over the network.
+
+    Raises:
+        MqttError: a password would go to a non-loopback broker without TLS and
+            ``mqtt.allow_plaintext_password`` is false.
+    """
+    if not password or not cfg.username or cfg.tls.enabled or cfg.allow_plaintext_password:
+        return
+    host = cfg.host.strip("[]").lower()
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise MqttError(
+            f"mqtt: refusing to send the password for {cfg.username!r} to {cfg.host}:{cfg.port} without TLS; "
+            "set mqtt.tls.enabled: true (recommended) or, knowingly, mqtt.allow_plaintext_password: true"
+        )
+
+
 def _check_topic_part(name: str, value: str) -> None:
     if not value or any(c in value for c in "/#+\0"):
         raise MqttError(f"{name}: {value!r} must be non-empty without '/', '#', '+'")
@@ -123,6 +145,7 @@ class MqttPublisher:
 
     def __init__(self, cfg: MqttConfig, device_id: str, outbox: Outbox, password: str | None = None) -> None:
         _check_topic_part("service.device_id", device_id)
+        check_password_transport(cfg, password)
         self._cfg = cfg
         self._outbox = outbox
         self.topics = Topics(cfg.topic_prefix.rstrip("/"), device_id)

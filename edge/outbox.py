@@ -8,6 +8,10 @@ table empties, which is what lets the publisher remember "sent up to seq N".
 
 Only match events (and their crops) belong here; availability and status are retained state
 and are published directly.
+
+Privacy: ``PRAGMA secure_delete`` overwrites a deleted message's bytes (its crop included) in the
+database pages, and once the outbox is empty the WAL is checkpointed and truncated, so an
+acknowledged crop does not linger in free pages or in the write-ahead log.
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ class Outbox(Closing):
             if str(mode).lower() != "wal":
                 logger.warning("Outbox %s: journal_mode is %s, not WAL", self.path, mode)
             self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA secure_delete=ON")
             self._db.execute(_SCHEMA)
             self._count = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
         except sqlite3.Error as exc:
@@ -210,7 +215,16 @@ class Outbox(Closing):
                 self._rollback()
                 raise OutboxError(f"cannot delete from outbox {self.path}: {exc}") from exc
             self._count -= removed
+            if self._count == 0 and removed:
+                self._truncate_wal()
         return removed
+
+    def _truncate_wal(self) -> None:
+        """Checkpoint and empty the WAL (which still holds the deleted messages' old page images)."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            logger.warning("Outbox %s: WAL checkpoint failed (%s); retried at the next empty outbox", self.path, exc)
 
     def __len__(self) -> int:
         """Number of messages waiting."""

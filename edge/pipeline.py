@@ -22,14 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import cv2
 import numpy as np
 
 from namus_edge.core.cases import case_link_for, parse_case_id
 from namus_edge.core.config import Config
+from namus_edge.edge.debug_store import DebugCropStore
 from namus_edge.edge.decision import DecisionEngine, MatchDecision
+from namus_edge.edge.embedding_guard import usable_rows
 from namus_edge.edge.events import CaseRef, EventModels, MatchEvent, ModelRef, utc_timestamp
 from namus_edge.edge.frame_queue import Frame
+from namus_edge.edge.reattach import reattach
 from namus_edge.edge.sources import MaskCache
 from namus_edge.edge.tracker import Tracker
 from namus_edge.index.faces import face_thumbnail
@@ -66,6 +68,7 @@ class StageStats:
     faces: int = 0
     embedded: int = 0
     events: int = 0
+    nonfinite_dropped: int = 0
 
     def add(self, stage: str, seconds: float) -> None:
         """Fold one measurement into the stage's moving average."""
@@ -118,6 +121,9 @@ class Pipeline:
                                      self._case_info)
         self.stats = StageStats()
         self._masks = {c.id: MaskCache(c.mask) for c in config.cameras if c.mask}
+        svc = config.service
+        self._debug = DebugCropStore(Path(svc.debug_save_crops), svc.debug_max_files, svc.debug_retention_h) \
+            if svc.debug_save_crops else None
         self._lock = threading.Lock()
         ids = analyzer.model_identities()
         age = ids.get("age")
@@ -183,6 +189,16 @@ class Pipeline:
         t1 = time.perf_counter()
         ages = self.analyzer.estimate_ages(batch)
         t2 = time.perf_counter()
+        usable = usable_rows(embeddings)
+        if not usable.all():  # e.g. an fp16 overflow: drop those faces, never the batch
+            self.stats.nonfinite_dropped += int((~usable).sum())
+            logger.warning("dropped %d face(s) with a non-finite embedding (%d so far)",
+                           int((~usable).sum()), self.stats.nonfinite_dropped)
+            candidates = [c for c, ok in zip(candidates, usable, strict=True) if ok]
+            embeddings = embeddings[usable]
+            ages = None if ages is None else ages[usable]
+            if not candidates:
+                return 0
         index = self._current_index
         results = index.search(embeddings, top_k=self.config.matching.top_k) if index is not None else [
             [] for _ in candidates]
@@ -192,7 +208,12 @@ class Pipeline:
         self.stats.add("search", t3 - t2)
         self.stats.embedded += len(candidates)
         emitted = 0
+        folded: dict[int, Any] = {}  # id(new track) -> the lost track it continues
         for i, cand in enumerate(candidates):
+            cand.track = folded.get(id(cand.track), cand.track)
+            track = reattach(self.tracker, cand.track, embeddings[i], self.config.matching.track_embed_sim)
+            if track is not cand.track:
+                folded[id(cand.track)] = cand.track = track
             age = None if ages is None else float(ages[i])
             det = cand.prepared.detection
             cand.track.add_face(cand.prepared.quality.score, det.bbox, cand.frame.timestamp, embeddings[i], age)
@@ -218,7 +239,7 @@ class Pipeline:
         case = index.case(d.id_formatted) or {}
         image = cand.frame.image
         h, w = image.shape[:2]
-        box = d.bbox if d.bbox is not None else cand.prepared.detection.bbox
+        box = cand.prepared.detection.bbox  # box, crop, timestamp and debug crop: all from the confirming frame
         x1, y1 = float(np.clip(box[0], 0, w - 2)), float(np.clip(box[1], 0, h - 2))
         x2, y2 = float(np.clip(box[2], x1 + 1, w)), float(np.clip(box[3], y1 + 1, h))
         event = MatchEvent(
@@ -245,17 +266,14 @@ class Pipeline:
             frames=int(d.frames),
         )
         crop = None
-        if self.config.mqtt.face_crop != "off":
+        if self.config.mqtt.face_crop != "off" or self._debug is not None:
             # the matched face, box grown by 20 %, full resolution (only ever for a confirmed match)
             crop = face_thumbnail(image, cand.prepared.detection.bbox, size=max(image.shape[:2]))
         logger.info("match: camera %s track %d -> %s (similarity %.3f over %d frames)", d.camera_id, d.track_id,
                     d.id_formatted, d.similarity, d.frames)
-        debug_dir = self.config.service.debug_save_frames
-        if debug_dir:  # explicit debug option: the frame of a *match* only, never other frames
-            path = Path(debug_dir) / f"{event.event_id}.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(path), image)
-        self._emit(event, crop)
+        if self._debug is not None and crop is not None:  # explicit debug option: the matched face only
+            self._debug.save(event.event_id, crop)
+        self._emit(event, crop if self.config.mqtt.face_crop != "off" else None)
 
 
 def _int_or_none(v: Any) -> int | None:

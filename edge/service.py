@@ -2,12 +2,18 @@
 
 Start-up order: models loaded and warmed up, index loaded, MQTT publisher started, capture
 threads started; then ``READY=1`` is sent to systemd. The inference loop takes frames from
-every camera queue round-robin, processes them in small batches and pings the watchdog only
-when frames are actually processed (a stalled pipeline stops pinging and systemd restarts it).
-A retained status message goes out every ``mqtt.status_interval_s``. The bundle path is polled
-for a new version (and an MQTT index announcement triggers ``index sync`` at once); a new
-bundle is swapped in without stopping the cameras. SIGTERM stops capture, drains what is
-queued within ``service.drain_timeout_s`` and flushes the outbox.
+every camera queue with :class:`~edge.scheduler.FairScheduler` (round-robin, a budget per
+camera), processes them in small batches and feeds the watchdog on every turn of the loop, with
+or without frames: the watchdog watches the loop, not the cameras (a hung inference stops the
+pings and systemd restarts the service; a dead camera does not). A batch that raises is logged,
+counted and dropped; an outbox that cannot be written degrades the service but detection goes
+on (:mod:`edge.event_sink`). Camera outages are reported per camera in the retained status
+message and in ``STATUS=``. When every capture has ended and one of them on an error, ``run``
+exits 1 so that systemd restarts it. A retained status message goes out every
+``mqtt.status_interval_s``. The bundle path is polled for a new version (and an MQTT index
+announcement under ``sync.url`` triggers ``index sync`` at once); a new bundle is swapped in
+without stopping the cameras. SIGTERM stops capture, drains what is queued within
+``service.drain_timeout_s`` and flushes the outbox.
 """
 
 from __future__ import annotations
@@ -25,12 +31,16 @@ from typing import TYPE_CHECKING, Any
 from namus_edge.core.config import Config
 from namus_edge.core.errors import NamusEdgeError
 from namus_edge.core.topics import announce_topic, suppress_topic
+from namus_edge.edge.event_sink import EventSink
 from namus_edge.edge.events import MatchEvent
 from namus_edge.edge.frame_queue import Frame, FrameQueue
+from namus_edge.edge.health import ServiceHealth, status_line
 from namus_edge.edge.index_holder import IndexHolder
-from namus_edge.edge.pipeline import Pipeline
+from namus_edge.edge.pipeline import Pipeline, SearchIndex
+from namus_edge.edge.scheduler import FairScheduler
 from namus_edge.edge.sdnotify import Notifier, ProgressWatchdog, watchdog_interval
 from namus_edge.edge.suppression import Suppressions
+from namus_edge.index.trust import announce_url_allowed
 
 if TYPE_CHECKING:
     from namus_edge.edge.mqtt_publisher import MqttPublisher
@@ -39,6 +49,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BATCH_FRAMES = 4
+#: Frames one camera may put in a batch per round-robin visit.
+PER_CAMERA_FRAMES = 1
 
 
 class ServiceError(NamusEdgeError):
@@ -78,9 +90,18 @@ def _index_holder(config: Config) -> IndexHolder:
 
     if not config.index.bundle:
         raise ServiceError("index.bundle is not set: point it at a bundle directory or <sync.state_dir>/current")
+    if not config.sync.pubkeys:
+        if not config.index.allow_unsigned:
+            raise ServiceError(
+                "sync.pubkeys is empty: refusing to search a bundle whose signature nothing can check; pin the "
+                "operator's public key (sync.pubkeys: [/etc/namus-edge/operator.pub]) or, for development only, "
+                "set index.allow_unsigned: true"
+            )
+        logger.warning("*** index.allow_unsigned is true: bundles are loaded WITHOUT a signature check; anyone who "
+                       "can write %s decides which faces alert. Development only. ***", config.index.bundle)
     faiss.omp_set_num_threads(config.index.search_threads)
     return IndexHolder(Path(config.index.bundle), [Path(p) for p in config.sync.pubkeys],
-                       expected_model_from_config(config))
+                       expected_model_from_config(config), allow_unsigned=config.index.allow_unsigned)
 
 
 class EdgeService:
@@ -103,6 +124,10 @@ class EdgeService:
         self.publisher: Any = None
         self.outbox: Any = None
         self.index = _index_holder(config)
+        self.health = ServiceHealth()
+        self.sink: EventSink | None = None
+        self._batch_index: SearchIndex | None = None
+        self._processed: dict[str, int] = {}
         self._sync_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.suppressions = Suppressions(config.matching.suppress_rejected_s)
@@ -120,7 +145,7 @@ class EdgeService:
         if self.index.get() is None:
             raise ServiceError(f"no loadable index at {self.config.index.bundle}: {self.index.last_error}")
         self._start_mqtt()
-        self.pipeline = Pipeline(self.config, analyzer, self.index.get, self._emit)
+        self.pipeline = Pipeline(self.config, analyzer, lambda: self._batch_index, self._emit)
         self.pipeline.engine.suppressed = self.suppressions.active
         queues: dict[str, FrameQueue] = {}
         captures = []
@@ -143,8 +168,19 @@ class EdgeService:
         try:
             self._loop(queues, watchdog)
         finally:
+            requested = self.stop_event.is_set()
             self.notifier.stopping()
             self._shutdown(queues, captures, watchdog)
+        return 0 if requested else self._exit_code()
+
+    def _exit_code(self) -> int:
+        """After every camera stream ended by itself: 1 when a capture died on an error, 0 when all were files."""
+        dead = [t.stats() for t in self.captures if t.stats().error]
+        if dead:
+            logger.error("every capture has stopped, %d on an error (%s); exiting 1 so that systemd restarts "
+                         "the service", len(dead), "; ".join(f"{s.camera_id}: {s.error}" for s in dead))
+            return 1
+        logger.info("every camera stream has ended")
         return 0
 
     def request_stop(self) -> None:
@@ -158,31 +194,30 @@ class EdgeService:
             signal.signal(sig, lambda *_: self.request_stop())
 
     def _loop(self, queues: dict[str, FrameQueue], watchdog: ProgressWatchdog) -> None:
-        open_queues = dict(queues)
-        while not self.stop_event.is_set() and open_queues:
-            batch = self._collect(open_queues, timeout=0.2)
-            if batch:
-                self.pipeline.process(batch)
-                watchdog.progress()
-
-    def _collect(self, queues: dict[str, FrameQueue], timeout: float) -> list[Frame]:
-        import queue as _queue
-
-        batch: list[Frame] = []
-        for cam_id in list(queues):
-            q = queues[cam_id]
-            try:
-                frame = q.get(timeout=timeout / max(1, len(queues)))
-            except _queue.Empty:
-                continue
-            if frame is None:  # end of stream
+        scheduler = FairScheduler(queues, BATCH_FRAMES, PER_CAMERA_FRAMES)
+        while not self.stop_event.is_set() and scheduler.open_cameras:
+            watchdog.progress()  # the loop turns: alive, whether or not a camera delivers
+            batch, ended = scheduler.collect(timeout=0.2)
+            for cam_id in ended:
                 self.pipeline.finish_camera(cam_id)
-                del queues[cam_id]
-                continue
-            batch.append(frame)
-            if len(batch) >= BATCH_FRAMES:
-                break
-        return batch
+            if batch:
+                self.process_batch(batch)
+            if self.sink is not None:
+                self.sink.retry()
+
+    def process_batch(self, batch: list[Frame]) -> None:
+        """Run one batch against the live index, pinned for the batch; an error drops the batch, never the service."""
+        try:
+            with self.index.lease() as bundle:
+                self._batch_index = bundle
+                try:
+                    self.pipeline.process(batch)
+                finally:
+                    self._batch_index = None
+            for f in batch:
+                self._processed[f.camera_id] = self._processed.get(f.camera_id, 0) + 1
+        except Exception as exc:  # noqa: BLE001 - the guard: one bad frame or value must not stop every camera
+            self.health.batch_failed(exc, (f.camera_id for f in batch))
 
     def _shutdown(self, queues: dict[str, FrameQueue], captures: list[Any], watchdog: ProgressWatchdog) -> None:
         deadline = time.monotonic() + self.config.service.drain_timeout_s
@@ -216,6 +251,7 @@ class EdgeService:
             return
 
         self.publisher, self.outbox = open_publisher(self.config, self.password)
+        self.sink = EventSink(self.publisher.publish_event, self.health)
         if self.config.sync.on_announce:
             self.publisher.subscribe(announce_topic(self.config.mqtt.topic_prefix), self._on_announce)
         if self.config.matching.suppress_rejected_s > 0:
@@ -224,30 +260,51 @@ class EdgeService:
         self.publisher.start()
 
     def _emit(self, event: MatchEvent, crop: bytes | None) -> None:
-        if self.publisher is not None:
-            self.publisher.publish_event(event, crop)
+        if self.sink is not None:
+            self.sink.emit(event, crop)
 
     def status_payload(self) -> dict[str, Any]:
-        """The retained status message: per-camera fps and drops, stage latency, index, uptime."""
+        """The retained status message: per-camera state, fps and drops, health, stage latency, index, uptime."""
         cams = {}
+        states = []
         for t in getattr(self, "captures", []):
             s = t.stats()
-            cams[s.camera_id] = {"fps": round(s.fps, 2), "frames": s.frames_read, "dropped": s.dropped,
-                                 "reconnects": s.reconnects, "connected": s.connected, "error": s.error}
+            h = self.health.camera(s.camera_id, s.connected, s.running, s.error)
+            states.append(h)
+            cams[s.camera_id] = {"state": h.state, "down_s": h.down_s, "fps": round(s.fps, 2),
+                                 "processed": self._processed.get(s.camera_id, 0), "frames": s.frames_read,
+                                 "dropped": s.dropped, "reconnects": s.reconnects,
+                                 "connected": s.connected, "error": s.error}
+        self._update_index_health()
         p = getattr(self, "pipeline", None)
+        health = self.health.snapshot()
+        health["nonfinite_dropped"] = p.stats.nonfinite_dropped if p else 0
+        health["events_held_in_memory"] = self.sink.pending if self.sink is not None else 0
+        self.notifier.status(status_line(states, self.index.version, health["degraded"]))
         return {
             "device_id": self.config.service.device_id,
             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
             "uptime_s": round(time.monotonic() - self.started, 1),
             "index_version": self.index.version,
+            "index_sequence": self.index.sequence,
+            "index_valid_until": self.index.valid_until,
+            "index_expired": self.index.expired(),
             "index_error": self.index.last_error,
             "cameras": cams,
+            "health": health,
             "stage_ms": {k: round(v, 2) for k, v in p.stats.ms.items()} if p else {},
             "frames": p.stats.frames if p else 0,
             "events": p.stats.events if p else 0,
             "outbox": len(self.outbox) if self.outbox is not None else 0,
             "temperature_c": read_temperature_c(),
         }
+
+    def _update_index_health(self) -> None:
+        if self.index.expired():
+            self.health.degrade("index", f"bundle {self.index.version} expired at {self.index.valid_until} "
+                                         "(no newer signed bundle reached this device)")
+        else:
+            self.health.recover("index")
 
     # -- background: status, index reload, sync on announcement ------------------------------------------
 
@@ -265,25 +322,32 @@ class EdgeService:
             return t
 
         self._threads.append(every(self.config.service.index_poll_s, self._reload_index, "index-poll"))
-        if self.publisher is not None:
-            self._publish_status()
-            self._threads.append(every(self.config.mqtt.status_interval_s, self._publish_status, "status"))
+        self._publish_status()
+        self._threads.append(every(self.config.mqtt.status_interval_s, self._publish_status, "status"))
 
     def _reload_index(self) -> None:
         if self.index.refresh():
-            self.notifier.status(f"running: index {self.index.version}")
             self._publish_status()
 
     def _publish_status(self) -> None:
+        payload = self.status_payload()  # also refreshes STATUS=, with or without MQTT
         if self.publisher is not None:
-            self.publisher.publish_status(self.status_payload())
+            self.publisher.publish_status(payload)
 
     def _on_announce(self, topic: str, payload: bytes) -> None:
+        base = self.config.sync.url
         try:
             msg = json.loads(payload)
-            url = str(self.config.sync.url or msg["url"])
-        except (ValueError, KeyError, TypeError):
+            url = str(msg.get("url") or base or "")
+        except (ValueError, TypeError, AttributeError):
             logger.warning("ignored a malformed index announcement on %s", topic)
+            return
+        if not base:
+            logger.warning("ignored an index announcement: sync.url is not set, and a device only fetches "
+                           "bundles from its configured sync.url")
+            return
+        if not announce_url_allowed(url, base):
+            logger.warning("ignored an index announcement naming %r: not under sync.url %s", url, base)
             return
         if msg.get("version") and msg.get("version") == self.index.version:
             return

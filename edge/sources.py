@@ -41,6 +41,7 @@ import numpy as np
 
 from namus_edge.core.config import CameraConfig
 from namus_edge.core.errors import NamusEdgeError
+from namus_edge.core.redaction import redact
 from namus_edge.edge.frame_queue import Frame, FrameQueue
 
 logger = logging.getLogger(__name__)
@@ -70,15 +71,6 @@ class SourceUnsupportedError(SourceError):
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-
-
-def redact(source: str) -> str:
-    """Mask the user-info part of a URL so credentials never reach the logs.
-
-    ``rtsp://admin:secret@10.0.0.5/stream`` becomes ``rtsp://***@10.0.0.5/stream``; strings
-    without ``scheme://user@`` are returned unchanged.
-    """
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@", r"\1***@", source)
 
 
 def resolve_kind(cam: CameraConfig) -> SourceKind:

@@ -1,4 +1,4 @@
-"""Face tracking per camera: IoU association, embedding re-association, stable track ids.
+"""Face tracking per camera: IoU association, stable track ids, folding re-attached tracks.
 
 Each camera has its own tracks and its own id counter (1, 2, 3, ... in creation order; ids are
 never reused while the tracker lives). Per frame, :meth:`Tracker.update`:
@@ -7,11 +7,11 @@ never reused while the tracker lives). Per frame, :meth:`Tracker.update`:
 2. pairs detections with open tracks greedily by IoU, highest first, while IoU >= ``track_iou``
    (greedy rather than Hungarian: with a handful of faces per frame it gives the same pairs in
    practice, needs no scipy, and ties resolve deterministically by order);
-3. pairs detections left over with tracks left over by cosine similarity between the
-   detection's embedding (when the caller passes one) and the track's embedding, highest
-   first, while cosine >= ``track_embed_sim`` - this re-attaches a face after a short
-   occlusion or a jump that broke IoU;
-4. opens a new track for every detection still unpaired.
+3. opens a new track for every detection still unpaired.
+
+Re-attachment after a short occlusion needs the face's embedding, which the pipeline computes
+after tracking: :func:`edge.reattach.reattach` then folds the new track into the lost one with
+:meth:`Tracker.absorb`.
 
 A track keeps the ``faces_per_track`` best faces by quality. The pipeline asks
 :meth:`Track.needs_embedding` before embedding a face (only new or better faces are embedded)
@@ -224,6 +224,20 @@ class Tracker:
         """Close all tracks of a camera (end of stream). Returns them (also queued for :meth:`pop_closed`)."""
         return self._close(camera_id)
 
+    def absorb(self, track: Track, into: Track) -> None:
+        """Fold ``track`` (just opened, never embedded) into the lost track ``into`` of the same camera.
+
+        ``into`` takes the box, last-seen time and hits of ``track``, which disappears without
+        being closed (it never voted). See :mod:`edge.reattach`.
+        """
+        if track.camera_id != into.camera_id or track.faces:
+            raise ValueError(f"cannot fold track {track.track_id} into {into.track_id}")
+        tracks = self._tracks.get(track.camera_id, {})
+        tracks.pop(track.track_id, None)
+        into.bbox = track.bbox.copy()
+        into.last_seen = max(into.last_seen, track.last_seen)
+        into.hits += track.hits
+
     def pop_closed(self) -> list[Track]:
         """Tracks closed since the last call, in closing order (hand them to ``DecisionEngine.end_track``)."""
         closed, self._closed = self._closed, []
@@ -234,7 +248,6 @@ class Tracker:
         camera_id: str,
         detections: list[Detection],
         timestamp: float,
-        embeddings: dict[int, np.ndarray] | None = None,
     ) -> list[TrackedFace]:
         """Assign one frame's detections to tracks.
 
@@ -242,8 +255,6 @@ class Tracker:
             camera_id: the camera the frame came from.
             detections: the frame's detections (boxes in frame pixels).
             timestamp: monotonic capture time of the frame (s).
-            embeddings: optional float (D,) embeddings by detection index, used to re-attach a
-                detection to a track when IoU fails.
 
         Returns:
             One :class:`TrackedFace` per detection, in detection order.
@@ -257,18 +268,6 @@ class Tracker:
             ious = iou_matrix(np.stack([t.bbox for t in candidates]), np.stack([d.bbox for d in detections]))
             for ti, di in _greedy_pairs(ious, max(self.cfg.track_iou, 1e-9)):
                 assigned[di] = (candidates[ti], False)
-
-        if embeddings:
-            free_dets = [i for i in range(len(detections)) if i not in assigned and i in embeddings]
-            used = {id(t) for t, _ in assigned.values()}
-            free_tracks = [t for t in candidates if id(t) not in used and t.embedding is not None]
-            if free_dets and free_tracks:
-                det_emb = np.stack([_unit(embeddings[i]) for i in free_dets])
-                trk_emb = np.stack([t.embedding for t in free_tracks if t.embedding is not None])
-                if det_emb.shape[1] == trk_emb.shape[1]:
-                    sims = trk_emb @ det_emb.T
-                    for ti, di in _greedy_pairs(sims, self.cfg.track_embed_sim):
-                        assigned[free_dets[di]] = (free_tracks[ti], True)
 
         out: list[TrackedFace] = []
         for i, det in enumerate(detections):

@@ -245,7 +245,8 @@ def build_bundle(
                      "input_size": list(analyzer.detector.input_size), "pad_retry": config.detection.pad_retry}
     writer = BundleWriter(out, model, detector_info, flat_max=config.index.flat_max, flat_fp16=config.index.flat_fp16,
                           source_snapshot=scan.snapshot_time.isoformat() if scan.snapshot_time else None,
-                          base_version=old.version if old is not None else None)
+                          base_version=old.version if old is not None else None,
+                          valid_days=config.index.valid_days)
     new_faces: dict[str, tuple[str, str]] = {}
     cases_with_face: set[str] = set()
     pending: list[tuple[_Photo, Any, Any]] = []

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ import numpy as np
 from namus_edge.core.cases import case_sort_key
 from namus_edge.core.closing import Closing
 from namus_edge.core.errors import BundleError, BundleVerificationError
+from namus_edge.core.memory import release_free_heap
+from namus_edge.index.bundle_files import BundleDir, sqlite_from_bytes
 from namus_edge.index.bundle_schema import (
     row_to_case,
     row_to_face,
@@ -29,13 +30,17 @@ from namus_edge.index.faiss_index import apply_search_params
 from namus_edge.index.manifest import (
     EMBEDDINGS_NAME,
     INDEX_NAME,
+    MANIFEST_NAME,
     META_NAME,
+    SIGNATURE_NAME,
     ModelIdentity,
     check_file,
     check_model,
-    read_manifest,
-    verify_bundle,
+    parse_manifest,
+    unlisted_files,
 )
+from namus_edge.index.signing import verify_signature
+from namus_edge.index.trust import manifest_sequence
 
 logger = logging.getLogger(__name__)
 
@@ -68,15 +73,18 @@ class Bundle(Closing):
         self.path = path
         self.manifest = manifest
         self.version: str = manifest["bundle_version"]
+        self.sequence: int = manifest_sequence(manifest)
+        self.valid_until: str = str(manifest["valid_until"])
         self.model = ModelIdentity.from_dict(manifest["embedding_model"])
         self.dim: int = self.model.dim
         self._index: faiss.Index | None = index
         self._conn = conn
         self._lock = threading.Lock()
-        rows = conn.execute("SELECT face_id, id_formatted, image_key FROM faces").fetchall()
-        self._face_map: dict[int, tuple[str, str]] = {int(r[0]): (r[1], r[2]) for r in rows}
-        per_case = Counter(r[1] for r in rows)
-        self._max_faces_per_case = max(per_case.values(), default=1)
+        # face rows are looked up in SQLite per search (face_id is the rowid) rather than mirrored in a
+        # Python dict: that dict cost ~0.3 KiB per face, resident twice during a swap (bench.index_swap)
+        self._ntotal = int(conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0])
+        self._max_faces_per_case = int(conn.execute(
+            "SELECT COALESCE(MAX(n), 1) FROM (SELECT COUNT(*) AS n FROM faces GROUP BY id_formatted)").fetchone()[0])
 
     @classmethod
     def load(
@@ -86,7 +94,12 @@ class Bundle(Closing):
         expected_model: ModelIdentity | None = None,
         verify: bool = True,
     ) -> Bundle:
-        """Verify and open a bundle.
+        """Verify and open a bundle, using exactly the bytes that were verified.
+
+        Every file is opened once, without following symlinks (:mod:`index.bundle_files`): the
+        manifest and signature are checked from the bytes read, the SQLite metadata is hashed and
+        then opened from those same bytes (in memory), and the FAISS index is hashed while FAISS
+        parses it. Swapping a file on disk after its check cannot change what is searched.
 
         Args:
             path: bundle directory.
@@ -96,24 +109,47 @@ class Bundle(Closing):
                 Operator files are not needed; :meth:`embeddings` checks its file when used.
 
         Raises:
-            BundleVerificationError: see :func:`index.manifest.verify_bundle`.
+            BundleVerificationError: a bad signature, model, size or hash, an unlisted file, a symlink.
             BundleError: the index or database cannot be opened or disagree with the manifest.
         """
         path = Path(path)
-        if verify:
-            manifest = verify_bundle(path, pubkeys, expected_model, include_operator_files=False)
-        else:
-            manifest, _ = read_manifest(path)
+        with BundleDir(path) as bdir:
+            bdir.refuse_symlinks()
+            raw = bdir.read_bytes(MANIFEST_NAME, max_bytes=64 << 20)
+            manifest = parse_manifest(raw, str(path / MANIFEST_NAME))
+            if verify and pubkeys is not None:
+                sig_path = path / SIGNATURE_NAME
+                try:
+                    signature = bdir.read_bytes(SIGNATURE_NAME, max_bytes=4096)
+                except BundleVerificationError as exc:
+                    raise BundleVerificationError(f"{sig_path}: missing (the bundle is unsigned)") from exc
+                try:
+                    verify_signature(raw, signature, pubkeys)
+                except BundleVerificationError as exc:
+                    raise BundleVerificationError(f"{sig_path}: {exc}") from exc
             if expected_model is not None:
                 check_model(manifest, expected_model)
+            if verify:
+                listed = {MANIFEST_NAME, SIGNATURE_NAME, *manifest["files"], *manifest["operator_files"]}
+                extra = unlisted_files(path, listed)
+                if extra:
+                    raise BundleVerificationError(f"{path / extra[0]}: not listed in {MANIFEST_NAME}")
+            files = manifest["files"]
+            meta_path = path / META_NAME
+            # the metadata first: its two transient copies (bytes read, SQLite's own) are gone
+            # before the large index is streamed in, so a swap peaks at two bundles, not more
+            conn = sqlite_from_bytes(bdir.read_checked(META_NAME, files[META_NAME] if verify else None), meta_path)
+            release_free_heap()  # the bytes read are freed: keep that hole from staying resident
+            index_path = path / INDEX_NAME
+            try:
+                index = bdir.read_index(INDEX_NAME, files[INDEX_NAME] if verify else None)
+            except BaseException:
+                conn.close()
+                raise
         model = ModelIdentity.from_dict(manifest["embedding_model"])
         info = manifest["index"]
-        index_path = path / INDEX_NAME
-        try:
-            index = faiss.read_index(str(index_path))
-        except RuntimeError as exc:
-            raise BundleError(f"{index_path}: cannot be read by FAISS ({str(exc).splitlines()[0]})") from exc
         if index.d != model.dim or index.ntotal != info.get("ntotal"):
+            conn.close()
             raise BundleError(
                 f"{index_path}: holds {index.ntotal} vectors of dim {index.d}, "
                 f"manifest says {info.get('ntotal')} of dim {model.dim}"
@@ -121,15 +157,8 @@ class Bundle(Closing):
         try:
             apply_search_params(index, str(info.get("type")), info.get("params") or {})
         except ValueError as exc:
+            conn.close()
             raise BundleError(f"{index_path}: {exc}") from exc
-        meta_path = path / META_NAME
-        try:
-            # immutable=1: a bundle never changes once written, so sqlite needs no locks (read-only media).
-            conn = sqlite3.connect(
-                f"{meta_path.resolve().as_uri()}?mode=ro&immutable=1", uri=True, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise BundleError(f"{meta_path}: cannot be opened ({exc})") from exc
         try:
             conn.row_factory = sqlite3.Row
             n_faces = conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
@@ -148,7 +177,7 @@ class Bundle(Closing):
     @property
     def ntotal(self) -> int:
         """Number of face vectors in the index."""
-        return len(self._face_map)
+        return self._ntotal
 
     @property
     def faiss_index(self) -> faiss.Index:
@@ -193,19 +222,37 @@ class Bundle(Closing):
             return [[] for _ in range(len(q))]
         k = min(index.ntotal, top_k * self._max_faces_per_case)
         scores, ids = index.search(q, k)
+        face_map = self._face_rows({int(i) for i in ids.ravel() if i >= 0})
         results: list[list[CaseMatch]] = []
         for row_scores, row_ids in zip(scores, ids, strict=True):
             best: dict[str, CaseMatch] = {}
             for score, fid in zip(row_scores, row_ids, strict=True):
                 if fid < 0:  # fewer results than k (approximate indexes)
                     continue
-                cid, image_key = self._face_map[int(fid)]
+                cid, image_key = face_map[int(fid)]
                 prev = best.get(cid)
                 if prev is None or score > prev.score:
                     best[cid] = CaseMatch(cid, float(score), image_key, int(fid))
             ranked = sorted(best.values(), key=lambda m: (-m.score, case_sort_key(m.id_formatted)))
             results.append(ranked[:top_k])
         return results
+
+    def _face_rows(self, face_ids: set[int]) -> dict[int, tuple[str, str]]:
+        """``face_id -> (id_formatted, image_key)`` for the given ids (rowid lookups)."""
+        out: dict[int, tuple[str, str]] = {}
+        ids = sorted(face_ids)
+        with self._lock:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = self._conn.execute(
+                    f"SELECT face_id, id_formatted, image_key FROM faces WHERE face_id IN ({marks})", chunk
+                ).fetchall()
+                out.update({int(r[0]): (r[1], r[2]) for r in rows})
+        missing = face_ids - out.keys()
+        if missing:
+            raise BundleError(f"{self.path / META_NAME}: no face row for FAISS id(s) {sorted(missing)[:5]}")
+        return out
 
     def case(self, id_formatted: str) -> dict[str, Any] | None:
         """The metadata row of one case (``race`` as a list), or ``None`` when absent."""

@@ -16,9 +16,10 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,8 @@ class BundleWriter(Closing):
         source_snapshot: str | None = None,
         base_version: str | None = None,
         overwrite: bool = False,
+        sequence: int | None = None,
+        valid_days: float = 30.0,
     ) -> None:
         """Start a bundle.
 
@@ -95,6 +98,9 @@ class BundleWriter(Closing):
             source_snapshot: where the case data came from (e.g. a scrape date or file).
             base_version: bundle version this one was built incrementally on.
             overwrite: replace an existing ``out_dir`` (swapped only once the new bundle is complete).
+            sequence: the signed, monotonic ``sequence`` (default: Unix time in milliseconds at
+                :meth:`finish`; devices refuse a bundle with a lower sequence than the live one).
+            valid_days: the signed ``valid_until`` is ``created`` plus this many days.
 
         Raises:
             BundleError: ``out_dir`` exists and ``overwrite`` is false.
@@ -109,6 +115,12 @@ class BundleWriter(Closing):
         self.source_snapshot = source_snapshot
         self.base_version = base_version
         self.overwrite = overwrite
+        if sequence is not None and (isinstance(sequence, bool) or sequence < 0):
+            raise ValueError(f"sequence must be a non-negative integer, got {sequence!r}")
+        if not valid_days > 0:
+            raise ValueError(f"valid_days must be > 0, got {valid_days!r}")
+        self.sequence = sequence
+        self.valid_days = float(valid_days)
         self._check_out_dir()
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         self._tmp: Path | None = Path(
@@ -338,11 +350,15 @@ class BundleWriter(Closing):
             )
         ).hexdigest()
         now = datetime.now(timezone.utc).replace(microsecond=0)
+        sequence = self.sequence if self.sequence is not None else time.time_ns() // 1_000_000
+        valid_until = now + timedelta(days=self.valid_days)
         manifest: dict[str, Any] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "bundle_version": f"{now:%Y%m%dT%H%M%SZ}-{content[:8]}",
             "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "sequence": int(sequence),
+            "valid_until": valid_until.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "source_snapshot": self.source_snapshot,
             "base_version": self.base_version,
             "counts": {

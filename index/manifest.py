@@ -11,6 +11,8 @@ A bundle is a directory::
     diff.json       operator file: cases added / removed / changed against the base bundle
     thumbs/<image_key>.jpg   operator files: face thumbnails
 
+``sequence`` (an integer that grows with every build) and ``valid_until`` (ISO-8601 UTC) are
+signed with the rest; :mod:`namus_edge.index.trust` refuses rollbacks and reports expiry.
 ``files`` in the manifest lists the device files, ``operator_files`` the others; each entry is
 ``{"sha256": hex, "size": bytes}``. The signature covers the whole manifest, so a publisher can
 drop the operator files and a device still verifies what it received
@@ -24,6 +26,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -55,6 +58,8 @@ _REQUIRED_KEYS = (
     "format_version",
     "bundle_version",
     "created",
+    "sequence",
+    "valid_until",
     "counts",
     "embedding_model",
     "detector",
@@ -175,6 +180,17 @@ def parse_manifest(raw: bytes, source: str = MANIFEST_NAME) -> dict[str, Any]:
     for name in DEVICE_FILES:
         if name not in manifest["files"]:
             raise BundleVerificationError(f"{source}: files does not list {name}")
+    seq = manifest["sequence"]
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise BundleVerificationError(f"{source}: sequence must be a non-negative integer, got {seq!r}")
+    until = manifest["valid_until"]
+    try:
+        if not isinstance(until, str):
+            raise ValueError("not a string")
+        if datetime.fromisoformat(until.replace("Z", "+00:00")).tzinfo is None:
+            raise ValueError("no timezone")
+    except ValueError as exc:
+        raise BundleVerificationError(f"{source}: valid_until must be ISO-8601 UTC, got {until!r} ({exc})") from exc
     return manifest
 
 
@@ -221,6 +237,8 @@ def check_file(bundle_dir: Path, rel: str, entry: Mapping[str, Any]) -> None:
         BundleVerificationError: naming the file and what is wrong.
     """
     path = bundle_dir / rel
+    if path.is_symlink():
+        raise BundleVerificationError(f"{path}: a symlink; bundles must hold plain files only")
     if not path.is_file():
         raise BundleVerificationError(f"{path}: missing (listed in {MANIFEST_NAME})")
     size = path.stat().st_size
@@ -231,7 +249,7 @@ def check_file(bundle_dir: Path, rel: str, entry: Mapping[str, Any]) -> None:
         raise BundleVerificationError(f"{path}: sha256 {digest[:16]}… does not match manifest {entry['sha256'][:16]}…")
 
 
-def _unlisted_files(bundle_dir: Path, listed: set[str]) -> list[str]:
+def unlisted_files(bundle_dir: Path, listed: set[str]) -> list[str]:
     """Relative paths of files in the bundle that the manifest does not list (operator dirs excepted)."""
     extra = []
     for root, dirs, names in os.walk(bundle_dir):
@@ -239,6 +257,9 @@ def _unlisted_files(bundle_dir: Path, listed: set[str]) -> list[str]:
         if rel_root.parts and rel_root.parts[0] in OPERATOR_DIRS:
             dirs.clear()
             continue
+        for name in [*names, *dirs]:
+            if os.path.islink(os.path.join(root, name)):
+                raise BundleVerificationError(f"{Path(root, name)}: a symlink; bundles must hold plain files only")
         for name in names:
             rel = (rel_root / name).as_posix()
             if rel not in listed:
@@ -291,7 +312,7 @@ def verify_bundle(
         for rel in sorted(manifest["operator_files"]):
             check_file(bundle_dir, rel, manifest["operator_files"][rel])
     listed = {MANIFEST_NAME, SIGNATURE_NAME, *manifest["files"], *manifest["operator_files"]}
-    extra = _unlisted_files(bundle_dir, listed)
+    extra = unlisted_files(bundle_dir, listed)
     if extra:
         raise BundleVerificationError(f"{bundle_dir / extra[0]}: not listed in {MANIFEST_NAME}")
     return manifest

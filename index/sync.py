@@ -14,7 +14,8 @@ any instant leaves ``current`` pointing at a complete, verified bundle:
 
 1. fetch ``latest.json`` (small, size-capped); nothing to do when ``current`` already holds it;
 2. download ``manifest.json`` and ``manifest.sig`` first and check, before any large download,
-   the signature against the pinned keys, the embedding model and the total size against
+   the signature against the pinned keys, the signed ``sequence`` (never lower than the live
+   bundle's: no rollback) and ``valid_until`` (not expired), the embedding model and the total size against
    ``max_bytes`` and the free disk space; the list of files to fetch comes from the signed
    manifest, never from the unsigned ``latest.json``;
 3. download every device file into ``tmp/<v>.partial/`` (resuming from partial sizes), capped at
@@ -55,10 +56,12 @@ from namus_edge.index.manifest import (
     check_model,
     check_relpath,
     parse_manifest,
+    read_manifest,
     verify_bundle,
 )
 from namus_edge.index.publish import check_version, latest_url, parse_latest
 from namus_edge.index.signing import verify_signature
+from namus_edge.index.trust import check_not_expired, check_not_older, manifest_sequence
 from namus_edge.models.registry import get_spec
 
 logger = logging.getLogger(__name__)
@@ -333,6 +336,25 @@ def _reject(state_dir: Path, version: str, manifest_sha256: str, reason: str) ->
     write_atomic(state_dir / REJECTED_NAME, json.dumps(data, sort_keys=True, indent=2).encode("utf-8"))
 
 
+def live_sequence(state_dir: Path) -> int | None:
+    """The signed ``sequence`` of the bundle ``current`` points at (None when none is installed or readable)."""
+    try:
+        manifest, _ = read_manifest(Path(state_dir) / CURRENT_NAME)
+    except BundleError:
+        return None
+    return manifest_sequence(manifest)
+
+
+def check_fresh(manifest: Mapping[str, Any], state_dir: Path, where: str) -> None:
+    """Refuse a signed manifest older than the live bundle (rollback) or already expired.
+
+    Raises:
+        BundleVerificationError: naming the sequences or the expiry time.
+    """
+    check_not_older(manifest, live_sequence(state_dir), where)
+    check_not_expired(manifest, where)
+
+
 def default_load_check(pubkeys: Sequence[Path], expected_model: ModelIdentity) -> Callable[[Path], object]:
     """The load check used after switching: open the bundle through ``current`` with ``Bundle.load``."""
 
@@ -447,6 +469,8 @@ def _sync_locked(
             except BundleError as exc:
                 logger.warning("%s does not verify (%s); downloading it again", final, exc)
                 _remove_dir(state_dir, final)
+        if final.is_dir():
+            check_fresh(read_manifest(final)[0], state_dir, str(final))
         if not final.is_dir():
             received = _download(latest, base, partial, pubkeys, expected_model, timeout_s, max_bytes, state_dir)
             verify_bundle(partial, pubkeys, expected_model, include_operator_files=False)
@@ -516,6 +540,7 @@ def _download(
             f"latest.json offers version {latest['version']} but its signed manifest is {manifest['bundle_version']}"
         )
     check_model(manifest, expected_model)
+    check_fresh(manifest, state_dir, f"{base}{MANIFEST_NAME}")
     device_files: dict[str, Any] = manifest["files"]
     total = sum(int(e["size"]) for e in device_files.values()) + files[MANIFEST_NAME]["size"]
     if total > max_bytes:

@@ -219,6 +219,7 @@ def run_demo(config: Config, *, photos: Sequence[Path] = (), models_from: str | 
               "images": image_entries}
     (out / "MissingPersons.json").write_text(json.dumps([record]), encoding="utf-8")
     key_path = tmp / "demo-operator.key"
+    pub_path = key_path.with_name(key_path.name + ".pub")
     if not key_path.exists():
         generate_keypair(key_path)
     bundle = tmp / "bundle"
@@ -255,6 +256,7 @@ def run_demo(config: Config, *, photos: Sequence[Path] = (), models_from: str | 
     try:
         data = config.model_dump(mode="json")
         data["index"]["bundle"] = str(bundle)
+        data["sync"]["pubkeys"] = [str(pub_path)]  # fail closed, as on a device: the demo key is pinned
         data["mqtt"].update(host="127.0.0.1", port=broker.port, outbox_path=str(tmp / "outbox.sqlite3"))
         data["service"]["state_dir"] = str(tmp)
         demo_cfg = config_from_mapping(data, "demo")

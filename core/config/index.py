@@ -31,6 +31,14 @@ class IndexConfig(StrictModel):
     """Building and searching the NamUs bundle."""
 
     bundle: str | None = Field(None, description="Bundle directory the edge searches (e.g. <state>/index/current).")
+    allow_unsigned: bool = Field(
+        False, description="Development only: let `run` and `scan` search a bundle without a signature check when "
+        "sync.pubkeys is empty (a loud warning is logged). Never in production."
+    )
+    valid_days: float = Field(
+        30.0, gt=0, le=3650, description="`index build`: the signed valid_until is the build time plus this many "
+        "days; devices report an expired bundle and sync refuses to install one."
+    )
     case_sets: list[CaseSetCode] = Field(default_factory=lambda: list(CASE_SETS))
     categories: list[str] = Field(
         default_factory=lambda: ["FacialCaseId", "ActualPhoto", "AgeProgression", "Composite", "ArtistRendering"],

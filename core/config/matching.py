@@ -81,6 +81,9 @@ class MatchingConfig(StrictModel):
     )
     track_max_age_s: float = Field(2.0, gt=0, description="A track unseen this long is closed.")
     track_iou: float = Field(0.3, ge=0, le=1, description="Minimum IoU to continue a track.")
-    track_embed_sim: float = Field(0.3, ge=-1, le=1, description="Minimum cosine to re-associate by embedding.")
+    track_embed_sim: float = Field(
+        0.5, ge=-1, le=1, description="Minimum cosine to re-attach a new track to a track lost within "
+        "track_max_age_s (a short occlusion); above the match threshold, since a wrong re-attachment mixes votes."
+    )
     faces_per_track: int = Field(5, ge=1, le=100, description="Best-quality faces kept per track for voting.")
     age_check: AgeCheckConfig = Field(default_factory=AgeCheckConfig)

@@ -38,6 +38,10 @@ class MqttConfig(StrictModel):
         None, description="File holding the password (e.g. $CREDENTIALS_DIRECTORY/mqtt-password)."
     )
     password_env: str | None = Field("NAMUS_EDGE_MQTT_PASSWORD", description="Environment variable with the password.")
+    allow_plaintext_password: bool = Field(
+        False, description="Send the MQTT password without TLS to a broker that is not on this machine. Refused "
+        "by default: anyone on the network path could read it. A loopback broker (localhost) is always allowed."
+    )
     keepalive_s: int = Field(30, ge=5, le=3600)
     tls: TlsConfig = Field(default_factory=TlsConfig)
     status_interval_s: float = Field(30.0, gt=0, description="Period of the retained status message.")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from datetime import date
 
 import cv2
@@ -61,7 +63,7 @@ def test_enrolled_person_gives_one_event_on_mqtt_and_jsonl(world, tmp_path, mosq
         try:
             rc = main(["scan", "--source", str(clip), "--events", str(events_path), "--mqtt",
                        *_sets(world, tmp_path, "--set", f"mqtt.port={mosquitto.port}", "--set", "mqtt.host=127.0.0.1",
-                              "--set", f"service.debug_save_frames={tmp_path / 'debug'}")])
+                              "--set", f"service.debug_save_crops={tmp_path / 'debug'}")])
             assert faiss.omp_get_max_threads() == 1  # index.search_threads, default 1
         finally:
             faiss.omp_set_num_threads(threads)
@@ -75,8 +77,11 @@ def test_enrolled_person_gives_one_event_on_mqtt_and_jsonl(world, tmp_path, mosq
     assert e["schema_version"] == 1 and e["review_required"] is True
     assert e["similarity"] >= match_threshold(load_config()) and e["frames"] >= 3
     assert [m["event_id"] for m in mqtt_events] == [e["event_id"]]
-    # the explicit debug option saves the frame of the match, and nothing else
-    assert [p.name for p in (tmp_path / "debug").iterdir()] == [f"{e['event_id']}.jpg"]
+    # the explicit debug option saves the matched face crop (smaller than the frame), and nothing else
+    saved = list((tmp_path / "debug").iterdir())
+    assert [p.name for p in saved] == [f"{e['event_id']}.jpg"]
+    crop = cv2.imread(str(saved[0]))
+    assert crop.shape[0] * crop.shape[1] < 0.5 * 1280 * 720
 
 
 def test_unenrolled_people_and_real_videos_give_no_event(world, tmp_path, data_dir, model_cache, monkeypatch, capsys):
@@ -97,9 +102,33 @@ def test_unenrolled_people_and_real_videos_give_no_event(world, tmp_path, data_d
         assert person.split(":")[1] not in out.out + out.err
 
 
-def test_scan_without_index_is_a_clear_error(tmp_path, capsys, model_cache, monkeypatch, data_dir):
+def test_scan_without_index_is_a_clear_error(world, tmp_path, capsys, model_cache, monkeypatch, data_dir):
     monkeypatch.setenv("NAMUS_EDGE_MODELS", str(model_cache))
     rc = main(["scan", "--source", str(data_dir / "video" / "faceapi_bbt_5frames.mp4"),
-               "--set", f"index.bundle={tmp_path / 'none'}"])
+               "--set", f"index.bundle={tmp_path / 'none'}", "--set", f"sync.pubkeys=[{world['pub']}]"])
     assert rc == 1
     assert "no loadable index" in capsys.readouterr().err
+
+
+def test_scan_fails_closed_on_unsigned_or_unverifiable_bundles(world, tmp_path, capsys, caplog, model_cache,
+                                                               monkeypatch, data_dir):
+    monkeypatch.setenv("NAMUS_EDGE_MODELS", str(model_cache))
+    clip = ["scan", "--source", str(data_dir / "video" / "faceapi_bbt_5frames.mp4")]
+    # no pinned key: refused before anything is loaded
+    assert main([*clip, "--set", f"index.bundle={world['bundle']}"]) == 1
+    assert "sync.pubkeys is empty" in capsys.readouterr().err
+    # a key is pinned but the bundle's signature is gone: refused
+    unsigned = tmp_path / "unsigned"
+    shutil.copytree(world["bundle"], unsigned)
+    (unsigned / "manifest.sig").unlink()
+    assert main([*clip, "--set", f"index.bundle={unsigned}", "--set", f"sync.pubkeys=[{world['pub']}]"]) == 1
+    assert "unsigned" in capsys.readouterr().err
+    # signed by another key than the pinned one: refused
+    _, rogue = generate_keypair(tmp_path / "rogue.key")
+    assert main([*clip, "--set", f"index.bundle={world['bundle']}", "--set", f"sync.pubkeys=[{rogue}]"]) == 1
+    assert "no loadable index" in capsys.readouterr().err
+    # development only: index.allow_unsigned loads it, loudly
+    with caplog.at_level(logging.WARNING):
+        assert main([*clip, "--set", f"index.bundle={unsigned}", "--set", "index.allow_unsigned=true",
+                     "--set", f"service.state_dir={tmp_path}"]) == 0
+    assert any("WITHOUT a signature check" in r.getMessage() for r in caplog.records)

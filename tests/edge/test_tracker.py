@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from namus_edge.core.config import MatchingConfig
+from namus_edge.edge.reattach import reattach
 from namus_edge.edge.tracker import Tracker, iou_matrix
 from namus_edge.models.face import Detection
 
@@ -124,18 +125,30 @@ def test_embedding_reattaches_after_occlusion_when_iou_fails():
     first = tr.update("c", [det(0, 0, 50, 50)], 0.0)[0]
     assert first.track.add_face(0.8, first.detection.bbox, 0.0, person)
     tr.update("c", [], 0.5)  # occluded
-    # reappears far away (IoU 0) together with a stranger
-    out = tr.update("c", [det(400, 0, 450, 50), det(200, 200, 250, 250)], 1.0, {0: near(person, 5), 1: stranger})
-    assert out[0].track_id == 1 and out[0].reattached and not out[0].new
-    assert out[1].track_id == 2 and out[1].new
+    # reappears far away (IoU 0) together with a stranger: IoU opens two tracks
+    out = tr.update("c", [det(400, 0, 450, 50), det(200, 200, 250, 250)], 1.0)
+    assert [o.track_id for o in out] == [2, 3] and all(o.new for o in out)
+    # once embedded, the reappearing face is folded back into track 1; the stranger is not
+    back = reattach(tr, out[0].track, near(person, 5), 0.5)
+    assert back is first.track and back.track_id == 1 and back.hits == 2 and back.last_seen == 1.0
+    assert list(back.bbox) == [400, 0, 450, 50]
+    assert reattach(tr, out[1].track, stranger, 0.5) is out[1].track
+    assert [t.track_id for t in tr.tracks("c")] == [1, 3]
+    assert tr.pop_closed() == []  # folded, not closed: it never voted
+    # the next frame continues track 1 by IoU at its new place
+    assert tr.update("c", [det(402, 0, 452, 50)], 1.1)[0].track_id == 1
 
 
-def test_embedding_below_threshold_opens_a_new_track():
+def test_embedding_below_threshold_or_a_track_still_visible_is_not_reattached():
     tr = Tracker(cfg(track_embed_sim=0.5))
     first = tr.update("c", [det(0, 0, 50, 50)], 0.0)[0]
     first.track.add_face(0.8, first.detection.bbox, 0.0, unit(1))
-    out = tr.update("c", [det(400, 0, 450, 50)], 0.5, {0: unit(2)})  # a different person
-    assert out[0].track_id == 2 and out[0].new and not out[0].reattached
+    out = tr.update("c", [det(400, 0, 450, 50)], 0.5)[0]
+    assert reattach(tr, out.track, unit(2), 0.5) is out.track  # a different person
+    both = tr.update("c", [det(0, 0, 50, 50), det(200, 0, 250, 50)], 0.6)
+    assert [b.track_id for b in both] == [1, 3]
+    # the same person twice in one frame (a photo on a wall): track 1 is visible now, no folding
+    assert reattach(tr, both[1].track, unit(1), 0.5) is both[1].track
 
 
 def test_without_embeddings_a_jump_opens_a_new_track():

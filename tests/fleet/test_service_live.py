@@ -1,5 +1,6 @@
 """`namus-edge run` as a real process: sd_notify READY and watchdog, status topic, a published and
-announced bundle going live without a restart, a stalled pipeline, SIGTERM."""
+announced bundle going live without a restart, a camera outage reported (not restarted), SIGTERM,
+and exit 1 when every capture is dead."""
 
 from __future__ import annotations
 
@@ -110,12 +111,23 @@ def test_run_service_live_update_watchdog_and_sigterm(tmp_path, make_bundle, key
         assert os.path.realpath(state / "current").endswith(r2.version)
         assert proc.poll() is None  # same process
 
-        # the camera disappears: no frames, no progress, so the watchdog pings stop
+        # the camera disappears: the loop still turns, so the watchdog is still fed (no restart), and the
+        # outage is reported per camera in the retained status and in STATUS=
         cam.stop()
-        notify.pump(2.5)  # > watchdog_stall_s (read, so queued pings get their real time)
+        assert sub.wait_for(lambda m: ((_status(sub) or {}).get("cameras", {}).get("cam1") or {}).get("state")
+                            == "down", timeout=20)
+        notify.pump(2.5)  # > watchdog_stall_s
         t1 = time.monotonic()
         notify.pump(2.5)
-        assert notify.count("WATCHDOG=1", t1) == 0
+        assert notify.count("WATCHDOG=1", t1) >= 2
+        assert any(m.startswith("STATUS=running: 0/1 camera(s) live (cam1 down") for _, m in notify.messages)
+        assert proc.poll() is None
+        # it comes back: reconnected and live again, same process
+        cam.start()
+        assert sub.wait_for(lambda m: ((_status(sub) or {}).get("cameras", {}).get("cam1") or {}).get("state")
+                            == "live", timeout=30)
+        status = _status(sub)
+        assert status["cameras"]["cam1"]["reconnects"] >= 1 and status["health"]["batch_errors"] == 0
 
         # SIGTERM: drains, flushes, says offline, exits 0 within the bound
         t2 = time.monotonic()
@@ -132,3 +144,24 @@ def test_run_service_live_update_watchdog_and_sigterm(tmp_path, make_bundle, key
         sub.stop()
         notify.close()
         cam.stop()
+
+
+@pytest.mark.slow
+def test_run_exits_1_when_every_capture_is_dead(tmp_path, make_bundle, keys, model_cache):
+    _, pub = keys["operator"]
+    cfg = {
+        "cameras": [{"id": "gone", "source": str(tmp_path / "missing.mp4")},
+                    {"id": "broken", "source": str(tmp_path / "broken.mp4")}],
+        "index": {"bundle": str(make_bundle(8, seed=13))},
+        "sync": {"pubkeys": [str(pub)]},
+        "mqtt": {"enabled": False},
+        "service": {"state_dir": str(tmp_path / "svc")},
+    }
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, NAMUS_EDGE_MODELS=str(model_cache))
+    res = subprocess.run([sys.executable, "-m", "namus_edge.cli", "run", "--config", str(cfg_path)], env=env,
+                         capture_output=True, text=True, timeout=180, check=False)
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "every capture has stopped, 2 on an error" in res.stderr

@@ -271,19 +271,38 @@ def test_recovers_from_a_sync_killed_between_rename_and_switch(
 def test_damaged_installed_version_is_downloaded_again(served, make_bundle, keys, device_model, tmp_path):
     tree, server = served
     state = tmp_path / "state"
-    bundle_a = make_bundle(6, seed=30)
-    a = publish_bundle(bundle_a, tree)
+    a = publish_bundle(make_bundle(6, seed=30), tree)
     assert _sync(server, state, keys, device_model).status == "updated"
-    publish_bundle(make_bundle(6, seed=31), tree)
-    assert _sync(server, state, keys, device_model).status == "updated"
-    _flip_byte(state / VERSIONS_DIR / a.version / INDEX_NAME)  # the kept previous version rots on disk
-    # the operator rolls the fleet back to a by publishing it again (its files are already there)
-    assert publish_bundle(bundle_a, tree).copied == ()
-    n_gets = _paths(server).count(f"/{a.version}/{INDEX_NAME}")
+    # a sync of b was stopped after the rename, before the switch; then b's index rotted on disk
+    b = publish_bundle(make_bundle(6, seed=31), tree)
+    shutil.copytree(tree / b.version, state / VERSIONS_DIR / b.version)
+    _flip_byte(state / VERSIONS_DIR / b.version / INDEX_NAME)
+    n_gets = _paths(server).count(f"/{b.version}/{INDEX_NAME}")
     res = _sync(server, state, keys, device_model)
-    assert res.status == "updated" and res.downloaded_bytes > 0
-    assert _paths(server).count(f"/{a.version}/{INDEX_NAME}") == n_gets + 1
-    _assert_live(state, a.version, keys, device_model)
+    assert res.status == "updated" and res.downloaded_bytes > 0, res
+    assert _paths(server).count(f"/{b.version}/{INDEX_NAME}") == n_gets + 1
+    _assert_live(state, b.version, keys, device_model)
+    assert a.version != b.version
+
+
+def test_republished_older_bundle_is_refused_as_a_rollback(served, make_bundle, keys, device_model, tmp_path):
+    """A validly signed but older bundle (lower signed sequence) never replaces the live one."""
+    tree, server = served
+    state = tmp_path / "state"
+    older = make_bundle(6, seed=32)
+    newer = make_bundle(6, seed=33)
+    assert read_manifest(older)[0]["sequence"] < read_manifest(newer)[0]["sequence"]
+    publish_bundle(older, tree)
+    assert _sync(server, state, keys, device_model).status == "updated"
+    n = publish_bundle(newer, tree)
+    assert _sync(server, state, keys, device_model).status == "updated"
+    o = publish_bundle(older, tree)  # latest.json now offers the older bundle again (files already there)
+    before = len(_paths(server))
+    res = _sync(server, state, keys, device_model)
+    assert res.status == "refused" and "rollback" in res.reason and res.current == n.version, res
+    _assert_live(state, n.version, keys, device_model)
+    assert not any(p.endswith(INDEX_NAME) for p in _paths(server)[before:])  # refused before any large download
+    assert o.version != n.version
 
 
 def test_refuses_to_run_without_a_pinned_key(served, tmp_path, device_model, capsys):
