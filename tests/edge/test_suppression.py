@@ -14,6 +14,7 @@ from namus_edge.core.config import Config, MatchingConfig
 from namus_edge.edge.decision import DecisionEngine
 from namus_edge.edge.service import EdgeService
 from namus_edge.edge.suppression import SuppressionError, Suppressions, parse_suppression
+from namus_edge.index.signing import generate_keypair
 
 
 class Hit:
@@ -57,7 +58,9 @@ def test_suppressed_pair_emits_nothing_until_it_expires():
 
 
 def test_edge_service_subscribes_to_its_suppress_topic(mosquitto, tmp_path):
+    generate_keypair(tmp_path / "operator.key")  # trust fails closed: the service needs a pinned key
     config = Config.model_validate({
+        "sync": {"pubkeys": [str(tmp_path / "operator.key.pub")]},
         "cameras": [{"id": "cam1", "source": str(tmp_path / "none.avi"), "kind": "file"}],
         "index": {"bundle": str(tmp_path / "bundle")},
         "service": {"state_dir": str(tmp_path), "device_id": "edge-07"},
