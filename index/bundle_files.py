@@ -65,7 +65,10 @@ class BundleDir:
         """
         for root, dirs, files, _rootfd in os.fwalk(".", dir_fd=self.fd, follow_symlinks=False):
             for name in (*dirs, *files):
-                st = os.stat(name, dir_fd=_rootfd, follow_symlinks=False)
+                try:
+                    st = os.stat(name, dir_fd=_rootfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed meanwhile; a needed file that is gone fails when it is opened
                 if stat.S_ISLNK(st.st_mode):
                     rel = os.path.normpath(os.path.join(root, name))
                     raise BundleVerificationError(f"{self.path / rel}: a symlink; bundles must hold plain files only")
