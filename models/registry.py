@@ -15,6 +15,7 @@ from typing import Literal
 from namus_edge.core.config import Config, ConfigError
 from namus_edge.core.errors import ModelError
 from namus_edge.core.fsutil import sha256_file
+from namus_edge.models.impostor_tail import ImpostorTail
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ class ModelSpec:
     #: Embedders: default cosine threshold for a candidate match, measured in docs/accuracy.md
     #: (about 1e-5 false accepts per different-person pair on LFW; scores differ per model).
     match_threshold: float | None = None
+    #: Embedders: measured per-pair impostor tail, from which ``matching.target_fpir`` derives the
+    #: threshold for a gallery size (models/policy.py); ``None``: not measured.
+    impostor_tail: ImpostorTail | None = None
     notes: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
