@@ -55,6 +55,7 @@ setup(
             "onnxslim>=0.1.30",
             "scikit-image>=0.21",
             "pillow>=10",
+            "jsonschema>=4.17",  # tests validate emitted match events against docs/events.md's JSON Schema
         ],
         # insightface declares opencv-python, which replaces opencv-python-headless: see docs/benchmarks.md
         "bench": ["insightface>=0.7.3", "psutil>=5.9"],

@@ -73,8 +73,9 @@ class Bundle:
         self._index: faiss.Index | None = index
         self._conn = conn
         self._lock = threading.Lock()
-        rows = conn.execute("SELECT face_id, id_formatted, image_key FROM faces").fetchall()
+        rows = conn.execute("SELECT face_id, id_formatted, image_key, category, is_rendering FROM faces").fetchall()
         self._face_map: dict[int, tuple[str, str]] = {int(r[0]): (r[1], r[2]) for r in rows}
+        self._photos: dict[str, tuple[str, bool]] = {r[2]: (r[3], bool(r[4])) for r in rows}
         per_case = Counter(r[1] for r in rows)
         self._max_faces_per_case = max(per_case.values(), default=1)
 
@@ -212,6 +213,11 @@ class Bundle:
         with self._lock:
             row = self._conn.execute("SELECT * FROM cases WHERE id_formatted = ?", (id_formatted,)).fetchone()
         return row_to_case(row) if row is not None else None
+
+    def photo(self, image_key: str) -> dict[str, Any] | None:
+        """``{"category", "is_rendering"}`` of one case photo (NamUs photo category), or ``None`` when absent."""
+        got = self._photos.get(image_key)
+        return None if got is None else {"category": got[0], "is_rendering": got[1]}
 
     def cases(self) -> Iterator[dict[str, Any]]:
         """Every case row, in :func:`case_sort_key` order."""
