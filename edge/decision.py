@@ -198,8 +198,8 @@ class DecisionEngine:
     def verdict(self, matches: Sequence[CaseMatchLike], estimated_age: float | None,
                 p_male: float | None = None) -> Verdict:
         """The policy's verdict on one face (:func:`namus_edge.models.policy.judge`)."""
-        return judge(matches, self._threshold, self.cfg, estimated_age=estimated_age, p_male=p_male,
-                     case_info=self._case_info, today=self._today())
+        return judge(matches, self.policy.threshold_for(estimated_age), self.cfg, estimated_age=estimated_age,
+                     p_male=p_male, case_info=self._case_info, today=self._today())
 
     def candidate(self, matches: Sequence[CaseMatchLike], estimated_age: float | None,
                   p_male: float | None = None) -> Candidate | None:

@@ -40,7 +40,8 @@ def v2_fields(d: MatchDecision, photo_info: PhotoInfo, *, static_suspect: bool) 
         rest.append(CandidateRef(id_formatted=c.id_formatted, similarity=round(float(c.score), 4),
                                  image_key=c.image_key, category=p.category, is_rendering=p.is_rendering))
     policy = None if d.policy is None else PolicyRef(
-        rule=d.policy.rule, threshold=round(float(d.policy.threshold), 4), gallery_size=d.policy.gallery_size,
+        rule=d.policy.rule, threshold=round(float(d.policy.threshold_for(d.estimated_age)), 4),
+        gallery_size=d.policy.gallery_size,
         target_fpir=d.policy.target_fpir)
     return {
         "candidates": (first, *rest[:4]),

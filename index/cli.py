@@ -325,8 +325,9 @@ def _search_alert(args: argparse.Namespace, config: Config, paths: Sequence[Path
             if faces:
                 best = max(faces, key=lambda f: f.area)  # the largest face: the subject of the photo
                 matches = bundle.search(best.embedding[np.newaxis, :], top_k)[0]
-                verdict = judge(matches, policy.threshold, config.matching, estimated_age=best.age,
+                verdict = judge(matches, policy.threshold_for(best.age), config.matching, estimated_age=best.age,
                                 p_male=best.p_male, case_info=bundle.case, today=today)
+                row["threshold"] = round(policy.threshold_for(best.age), 4)
                 row["alert"] = verdict.candidate.id_formatted if verdict.candidate else None
                 row["reason"] = verdict.reason
                 row["estimated_age"] = None if best.age is None else round(float(best.age), 1)

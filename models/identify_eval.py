@@ -53,8 +53,8 @@ from namus_edge.core.errors import NamusEdgeError
 from namus_edge.models.analyzer import FaceAnalyzer
 from namus_edge.models.embedding_cache import EmbeddingCache
 from namus_edge.models.evaluation import AGE_GAP_BUCKETS, AGE_GROUPS, bucket_of
-from namus_edge.models.impostor_tail import fpir_from_far, tail_from_scores
-from namus_edge.models.policy import judge, resolve_policy
+from namus_edge.models.impostor_tail import ImpostorTail, fpir_from_far, tail_from_scores
+from namus_edge.models.policy import CHILD_FACE_AGE, ResolvedPolicy, judge, resolve_policy
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def search(probe_emb: np.ndarray, probe_rows: Sequence[Row], gal_emb: np.ndarray
                     break
                 g = gallery[j]
                 if g.identity not in seen:
-                    seen[g.identity] = Hit(g.identity, sc, str(g.path.name))
+                    seen[g.identity] = Hit(g.identity, sc, str(g.path))
                     if len(seen) == TOP_CASES:
                         break
             out.hits.append(list(seen.values()))
@@ -289,29 +289,83 @@ def impostor_scores(emb: np.ndarray, rows: Sequence[Row], excl: set[frozenset[Pa
     return allv[order], alli[order], total
 
 
-def predict(scores: np.ndarray, face_pairs: np.ndarray, n_faces: int, pairs: int, threshold: float,
-            sizes: Sequence[int], rng: np.random.Generator) -> dict[str, Any]:
-    """Predicted FPIR at each gallery size from the tail at ``threshold``, with a 95 % bootstrap interval.
+BANDS = ("adult", "child")
 
-    The bootstrap resamples faces (a face's impostor pairs move together: hubs), recounting the
-    pairs >= threshold among the resampled faces against the resampled pair total.
+
+def band_of(estimated_age: float | None) -> str:
+    """``child`` for a face estimated younger than :data:`CHILD_FACE_AGE`, else ``adult`` (unknown: adult)."""
+    return "child" if estimated_age is not None and estimated_age < CHILD_FACE_AGE else "adult"
+
+
+@dataclass(frozen=True)
+class BandTail:
+    """Impostor pairs of one probe band: a pair counts once for each of its faces in the band.
+
+    Attributes:
+        scores: impostor scores >= the floor, descending.
+        weight: float (M,) 0, 1 or 2: how many of the pair's two faces are in the band.
+        pairs_idx: int (M, 2) face indices of each pair.
+        total: ordered impostor pairs with the first face in the band (the FAR denominator).
+        members: bool (F,) faces in the band.
     """
-    above = face_pairs[scores >= threshold]
-    n_above = len(above)
-    far = n_above / pairs if pairs else 0.0
+
+    scores: np.ndarray
+    weight: np.ndarray
+    pairs_idx: np.ndarray
+    total: int
+    members: np.ndarray
+
+    def far_at(self, t: float) -> float:
+        """Share of this band's (ordered) impostor pairs scoring >= t."""
+        return float(self.weight[self.scores >= t].sum()) / self.total if self.total else 0.0
+
+    def tail(self, measured: str) -> ImpostorTail | None:
+        """The curve at :data:`TAIL_THRESHOLDS` (``None`` with fewer than two usable points)."""
+        pts: list[tuple[float, float]] = []
+        for t in TAIL_THRESHOLDS:
+            far = self.far_at(t)
+            if far <= 0:
+                break
+            if not pts or far < pts[-1][1]:
+                pts.append((t, far))
+        return ImpostorTail(tuple(pts), self.total, measured) if len(pts) >= 2 else None
+
+
+def band_tail(scores: np.ndarray, face_pairs: np.ndarray, rows: Sequence[Row], ages: Sequence[float | None],
+              band: str) -> BandTail:
+    """Split an all-vs-all impostor list (:func:`impostor_scores`) by the probe band of each face."""
+    members = np.array([band_of(a) == band for a in ages], bool)
+    ids = [r.identity for r in rows]
+    size = Counter(ids)
+    n = len(rows)
+    total = int(sum(n - size[ids[i]] for i in np.nonzero(members)[0]))
+    weight = (members[face_pairs[:, 0]].astype(np.float64) + members[face_pairs[:, 1]]) if len(face_pairs) else \
+        np.zeros(0)
+    keep = weight > 0
+    return BandTail(scores[keep], weight[keep], face_pairs[keep], total, members)
+
+
+def predict(bt: BandTail, threshold: float, size: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Predicted FPIR at a gallery size from a band's tail at ``threshold``, with a 95 % bootstrap interval.
+
+    The bootstrap resamples faces (a face's impostor pairs move together: hubs) and recounts the
+    weighted pairs >= threshold among them.
+    """
+    above = bt.scores >= threshold
+    idx, wt = bt.pairs_idx[above], bt.weight[above]
+    n_above = float(wt.sum())
+    far = n_above / bt.total if bt.total else 0.0
+    n_faces = len(bt.members)
     sims = []
     for _ in range(BOOTSTRAP):
         # a resampled face appears w times; a pair (a, b) then appears w_a * w_b times
         w = np.bincount(rng.integers(0, n_faces, n_faces), minlength=n_faces).astype(np.float64)
-        sims.append(float((w[above[:, 0]] * w[above[:, 1]]).sum()) / pairs if pairs else 0.0)
+        sims.append(float((w[idx[:, 0]] * w[idx[:, 1]] * wt).sum()) / bt.total if bt.total else 0.0)
     lo, hi = (float(x) for x in np.percentile(sims, [2.5, 97.5]))
-    if n_above == 0:
-        hi = max(hi, 3.0 / pairs)  # rule of three: 95 % upper bound with no pair above
-    return {
-        "threshold": round(float(threshold), 4), "pairs_above": n_above, "far": far, "far_ci95": [lo, hi],
-        "fpir": {str(n): fpir_from_far(far, n) for n in sizes},
-        "fpir_ci95": {str(n): [fpir_from_far(lo, n), fpir_from_far(hi, n)] for n in sizes},
-    }
+    if n_above == 0 and bt.total:
+        hi = max(hi, 3.0 / bt.total)  # rule of three: 95 % upper bound with no pair above
+    return {"threshold": round(float(threshold), 4), "pairs_above": n_above, "far": far, "far_ci95": [lo, hi],
+            "fpir": fpir_from_far(far, size), "fpir_ci95": [fpir_from_far(lo, size), fpir_from_far(hi, size)]}
 
 
 # --------------------------------------------------------------------------------------------- metrics
@@ -340,9 +394,10 @@ class Outcome:
     reason: list[str]
     top: np.ndarray  # top score (-inf without face)
     rank: list[int | None]  # rank of the mate among the returned cases (mated only)
+    best_key: list[str | None]  # image key (gallery path) of the best case's best photo
 
 
-def evaluate(searches: Searches, probes: Sequence[Row], mated: np.ndarray, threshold: float, config: Config,
+def evaluate(searches: Searches, probes: Sequence[Row], mated: np.ndarray, policy: ResolvedPolicy, config: Config,
              case_facts: Mapping[str, Mapping[str, Any]], probe_age: Sequence[float | None],
              probe_p_male: Sequence[float | None]) -> Outcome:
     """Apply the alert policy to every probe's hits."""
@@ -350,8 +405,11 @@ def evaluate(searches: Searches, probes: Sequence[Row], mated: np.ndarray, thres
     reasons: list[str] = []
     ranks: list[int | None] = []
     top = np.full(len(probes), -np.inf)
+    keys: list[str | None] = []
     for i, hits in enumerate(searches.hits):
-        v = judge(hits, threshold, config.matching, estimated_age=probe_age[i], p_male=probe_p_male[i],
+        keys.append(hits[0].image_key if hits else None)
+        v = judge(hits, policy.threshold_for(probe_age[i]), config.matching, estimated_age=probe_age[i],
+                  p_male=probe_p_male[i],
                   case_info=case_facts.get, today=TODAY)
         alerts.append(v.candidate.id_formatted if v.candidate else None)
         reasons.append(v.reason)
@@ -359,7 +417,7 @@ def evaluate(searches: Searches, probes: Sequence[Row], mated: np.ndarray, thres
             top[i] = hits[0].score
         ids = [h.id_formatted for h in hits]
         ranks.append(ids.index(probes[i].identity) + 1 if mated[i] and probes[i].identity in ids else None)
-    return Outcome(alerts, reasons, top, ranks)
+    return Outcome(alerts, reasons, top, ranks, keys)
 
 
 def summarize(o: Outcome, probes: Sequence[Row], mated: np.ndarray, nonmated: np.ndarray,
@@ -469,25 +527,33 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
                  "embedding_cache": str(cache.dir)},
     }
 
-    # ---- impostor tails: fit half (what the registry records) and report half (what predicts)
+    # ---- impostor tails: fit half (what the registry records) and report half (what predicts), per band
     tails: dict[str, Any] = {}
-    pred_inputs: dict[str, Any] = {}
+    band_tails: dict[str, dict[str, BandTail]] = {}
     for half in ("fit", "report"):
         hrows_idx = [j for j, g in enumerate(gal) if not is_enrolled[j] and half_of(g.identity, seed) == half]
         rows_h = [gal[j] for j in hrows_idx]
+        ages_h = [faces[g.path].age for g in rows_h]
         sc, fp, total = impostor_scores(gal_emb[hrows_idx], rows_h, excl, TAIL_THRESHOLDS[0])
         tail = tail_from_scores(sc.tolist(), total, TAIL_THRESHOLDS,
                                 f"eval identify {half} half, seed {seed}, {len(rows_h)} faces")
+        band_tails[half] = {b: band_tail(sc, fp, rows_h, ages_h, b) for b in BANDS}
         tails[half] = {"faces": len(rows_h), "pairs": total, "points": [list(p) for p in tail.points],
                        "max": float(sc[0]) if sc.size else None,
                        "top_pairs": [{"score": round(float(sc[k]), 4), "a": str(rows_h[fp[k][0]].path),
-                                      "b": str(rows_h[fp[k][1]].path)} for k in range(min(40, sc.size))]}
-        pred_inputs[half] = (sc, fp, len(rows_h), total, tail)
+                                      "b": str(rows_h[fp[k][1]].path)} for k in range(min(60, sc.size))]}
+        for b, bt in band_tails[half].items():
+            bt_tail = bt.tail(f"eval identify --seed {seed}, {half} half, {b} probe faces "
+                              f"(estimated age {'<' if b == 'child' else '>='} {CHILD_FACE_AGE:g}), "
+                              f"{int(bt.members.sum())} faces")
+            tails[half][b] = {"faces": int(bt.members.sum()), "pairs": bt.total,
+                              "points": [list(p) for p in bt_tail.points] if bt_tail else []}
     result["tail"] = tails
 
     # ---- per gallery size
     by_size = []
     outcomes: dict[int, Outcome] = {}
+    outcomes_by_n: dict[int, Outcome] = {}
     for size in gallery_sizes:
         mask = is_enrolled.copy()
         n_distr = max(0, size - int(is_enrolled.sum()))
@@ -495,38 +561,62 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
         n_g = int(mask.sum())
         pol = resolve_policy(config.matching, embedder, n_g)
         srch = search(probe_emb, probes_u, gal_emb, gal, mask, loo, excl_map)
-        o = evaluate(srch, probes_u, mated, pol.threshold, config, facts, probe_age, probe_pm)
+        o = evaluate(srch, probes_u, mated, pol, config, facts, probe_age, probe_pm)
         outcomes[size] = o
+        outcomes_by_n[n_g] = o
         entry = {"gallery_size": n_g, "measured": True, "rule": pol.rule, "threshold": round(pol.threshold, 4),
+                 "child_threshold": None if pol.child_threshold is None else round(pol.child_threshold, 4),
                  **summarize(o, probes_u, mated, nonmated)}
         nm_top = o.top[nonmated]
         nm_top = nm_top[np.isfinite(nm_top)] if nm_top.size else nm_top
         mate_sc = _mate_scores(o, mated)
         entry["face_only"] = {f"{x:.0e}": _fnir_at_fpir(nm_top, mate_sc, x) for x in FPIR_POINTS}
-        entry["face_only"]["fpir_at_threshold"] = _rate(int((o.top[nonmated] >= pol.threshold).sum()),
-                                                        int(nonmated.sum()))
+        thr_nm = np.array([pol.threshold_for(probe_age[i]) for i in range(len(probes_u)) if nonmated[i]])
+        entry["face_only"]["fpir_at_threshold"] = _rate(int((o.top[nonmated] >= thr_nm).sum()), int(nonmated.sum()))
         by_size.append(entry)
     result["by_gallery_size"] = by_size
+    last = outcomes[gallery_sizes[-1]]
+    nm_idx = [i for i in range(len(probes_u)) if nonmated[i] and np.isfinite(last.top[i])]
+    nm_idx.sort(key=lambda i: -last.top[i])
+    result["top_nonmated"] = [{"score": round(float(last.top[i]), 4), "probe": str(probes_u[i].path),
+                               "gallery": last.best_key[i], "alert": last.alert[i] is not None}
+                              for i in nm_idx[:60]]
 
-    # ---- predicted sizes: the policy's threshold at N, FPIR from the report-half tail, FNIR measured
-    sc, fp, nf, total, _tail = pred_inputs["report"]
+    # ---- predicted sizes: the policy's thresholds at N, FPIR from the report-half tails, FNIR measured
     full = outcomes[gallery_sizes[-1]]
     mate_sc = _mate_scores(full, mated)
+    mate_thr_age = [probe_age[i] for i in range(len(probes_u)) if mated[i]]
+    nm_bands = Counter(band_of(probe_age[i]) for i in range(len(probes_u)) if nonmated[i])
     preds = []
     for n in PREDICT_SIZES:
         pol = resolve_policy(config.matching, embedder, n)
-        pr = predict(sc, fp, nf, total, pol.threshold, [n], rng)
-        preds.append({"gallery_size": n, "measured": False, "rule": pol.rule, "threshold": round(pol.threshold, 4),
-                      "fpir": pr["fpir"][str(n)], "fpir_ci95": pr["fpir_ci95"][str(n)], "far": pr["far"],
-                      "pairs_above": pr["pairs_above"],
-                      "fnir_face_only": float(np.mean(~(mate_sc >= pol.threshold))) if mate_sc.size else None})
+        pe: dict[str, Any] = {"gallery_size": n, "measured": False, "rule": pol.rule,
+                              "threshold": round(pol.threshold, 4),
+                              "child_threshold": None if pol.child_threshold is None else round(pol.child_threshold, 4)}
+        mix = 0.0
+        for b in BANDS:
+            t = pol.threshold_for(1.0 if b == "child" else 30.0)
+            pe[b] = predict(band_tails["report"][b], t, n, rng)
+            mix += pe[b]["fpir"] * nm_bands.get(b, 0) / max(1, sum(nm_bands.values()))
+        pe["fpir"] = pe["adult"]["fpir"]
+        pe["fpir_ci95"] = pe["adult"]["fpir_ci95"]
+        pe["fpir_probe_mix"] = mix
+        thr = np.array([pol.threshold_for(a) for a in mate_thr_age])
+        pe["fnir_face_only"] = float(np.mean(~(mate_sc >= thr))) if mate_sc.size else None
+        preds.append(pe)
     result["predicted"] = preds
-    # prediction check: the same model at the measured sizes, next to the measured face-only FPIR
-    result["prediction_check"] = [
-        {"gallery_size": e["gallery_size"], "threshold": e["threshold"],
-         "measured_face_only_fpir": e["face_only"]["fpir_at_threshold"],
-         "predicted_fpir": fpir_from_far(_tail.far_at(e["threshold"]), e["gallery_size"])}
-        for e in by_size]
+    # prediction check: the same model at the measured sizes, next to the measured face-only FPIR (adults)
+    checks = []
+    for e in by_size:
+        pol = resolve_policy(config.matching, embedder, e["gallery_size"])
+        adults = [i for i in range(len(probes_u)) if nonmated[i] and band_of(probe_age[i]) == "adult"]
+        top = outcomes_by_n[e["gallery_size"]].top
+        checks.append({"gallery_size": e["gallery_size"], "threshold": round(pol.threshold, 4),
+                       "measured_face_only_fpir_adult": _rate(int(sum(top[i] >= pol.threshold for i in adults)),
+                                                              len(adults)),
+                       "predicted_fpir_adult": fpir_from_far(band_tails["report"]["adult"].far_at(pol.threshold),
+                                                             e["gallery_size"])})
+    result["prediction_check"] = checks
 
     # ---- per age gap, per group (at the full gallery)
     idx_all = np.arange(len(probes_u))

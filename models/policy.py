@@ -15,7 +15,8 @@ default applies (rule ``embedder_default``).
 **Verdict** (:func:`judge`), in this order; the first failing rule names the rejection:
 
 1. ``no_candidates``: the search returned nothing.
-2. ``threshold``: the best case (scored by its best photo) is below the threshold.
+2. ``threshold``: the best case (scored by its best photo) is below the threshold (for a face
+   estimated younger than :data:`CHILD_FACE_AGE`, the child threshold, see :class:`ResolvedPolicy`).
 3. ``margin``: its lead over the second-best case is below ``matching.margin`` (with no
    second case the lead is measured against 0).
 4. ``age``: the face's estimated age lies outside the case's plausible current-age window
@@ -42,6 +43,10 @@ from namus_edge.models.registry import get_spec
 
 CHILD_AGE = 18.0
 DAYS_PER_YEAR = 365.2425
+#: Faces estimated younger than this are judged against the embedder's child impostor tail:
+#: young children's faces look alike to face embedders (different children score like adults'
+#: true matches), so they need a higher threshold for the same false-positive rate.
+CHILD_FACE_AGE = 13.0
 
 #: Reasons :func:`judge` gives; ``alert`` means the face votes for its best case.
 REASONS = ("alert", "no_candidates", "threshold", "margin", "age", "sex")
@@ -84,6 +89,8 @@ class ResolvedPolicy:
         gallery_size: number of faces in the searched gallery (bundle ``ntotal``).
         target_fpir: the target per unknown face, or ``None`` unless ``rule == "target_fpir"``.
         far_per_pair: the per-pair false-accept rate the threshold corresponds to (target rule only).
+        child_threshold: the threshold for faces estimated younger than :data:`CHILD_FACE_AGE`
+            (target rule with a measured child tail), else ``None`` (the same threshold for all).
     """
 
     rule: str
@@ -91,11 +98,22 @@ class ResolvedPolicy:
     gallery_size: int
     target_fpir: float | None
     far_per_pair: float | None = None
+    child_threshold: float | None = None
+
+    def threshold_for(self, estimated_age: float | None) -> float:
+        """The threshold for a face of this estimated age (an unknown age gets the stricter one)."""
+        if self.child_threshold is None:
+            return self.threshold
+        if estimated_age is None:
+            return max(self.threshold, self.child_threshold)
+        return self.child_threshold if estimated_age < CHILD_FACE_AGE else self.threshold
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"rule", "threshold", "gallery_size", "target_fpir"}`` as in match events (schema v2)."""
+        """``{"rule", "threshold", "gallery_size", "target_fpir", "child_threshold"}`` (a match event's
+        ``policy`` has the first four, with the threshold used for that face)."""
         return {"rule": self.rule, "threshold": round(self.threshold, 4), "gallery_size": self.gallery_size,
-                "target_fpir": self.target_fpir}
+                "target_fpir": self.target_fpir,
+                "child_threshold": None if self.child_threshold is None else round(self.child_threshold, 4)}
 
 
 def resolve_policy(matching: MatchingConfig, embedder: str, gallery_size: int) -> ResolvedPolicy:
@@ -110,9 +128,11 @@ def resolve_policy(matching: MatchingConfig, embedder: str, gallery_size: int) -
     spec = get_spec(embedder)
     if matching.target_fpir is not None and spec.impostor_tail is not None:
         far = far_for_fpir(matching.target_fpir, max(1, n))
-        t = spec.impostor_tail.threshold_for_far(far)
-        t = min(max(t, matching.min_threshold), 1.0)
-        return ResolvedPolicy("target_fpir", float(t), n, float(matching.target_fpir), far)
+        t = min(max(spec.impostor_tail.threshold_for_far(far), matching.min_threshold), 1.0)
+        tc = None
+        if spec.child_impostor_tail is not None:
+            tc = float(min(max(spec.child_impostor_tail.threshold_for_far(far), matching.min_threshold), 1.0))
+        return ResolvedPolicy("target_fpir", float(t), n, float(matching.target_fpir), far, tc)
     if spec.match_threshold is None:
         raise ConfigError(f"matching.threshold: set it explicitly; embedder {spec.name} has no measured "
                           "impostor tail and no default threshold")

@@ -68,6 +68,8 @@ class ModelSpec:
     #: Embedders: measured per-pair impostor tail, from which ``matching.target_fpir`` derives the
     #: threshold for a gallery size (models/policy.py); ``None``: not measured.
     impostor_tail: ImpostorTail | None = None
+    #: Embedders: the same for probe faces of children (estimated < 13 y, models/policy.py).
+    child_impostor_tail: ImpostorTail | None = None
     notes: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
