@@ -27,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-FIELDS = ("path", "identity", "age", "sex", "race", "age_gap", "kind")
+FIELDS = ("path", "identity", "age", "sex", "race", "age_gap", "group")
 
 
 def default_data_dir() -> Path:
@@ -65,21 +65,21 @@ def build_sets(data: Path, limit: int = 0) -> tuple[list[dict[str, object]], lis
         multi, single, subjects = multi[: max(1, limit // 10)], single[: max(1, limit // 10)], subjects[:3]
     for name in multi:
         photos = sorted(lfw[name])
-        gallery.append({"path": photos[0], "identity": name, "kind": "enrolled"})
-        probes += [{"path": p, "identity": name, "kind": "same_age"} for p in photos[1:]]
+        gallery.append({"path": photos[0], "identity": name, "group": "enrolled"})
+        probes += [{"path": p, "identity": name, "group": "same_age"} for p in photos[1:]]
     for name in single:
-        probes.append({"path": lfw[name][0], "identity": name, "kind": "unenrolled"})
+        probes.append({"path": lfw[name][0], "identity": name, "group": "unenrolled"})
     for subject in subjects:
         (age0, first), *rest = sorted(fg[subject])
-        gallery.append({"path": first, "identity": subject, "kind": "enrolled"})
-        probes += [{"path": p, "identity": subject, "age": a, "age_gap": a - age0, "kind": "cross_age"}
+        gallery.append({"path": first, "identity": subject, "group": "enrolled"})
+        probes += [{"path": p, "identity": subject, "age": a, "age_gap": a - age0, "group": "cross_age"}
                    for a, p in rest]
     ident = _read(data / "identification" / "manifest.csv")
     if limit:
         ident = ident[:: max(1, len(ident) // limit)][:limit]
     for r in ident:
         row = {"path": f"identification/{r['path']}", "identity": r["identity"], "age": r["age"],
-               "sex": r["gender"], "race": r["race"], "kind": "distractor"}
+               "sex": r["gender"], "race": r["race"], "group": "distractor"}
         gallery.append(row)
         probes.append(row)
     return gallery, probes

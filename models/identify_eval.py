@@ -87,6 +87,8 @@ class Row:
         sex: ``male`` / ``female`` or ``None``.
         race: free label (UTKFace: white, black, asian, indian, other) or ``None``.
         age_gap: years between this probe and its identity's gallery photo, or ``None``.
+        group: free label of the probe's subset (e.g. ``same_age``, ``cross_age``), reported
+            separately under ``by_group``; ``None`` when the CSV has no ``group`` column.
     """
 
     path: Path
@@ -95,6 +97,7 @@ class Row:
     sex: str | None = None
     race: str | None = None
     age_gap: float | None = None
+    group: str | None = None
 
 
 _SEX = {"m": "male", "male": "male", "0": "male", "f": "female", "female": "female", "1": "female"}
@@ -113,7 +116,7 @@ def _opt_float(path: Path, line: int, col: str, v: str | None) -> float | None:
 
 
 def read_rows(path: Path, root: Path) -> list[Row]:
-    """Rows of a gallery/probe CSV (``path, identity`` + optional ``age, sex|gender, race, age_gap``).
+    """Rows of a gallery/probe CSV (``path, identity`` + optional ``age, sex|gender, race, age_gap, group``).
 
     Raises:
         IdentifyInputError: unreadable file, missing column, bad number, or a listed image that
@@ -138,7 +141,8 @@ def read_rows(path: Path, root: Path) -> list[Row]:
                     raise IdentifyInputError(f"{path}:{line}: column sex: {sex_raw!r} is not male/female/m/f/0/1")
                 out.append(Row(img, r["identity"].strip(), _opt_float(path, line, "age", r.get("age")),
                                _SEX.get(sex_raw) if sex_raw else None, (r.get("race") or "").strip() or None,
-                               _opt_float(path, line, "age_gap", r.get("age_gap"))))
+                               _opt_float(path, line, "age_gap", r.get("age_gap")),
+                               (r.get("group") or "").strip() or None))
             return out
     except OSError as exc:
         raise IdentifyInputError(f"cannot read {path}: {exc.strerror or exc}") from exc
@@ -628,6 +632,12 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
             s = summarize(full, probes_u, mated, nonmated, sel)
             gaps[name] = {k: s[k] for k in ("mated", "fnir", "rank1", "rank5", "mated_wrong_alert")}
     result["by_age_gap"] = gaps
+    groups_g: dict[str, list[int]] = defaultdict(list)
+    for i in idx_all:
+        if probes_u[i].group:
+            groups_g[str(probes_u[i].group)].append(int(i))
+    result["by_group"] = {g: summarize(full, probes_u, mated, nonmated, np.array(ix, np.int64))
+                          for g, ix in sorted(groups_g.items())}
     bias: dict[str, Any] = {}
     for key in ("sex", "race", "age_band"):
         groups: dict[str, list[int]] = defaultdict(list)

@@ -109,8 +109,10 @@ class ResolvedPolicy:
         return self.child_threshold if estimated_age < CHILD_FACE_AGE else self.threshold
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"rule", "threshold", "gallery_size", "target_fpir", "child_threshold"}`` (a match event's
-        ``policy`` has the first four, with the threshold used for that face)."""
+        """``{"rule", "threshold", "gallery_size", "target_fpir", "child_threshold"}``.
+
+        A match event's ``policy`` has the first four, with the threshold used for that face.
+        """
         return {"rule": self.rule, "threshold": round(self.threshold, 4), "gallery_size": self.gallery_size,
                 "target_fpir": self.target_fpir,
                 "child_threshold": None if self.child_threshold is None else round(self.child_threshold, 4)}

@@ -118,7 +118,8 @@ class MatchingConfig(StrictModel):
         "null = the embedder's fixed default threshold.",
     )
     min_threshold: float = Field(
-        0.30, ge=-1.0, le=1.0, description="Floor of the threshold derived from target_fpir (small galleries)."
+        0.36, ge=-1.0, le=1.0, description="Floor of the threshold derived from target_fpir (small galleries: "
+        "below 0.36 the per-pair false-accept rate on LFW rises above ~1e-4, docs/accuracy.md)."
     )
     margin: float = Field(0.05, ge=0.0, le=2.0, description="Required lead of the best case over the second best.")
     top_k: int = Field(5, ge=1, le=100, description="Cases retrieved per face.")

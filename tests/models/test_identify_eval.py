@@ -13,9 +13,10 @@ from namus_edge.cli import main
 from namus_edge.models.identify_eval import IdentifyInputError, half_of, read_rows
 
 TOP_KEYS = {"models", "policy_config", "split", "data", "tail", "by_gallery_size", "predicted", "prediction_check",
-            "by_age_gap", "bias", "top_nonmated"}
-SIZE_KEYS = {"gallery_size", "measured", "rule", "threshold", "child_threshold", "nonmated", "false_alerts", "fpir", "mated", "fnir",
-             "mated_wrong_alert", "rank1", "rank5", "nonmated_rejections", "mated_rejections", "face_only"}
+            "by_age_gap", "bias", "top_nonmated", "by_group"}
+SIZE_KEYS = {"gallery_size", "measured", "rule", "threshold", "child_threshold", "nonmated", "false_alerts", "fpir",
+             "mated", "fnir", "mated_wrong_alert", "rank1", "rank5", "nonmated_rejections", "mated_rejections",
+             "face_only"}
 
 
 def _write(path: Path, rows: list[dict[str, object]]) -> Path:
