@@ -127,6 +127,7 @@ class Pipeline:
         self.threshold = self.policy.threshold
         self.engine = DecisionEngine(config.matching.model_copy(update={"threshold": self.threshold}),
                                      self._case_info)
+        self.engine.set_policy(self.policy)
         self.static: StaticFaceGuard[tuple[MatchDecision, _Candidate, SearchIndex]] = StaticFaceGuard(
             config.matching.static_faces)
         self.stats = StageStats()
