@@ -438,18 +438,21 @@ def _render_identify(r: dict) -> str:
         f"enrolled); {d['mated_probes']} mated, {d['nonmated_probes']} non-mated (report half) probes; "
         f"{d['no_face']} photos without a face; {d['excluded_pairs']} excluded pairs",
         "",
-        "| gallery | rule | threshold | FPIR | FNIR | rank-1 | rank-5 | FNIR@FPIR 1e-2 | FNIR@FPIR 1e-3 |",
+        "| gallery | rule | threshold (adult / child face) | FPIR | FNIR | rank-1 | rank-5 | FNIR@FPIR 1e-2 | "
+        "FNIR@FPIR 1e-3 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for e in r["by_gallery_size"]:
         fo = e["face_only"]
-        lines.append(f"| {e['gallery_size']} | {e['rule']} | {e['threshold']:.3f} | {_pct(e['fpir'])} "
+        lines.append(f"| {e['gallery_size']} | {e['rule']} | {e['threshold']:.3f} / {e['child_threshold']} | "
+                     f"{_pct(e['fpir'])} "
                      f"({e['false_alerts']}) | {_pct(e['fnir'])} | {_pct(e['rank1'])} | {_pct(e['rank5'])} | "
                      f"{_pct(fo['1e-02']['fnir'])} | {_pct(fo['1e-03']['fnir'])} |")
     for e in r["predicted"]:
         lo, hi = e["fpir_ci95"]
-        lines.append(f"| {e['gallery_size']} (predicted) | {e['rule']} | {e['threshold']:.3f} | {_pct(e['fpir'])} "
-                     f"[{_pct(lo)}, {_pct(hi)}] | {_pct(e['fnir_face_only'])} (face only) | | | | |")
+        lines.append(f"| {e['gallery_size']} (predicted) | {e['rule']} | {e['threshold']:.3f} / "
+                     f"{e['child_threshold']} | adult {_pct(e['fpir'])} [{_pct(lo)}, {_pct(hi)}] | "
+                     f"{_pct(e['fnir_face_only'])} (face only) | | | | |")
     if r["by_age_gap"]:
         lines += ["", "| age gap | mated | FNIR | rank-1 | rank-5 |", "|---|---|---|---|---|"]
         for k, v in r["by_age_gap"].items():
