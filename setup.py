@@ -75,6 +75,7 @@ setup(
             *REVIEW_DEPS,
             "httpx>=0.27",
             "selenium>=4.15",
+            "jsonschema>=4.17",  # tests validate emitted match events against docs/events.md's JSON Schema
         ],
         "review": REVIEW_DEPS,
         # insightface declares opencv-python, which replaces opencv-python-headless: see docs/benchmarks.md

@@ -61,8 +61,8 @@ from tests.namus_factory import SyntheticCase, fgnet_identities, lfw_identities,
 from bench.common import machine_info, machine_markdown, markdown_table
 from namus_edge.core.config import Config, load_config
 from namus_edge.core.errors import ImageReadError
-from namus_edge.edge.decision import best_candidate
 from namus_edge.models.evaluation import AGE_GAP_BUCKETS, bucket_of, verification_metrics
+from namus_edge.models.policy import best_candidate
 from namus_edge.models.registry import match_threshold
 
 log = logging.getLogger("bench.identification")

@@ -6,7 +6,8 @@ index hits. The rules:
 1. **Candidate.** Hits are grouped by case (a case may have several photos; its score is its
    best photo's). The face votes for its best case only when that score >= ``threshold``,
    the lead over the second-best *case* >= ``margin`` (with no second case the lead is
-   measured against 0, the score of unrelated faces), and the age check passes.
+   measured against 0, the score of unrelated faces), and the age and sex checks pass
+   (:func:`namus_edge.models.policy.judge`).
 2. **Votes.** A vote weighs ``quality * sqrt(face_area)`` (sharper, larger faces count more).
    Weights are compared as shares of the track's total vote weight, so their scale does not
    matter.
@@ -26,6 +27,9 @@ index hits. The rules:
 Privacy: faces that vote for nothing leave no trace - nothing is logged (not even at DEBUG)
 and no state is created for them; :meth:`DecisionEngine.end_track` forgets a track's votes.
 
+The per-face rules (threshold, margin, age, sex) are :func:`namus_edge.models.policy.judge`,
+shared with ``index search --alert`` and ``eval identify``; they are re-exported here.
+
 Not thread-safe: one inference loop owns an engine.
 """
 
@@ -34,14 +38,22 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from typing import Any, Protocol
 
 import numpy as np
 
-from namus_edge.core.config import AgeCheckConfig, MatchingConfig
+from namus_edge.core.config import MatchingConfig
+from namus_edge.models.policy import (
+    Candidate,
+    CaseInfo,
+    CaseMatchLike,
+    ResolvedPolicy,
+    Verdict,
+    judge,
+    rank_cases,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,176 +62,6 @@ MAX_AGES_PER_CASE = 256
 
 #: Floor of a vote's weight, so a zero-quality face still counts towards ``confirm_frames``.
 MIN_VOTE_WEIGHT = 1e-9
-
-CHILD_AGE = 18.0
-DAYS_PER_YEAR = 365.2425
-
-
-class CaseMatchLike(Protocol):
-    """One search hit: a case photo and its cosine similarity to the face."""
-
-    @property
-    def id_formatted(self) -> str:
-        """The NamUs case id, e.g. ``MP12345``."""
-
-    @property
-    def score(self) -> float:
-        """Cosine similarity in [-1, 1]."""
-
-    @property
-    def image_key(self) -> str:
-        """The bundle key of the matched case photo."""
-
-
-#: Looks up a case's facts in the bundle: ``current_age_min``, ``current_age_max``, ``age_min``
-#: (age at last contact), ``age_max``, ``date_last`` (ISO date); ``None`` for an unknown case.
-CaseInfo = Callable[[str], Mapping[str, Any] | None]
-
-
-# --------------------------------------------------------------------------------------------
-# age plausibility
-# --------------------------------------------------------------------------------------------
-
-
-def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def parse_date(value: Any) -> date | None:
-    """Parse an ISO date or datetime (``2009-06-15`` or ``2009-06-15T00:00:00``); ``None`` when unusable."""
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    if not isinstance(value, str) or len(value) < 10:
-        return None
-    try:
-        return date.fromisoformat(value[:10])
-    except ValueError:
-        return None
-
-
-def years_between(start: date, end: date) -> float:
-    """Years from ``start`` to ``end`` (fractional, >= 0)."""
-    return max(0.0, (end - start).days / DAYS_PER_YEAR)
-
-
-def age_tolerance(age_at_last_contact: float | None, years_since: float | None, cfg: AgeCheckConfig) -> float:
-    """Half-width in years added on each side of the case's current age range.
-
-    ``tolerance_years`` + ``child_extra_years`` (if last seen under 18) + ``per_gap_year`` *
-    years since last contact, capped at ``max_tolerance_years``. Unknown inputs add nothing.
-    """
-    tol = cfg.tolerance_years
-    if age_at_last_contact is not None and age_at_last_contact < CHILD_AGE:
-        tol += cfg.child_extra_years
-    if years_since is not None:
-        tol += cfg.per_gap_year * max(0.0, years_since)
-    return min(tol, cfg.max_tolerance_years)
-
-
-@dataclass(frozen=True)
-class AgeWindow:
-    """The accepted estimated-age interval of a case.
-
-    Attributes:
-        low: lowest accepted estimate (years).
-        high: highest accepted estimate (years).
-        tolerance: the tolerance included on each side.
-    """
-
-    low: float
-    high: float
-    tolerance: float
-
-    def __contains__(self, age: float) -> bool:
-        return self.low <= age <= self.high
-
-
-def age_window(case: Mapping[str, Any], cfg: AgeCheckConfig, today: date) -> AgeWindow | None:
-    """The interval of plausible estimated ages for a case, or ``None`` when its ages are unknown.
-
-    Args:
-        case: case facts (``current_age_min``, ``current_age_max``, ``age_min``, ``age_max``,
-            ``date_last``); missing or unparsable values are treated as unknown.
-        cfg: the age-check settings.
-        today: the date against which "years since last contact" is measured.
-    """
-    age_last = _number(case.get("age_min"))
-    age_last_max = _number(case.get("age_max"))
-    last = parse_date(case.get("date_last"))
-    gap = years_between(last, today) if last is not None else None
-    cur_min = _number(case.get("current_age_min"))
-    cur_max = _number(case.get("current_age_max"))
-    if cur_min is None and cur_max is None:
-        if age_last is None or gap is None:
-            return None
-        cur_min = age_last + gap
-        cur_max = (age_last_max if age_last_max is not None else age_last) + gap
-    bounds = [v for v in (cur_min, cur_max) if v is not None]
-    lo, hi = min(bounds), max(bounds)
-    tol = age_tolerance(age_last, gap, cfg)
-    return AgeWindow(lo - tol, hi + tol, tol)
-
-
-def age_plausible(
-    estimated_age: float | None, case: Mapping[str, Any] | None, cfg: AgeCheckConfig, today: date
-) -> bool:
-    """Whether a face's estimated age fits the case (see the module docstring).
-
-    Returns ``True`` when the check is disabled, the face has no estimate, or the case has no
-    usable ages.
-    """
-    if not cfg.enabled or estimated_age is None or case is None:
-        return True
-    window = age_window(case, cfg, today)
-    return window is None or float(estimated_age) in window
-
-
-# --------------------------------------------------------------------------------------------
-# candidate ranking
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A face's best case among its search hits.
-
-    Attributes:
-        id_formatted: the best case.
-        score: its best photo's cosine similarity.
-        image_key: that photo's bundle key.
-        margin: lead over the second-best case (over 0 when there is none).
-    """
-
-    id_formatted: str
-    score: float
-    image_key: str
-    margin: float
-
-
-def best_candidate(matches: Sequence[CaseMatchLike]) -> Candidate | None:
-    """Group hits by case (best photo per case) and return the top case with its margin.
-
-    Returns ``None`` for no hits. Ties keep the first hit in the given order.
-    """
-    best_by_case: dict[str, CaseMatchLike] = {}
-    for m in matches:
-        cur = best_by_case.get(m.id_formatted)
-        if cur is None or m.score > cur.score:
-            best_by_case[m.id_formatted] = m
-    if not best_by_case:
-        return None
-    ranked = sorted(best_by_case.values(), key=lambda m: -m.score)
-    top = ranked[0]
-    second = float(ranked[1].score) if len(ranked) > 1 else 0.0
-    return Candidate(top.id_formatted, float(top.score), top.image_key, float(top.score) - second)
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,6 +89,10 @@ class MatchDecision:
         vote_share: the case's share of the track's vote weight, in (0.5, 1].
         timestamp: monotonic time of the observation that fired (s).
         best_timestamp: monotonic capture time of the best-quality voting face (s).
+        candidates: the top cases (best photo each, best first, at most 5) of the face that
+            fired; the first is ``id_formatted``.
+        p_male: mean ``Face.p_male`` of the voting faces, or ``None`` without a sex model.
+        policy: the alert policy in force when the decision fired.
     """
 
     camera_id: str
@@ -263,6 +109,23 @@ class MatchDecision:
     vote_share: float
     timestamp: float
     best_timestamp: float
+    candidates: tuple[Candidate, ...] = ()
+    p_male: float | None = None
+    policy: ResolvedPolicy | None = None
+
+
+#: Cases listed in a decision (and a v2 match event).
+MAX_CANDIDATES = 5
+
+
+def ranked_candidates(matches: Sequence[CaseMatchLike], limit: int = MAX_CANDIDATES) -> tuple[Candidate, ...]:
+    """The top ``limit`` cases of one face's hits (best photo each), best first, with their leads."""
+    ranked = rank_cases(matches)[:limit]
+    out = []
+    for i, m in enumerate(ranked):
+        nxt = float(ranked[i + 1].score) if i + 1 < len(ranked) else 0.0
+        out.append(Candidate(m.id_formatted, float(m.score), m.image_key, float(m.score) - nxt))
+    return tuple(out)
 
 
 @dataclass
@@ -276,6 +139,8 @@ class _CaseVotes:
     best_quality: float = -math.inf
     best_bbox: np.ndarray | None = None
     best_time: float = 0.0
+    p_male_sum: float = 0.0
+    p_male_n: int = 0
     ages: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_AGES_PER_CASE))
 
 
@@ -312,6 +177,7 @@ class DecisionEngine:
             raise ValueError("matching.threshold must be resolved first (models.registry.match_threshold)")
         self.cfg = cfg
         self._threshold = float(cfg.threshold)
+        self.policy = ResolvedPolicy("fixed_threshold", self._threshold, 0, None)
         self._case_info = case_info
         self._today = today
         self._tracks: dict[tuple[str, int], _TrackVotes] = {}
@@ -323,16 +189,26 @@ class DecisionEngine:
         """Tracks holding at least one vote (tracks without votes hold no state)."""
         return len(self._tracks)
 
-    def candidate(self, matches: Sequence[CaseMatchLike], estimated_age: float | None) -> Candidate | None:
-        """The case this face votes for, or ``None`` (below threshold, ambiguous, or age-implausible)."""
-        cand = best_candidate(matches)
-        if cand is None or cand.score < self._threshold or cand.margin < self.cfg.margin:
-            return None
-        if self.cfg.age_check.enabled and estimated_age is not None:
-            info = self._case_info(cand.id_formatted)
-            if not age_plausible(estimated_age, info, self.cfg.age_check, self._today()):
-                return None
-        return cand
+    @property
+    def threshold(self) -> float:
+        """The threshold in force."""
+        return self._threshold
+
+    def set_policy(self, policy: ResolvedPolicy) -> None:
+        """Use another resolved policy (a bundle of another size was loaded); votes are kept."""
+        self.policy = policy
+        self._threshold = float(policy.threshold)
+
+    def verdict(self, matches: Sequence[CaseMatchLike], estimated_age: float | None,
+                p_male: float | None = None) -> Verdict:
+        """The policy's verdict on one face (:func:`namus_edge.models.policy.judge`)."""
+        return judge(matches, self.policy.threshold_for(estimated_age), self.cfg, estimated_age=estimated_age,
+                     p_male=p_male, case_info=self._case_info, today=self._today())
+
+    def candidate(self, matches: Sequence[CaseMatchLike], estimated_age: float | None,
+                  p_male: float | None = None) -> Candidate | None:
+        """The case this face votes for, or ``None`` (below threshold, ambiguous, age- or sex-implausible)."""
+        return self.verdict(matches, estimated_age, p_male).candidate
 
     def observe(
         self,
@@ -344,6 +220,7 @@ class DecisionEngine:
         estimated_age: float | None,
         matches: Sequence[CaseMatchLike],
         bbox: np.ndarray | None = None,
+        p_male: float | None = None,
     ) -> MatchDecision | None:
         """Record one searched face of a track and return a decision when a case is confirmed.
 
@@ -356,11 +233,12 @@ class DecisionEngine:
             estimated_age: estimated age in years, or ``None``.
             matches: the index hits for this face (any order; several per case allowed).
             bbox: optional float (4,) face box ``x1, y1, x2, y2`` pixels, reported for the best face.
+            p_male: the face's probability of being male (``Face.p_male``), or ``None``.
 
         Returns:
             A :class:`MatchDecision` when the rules in the module docstring fire, else ``None``.
         """
-        cand = self.candidate(matches, estimated_age)
+        cand = self.candidate(matches, estimated_age, p_male)
         if cand is None:
             return None
         weight = max(MIN_VOTE_WEIGHT, max(0.0, float(face_quality)) * math.sqrt(max(0.0, float(face_area))))
@@ -378,6 +256,9 @@ class DecisionEngine:
             cv.best_bbox = None if bbox is None else np.asarray(bbox, np.float32).reshape(4).copy()
         if estimated_age is not None:
             cv.ages.append(float(estimated_age))
+        if p_male is not None:
+            cv.p_male_sum += float(p_male)
+            cv.p_male_n += 1
 
         share = cv.weight / tv.total_weight
         if cv.count < self.cfg.confirm_frames or share <= 0.5:
@@ -405,6 +286,9 @@ class DecisionEngine:
             vote_share=share,
             timestamp=float(timestamp),
             best_timestamp=cv.best_time,
+            candidates=ranked_candidates(matches),
+            p_male=cv.p_male_sum / cv.p_male_n if cv.p_male_n else None,
+            policy=self.policy,
         )
         logger.info(
             "match: camera %s track %d case %s similarity %.3f over %d frames",

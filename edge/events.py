@@ -25,7 +25,11 @@ from typing import Any
 from namus_edge.core.cases import CASE_SETS
 from namus_edge.core.errors import NamusEdgeError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions :meth:`MatchEvent.from_dict` reads (a v1 event gets the v2 defaults, see docs/events.md).
+READABLE_VERSIONS = (1, 2)
+MAX_CANDIDATES = 5
+SEX_LABELS = ("female", "male")
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _HEX_RE = re.compile(r"^[0-9a-f]{8,64}$")
@@ -261,11 +265,149 @@ class EventModels:
         )
 
 
+def _opt_str(name: str, value: object, max_len: int = 128) -> str | None:
+    return None if value is None else _str(name, value, max_len=max_len)
+
+
+def _bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise EventError(f"{name}: expected true or false, got {type(value).__name__} {value!r}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class CandidateRef:
+    """One of the top cases of the face that fired (schema v2 ``candidates``).
+
+    Attributes:
+        id_formatted: the case.
+        similarity: cosine similarity of the face to the case's best photo, in [-1, 1].
+        image_key: that photo's bundle key.
+        category: its NamUs photo category (``FacialCaseId``, ``AgeProgression``, ...) or ``None``.
+        is_rendering: the photo is an age progression, composite or artist rendering.
+    """
+
+    id_formatted: str
+    similarity: float
+    image_key: str
+    category: str | None = None
+    is_rendering: bool = False
+
+    def __post_init__(self) -> None:
+        _str("candidates[].id_formatted", self.id_formatted, max_len=64)
+        _set(self, "similarity", _float("candidates[].similarity", self.similarity, -1.0, 1.0))
+        _str("candidates[].image_key", self.image_key, max_len=512)
+        _opt_str("candidates[].category", self.category)
+        _bool("candidates[].is_rendering", self.is_rendering)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object (all keys present)."""
+        return {"id_formatted": self.id_formatted, "similarity": self.similarity, "image_key": self.image_key,
+                "category": self.category, "is_rendering": self.is_rendering}
+
+    @classmethod
+    def from_dict(cls, data: object) -> CandidateRef:
+        """Build from a parsed JSON object; raises EventError on missing/unknown/invalid fields."""
+        return cls(**_take(data, "candidates[]", ("id_formatted", "similarity", "image_key", "category",
+                                                  "is_rendering")))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PhotoRef:
+    """Category of the matched case photo (schema v2 ``photo``)."""
+
+    category: str | None = None
+    is_rendering: bool = False
+
+    def __post_init__(self) -> None:
+        _opt_str("photo.category", self.category)
+        _bool("photo.is_rendering", self.is_rendering)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"category", "is_rendering"}``."""
+        return {"category": self.category, "is_rendering": self.is_rendering}
+
+    @classmethod
+    def from_dict(cls, data: object) -> PhotoRef:
+        """Build from a parsed JSON object."""
+        return cls(**_take(data, "photo", ("category", "is_rendering")))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SexEstimate:
+    """The face's estimated sex (schema v2 ``estimated_sex``), from ``Face.p_male``.
+
+    Attributes:
+        label: ``female`` or ``male`` (male iff p_male >= 0.5).
+        confidence: max(p_male, 1 - p_male), in [0.5, 1].
+    """
+
+    label: str
+    confidence: float
+
+    def __post_init__(self) -> None:
+        if self.label not in SEX_LABELS:
+            raise EventError(f"estimated_sex.label: {self.label!r} is not one of {', '.join(SEX_LABELS)}")
+        _set(self, "confidence", _float("estimated_sex.confidence", self.confidence, 0.5, 1.0))
+
+    @classmethod
+    def from_p_male(cls, p_male: float | None) -> SexEstimate | None:
+        """From ``Face.p_male`` (``None`` stays ``None``)."""
+        if p_male is None:
+            return None
+        p = _float("estimated_sex (p_male)", p_male, 0.0, 1.0)
+        return cls(label="male" if p >= 0.5 else "female", confidence=round(max(p, 1.0 - p), 4))
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"label", "confidence"}``."""
+        return {"label": self.label, "confidence": self.confidence}
+
+    @classmethod
+    def from_dict(cls, data: object) -> SexEstimate:
+        """Build from a parsed JSON object."""
+        return cls(**_take(data, "estimated_sex", ("label", "confidence")))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyRef:
+    """The alert policy that fired (schema v2 ``policy``; see ``models/policy.py``).
+
+    Attributes:
+        rule: ``target_fpir``, ``fixed_threshold`` or ``embedder_default``.
+        threshold: the cosine threshold used.
+        gallery_size: faces in the searched bundle.
+        target_fpir: the target false-positive identification rate, or ``None``.
+    """
+
+    rule: str
+    threshold: float
+    gallery_size: int
+    target_fpir: float | None = None
+
+    def __post_init__(self) -> None:
+        _str("policy.rule", self.rule, max_len=64)
+        _set(self, "threshold", _float("policy.threshold", self.threshold, -1.0, 1.0))
+        _set(self, "gallery_size", _int("policy.gallery_size", self.gallery_size, 0))
+        if self.target_fpir is not None:
+            _set(self, "target_fpir", _float("policy.target_fpir", self.target_fpir, 0.0, 1.0))
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"rule", "threshold", "gallery_size", "target_fpir"}``."""
+        return {"rule": self.rule, "threshold": self.threshold, "gallery_size": self.gallery_size,
+                "target_fpir": self.target_fpir}
+
+    @classmethod
+    def from_dict(cls, data: object) -> PolicyRef:
+        """Build from a parsed JSON object."""
+        return cls(**_take(data, "policy", ("rule", "threshold", "gallery_size", "target_fpir")))
+
+
 _EVENT_REQUIRED = (
     "schema_version", "event_id", "device_id", "camera_id", "timestamp", "track_id", "case", "similarity",
     "margin", "estimated_age", "quality", "bbox", "index_version", "models", "image_key", "frames",
     "review_required",
 )
+_EVENT_V2_REQUIRED = ("candidates", "photo", "static_suspect", "estimated_sex", "policy")
 _EVENT_OPTIONAL = ("crop_jpeg_b64",)
 
 
@@ -290,9 +432,16 @@ class MatchEvent:
         frames: Number of frames of the track that confirmed the match (>= 1).
         timestamp: UTC ISO 8601 time of the confirming frame (default: now, see :func:`utc_timestamp`).
         event_id: Unique id, a UUID4 string (default: fresh). Receivers dedupe on it.
-        schema_version: Always :data:`SCHEMA_VERSION`.
+        schema_version: :data:`SCHEMA_VERSION` for new events; 1 for an event parsed from a v1
+            payload (it serialises back to v1).
         review_required: Always ``True``: an event is a candidate for a human to review.
         crop_jpeg_b64: Base64 of the face crop JPEG, only with ``mqtt.face_crop: inline``.
+        candidates: v2: the top cases (1-5, best first); ``candidates[0]`` is ``case``. Empty
+            means "the single match" and is filled from ``case``, ``similarity`` and ``image_key``.
+        photo: v2: category of the matched photo (default: unknown, not a rendering).
+        static_suspect: v2: the face did not move / the same region re-triggered (a poster?).
+        estimated_sex: v2: the face's sex estimate, or ``None`` without a sex model.
+        policy: v2: the alert policy that fired (``None`` only for events read from v1).
     """
 
     device_id: str
@@ -313,11 +462,17 @@ class MatchEvent:
     schema_version: int = SCHEMA_VERSION
     review_required: bool = True
     crop_jpeg_b64: str | None = None
+    candidates: tuple[CandidateRef, ...] = ()
+    photo: PhotoRef = field(default_factory=PhotoRef)
+    static_suspect: bool = False
+    estimated_sex: SexEstimate | None = None
+    policy: PolicyRef | None = None
 
     def __post_init__(self) -> None:
-        if self.schema_version != SCHEMA_VERSION or isinstance(self.schema_version, bool):
+        if self.schema_version not in READABLE_VERSIONS or isinstance(self.schema_version, bool):
             raise EventError(
-                f"schema_version: {self.schema_version!r} is not supported (this build reads {SCHEMA_VERSION})"
+                f"schema_version: {self.schema_version!r} is not supported (this build reads "
+                f"{', '.join(map(str, READABLE_VERSIONS))})"
             )
         self._check_event_id()
         _ident("device_id", self.device_id)
@@ -343,6 +498,29 @@ class MatchEvent:
             )
         if self.crop_jpeg_b64 is not None:
             self._check_crop(self.crop_jpeg_b64)
+        self._check_v2()
+
+    def _check_v2(self) -> None:
+        cands = tuple(self.candidates)
+        if not cands:
+            cands = (CandidateRef(id_formatted=self.case.id_formatted, similarity=self.similarity,
+                                  image_key=self.image_key, category=self.photo.category,
+                                  is_rendering=self.photo.is_rendering),)
+        if len(cands) > MAX_CANDIDATES:
+            raise EventError(f"candidates: {len(cands)} given, at most {MAX_CANDIDATES}")
+        if not all(isinstance(c, CandidateRef) for c in cands):
+            raise EventError("candidates: expected CandidateRef objects")
+        if cands[0].id_formatted != self.case.id_formatted:
+            raise EventError(f"candidates[0].id_formatted: {cands[0].id_formatted!r} is not the alerted case "
+                             f"{self.case.id_formatted!r}")
+        _set(self, "candidates", cands)
+        if not isinstance(self.photo, PhotoRef):
+            raise EventError(f"photo: expected a PhotoRef, got {type(self.photo).__name__}")
+        _bool("static_suspect", self.static_suspect)
+        if self.estimated_sex is not None and not isinstance(self.estimated_sex, SexEstimate):
+            raise EventError(f"estimated_sex: expected a SexEstimate or None, got {type(self.estimated_sex).__name__}")
+        if self.policy is not None and not isinstance(self.policy, PolicyRef):
+            raise EventError(f"policy: expected a PolicyRef or None, got {type(self.policy).__name__}")
 
     def _check_event_id(self) -> None:
         text = _str("event_id", self.event_id, max_len=36)
@@ -398,6 +576,12 @@ class MatchEvent:
             "frames": self.frames,
             "review_required": self.review_required,
         }
+        if self.schema_version >= 2:
+            out["candidates"] = [c.to_dict() for c in self.candidates]
+            out["photo"] = self.photo.to_dict()
+            out["static_suspect"] = self.static_suspect
+            out["estimated_sex"] = None if self.estimated_sex is None else self.estimated_sex.to_dict()
+            out["policy"] = None if self.policy is None else self.policy.to_dict()
         if self.crop_jpeg_b64 is not None:
             out["crop_jpeg_b64"] = self.crop_jpeg_b64
         return out
@@ -409,8 +593,21 @@ class MatchEvent:
     @classmethod
     def from_dict(cls, data: object) -> MatchEvent:
         """Build from a parsed JSON object; raises EventError naming the first bad field."""
-        d = _take(data, "event", _EVENT_REQUIRED, _EVENT_OPTIONAL)
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if version == 1:
+            d = _take(data, "event", _EVENT_REQUIRED, _EVENT_OPTIONAL)
+        else:
+            d = _take(data, "event", _EVENT_REQUIRED + _EVENT_V2_REQUIRED, _EVENT_OPTIONAL)
         kwargs = dict(d)
+        if version != 1:
+            cands = d["candidates"]
+            if not isinstance(cands, list) or not cands:
+                raise EventError(f"candidates: expected a JSON array of 1-{MAX_CANDIDATES} objects, got {cands!r}")
+            kwargs["candidates"] = tuple(CandidateRef.from_dict(c) for c in cands)
+            kwargs["photo"] = PhotoRef.from_dict(d["photo"])
+            es = d["estimated_sex"]
+            kwargs["estimated_sex"] = None if es is None else SexEstimate.from_dict(es)
+            kwargs["policy"] = None if d["policy"] is None else PolicyRef.from_dict(d["policy"])
         kwargs["case"] = CaseRef.from_dict(d["case"])
         kwargs["models"] = EventModels.from_dict(d["models"])
         bbox = d["bbox"]

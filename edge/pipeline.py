@@ -29,14 +29,16 @@ from namus_edge.core.config import Config
 from namus_edge.edge.debug_store import DebugCropStore
 from namus_edge.edge.decision import DecisionEngine, MatchDecision
 from namus_edge.edge.embedding_guard import usable_rows
+from namus_edge.edge.event_v2 import v2_fields
 from namus_edge.edge.events import CaseRef, EventModels, MatchEvent, ModelRef, utc_timestamp
 from namus_edge.edge.frame_queue import Frame
 from namus_edge.edge.reattach import reattach
 from namus_edge.edge.sources import MaskCache
+from namus_edge.edge.static_faces import StaticFaceGuard
 from namus_edge.edge.tracker import Tracker
 from namus_edge.index.faces import face_thumbnail
 from namus_edge.models.analyzer import FaceAnalyzer, PreparedFace
-from namus_edge.models.registry import match_threshold
+from namus_edge.models.policy import resolve_policy
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +50,18 @@ class SearchIndex(Protocol):
 
     version: str
 
+    @property
+    def ntotal(self) -> int:
+        """Faces in the index (the gallery size of the alert policy)."""
+
     def search(self, queries: np.ndarray, top_k: int = 5) -> list[list[Any]]:
         """Top cases per query: lists of objects with id_formatted, score, image_key."""
 
     def case(self, id_formatted: str) -> dict[str, Any] | None:
         """Device-safe case row."""
+
+    def photo(self, image_key: str) -> dict[str, Any] | None:
+        """``{"category", "is_rendering"}`` of a case photo."""
 
 
 EmitFn = Callable[[MatchEvent, bytes | None], None]
@@ -116,9 +125,14 @@ class Pipeline:
         self.embed_all = embed_all
         self.tracker = Tracker(config.matching)
         self._current_index: SearchIndex | None = None
-        self.threshold = match_threshold(config)
+        self._embedder = analyzer.embedder_spec.name
+        self.policy = resolve_policy(config.matching, self._embedder, 0)
+        self.threshold = self.policy.threshold
         self.engine = DecisionEngine(config.matching.model_copy(update={"threshold": self.threshold}),
                                      self._case_info)
+        self.engine.set_policy(self.policy)
+        self.static: StaticFaceGuard[tuple[MatchDecision, _Candidate, SearchIndex]] = StaticFaceGuard(
+            config.matching.static_faces)
         self.stats = StageStats()
         self._masks = {c.id: MaskCache(c.mask) for c in config.cameras if c.mask}
         svc = config.service
@@ -154,8 +168,20 @@ class Pipeline:
         with self._lock:
             return self._process(frames)
 
+    def _sync_policy(self, index: SearchIndex | None) -> None:
+        """Re-derive the alert threshold when the gallery size changes (a new bundle)."""
+        size = index.ntotal if index is not None else 0
+        if size != self.policy.gallery_size:
+            self.policy = resolve_policy(self.config.matching, self._embedder, size)
+            self.threshold = self.policy.threshold
+            self.engine.set_policy(self.policy)
+            logger.info("alert policy: %s, threshold %.3f for %d gallery faces", self.policy.rule,
+                        self.threshold, size)
+
     def _process(self, frames: Sequence[Frame]) -> int:
         self._current_index = self._index()
+        self._sync_policy(self._current_index)
+        released: list[tuple[tuple[MatchDecision, _Candidate, SearchIndex], bool]] = []
         candidates: list[_Candidate] = []
         for frame in frames:
             t0 = time.perf_counter()
@@ -166,6 +192,8 @@ class Pipeline:
                 dets = [d for d in dets if region.contains(d.bbox)]
             t1 = time.perf_counter()
             tracked = self.tracker.update(frame.camera_id, dets, frame.timestamp)
+            released += self.static.update(frame.camera_id, [(tf.track.track_id, tf.detection.bbox) for tf in tracked],
+                                           frame.timestamp)
             t2 = time.perf_counter()
             for tf in tracked:
                 prepared = self.analyzer.prepare(frame.image, tf.detection)
@@ -181,8 +209,9 @@ class Pipeline:
             self.stats.faces += len(dets)
         for track in self.tracker.pop_closed():
             self.engine.end_track(track.camera_id, track.track_id)
+            released += self.static.end_track(track.camera_id, track.track_id)
         if not candidates:
-            return 0
+            return self._emit_released(released)
         batch = [c.prepared for c in candidates]
         t0 = time.perf_counter()
         embeddings = self.analyzer.embed(batch)
@@ -220,22 +249,32 @@ class Pipeline:
             decision = self.engine.observe(cand.frame.camera_id, cand.track.track_id, cand.frame.timestamp,
                                            cand.prepared.quality.score, det.area, age, results[i], bbox=det.bbox)
             if decision is not None and index is not None:
-                self._emit_decision(decision, cand, index)
-                emitted += 1
+                released += self.static.submit(decision.camera_id, decision.track_id, decision.id_formatted,
+                                               det.bbox, cand.frame.timestamp, (decision, cand, index))
+        emitted += self._emit_released(released)
         self.stats.add("decide", time.perf_counter() - t3)
-        self.stats.events += emitted
         return emitted
+
+    def _emit_released(self, released: Sequence[tuple[tuple[MatchDecision, _Candidate, SearchIndex], bool]]) -> int:
+        for (decision, cand, index), static in released:
+            self._emit_decision(decision, cand, index, static_suspect=static)
+        self.stats.events += len(released)
+        return len(released)
 
     def finish_camera(self, camera_id: str) -> None:
         """End of a stream: close its tracks and forget their votes."""
         with self._lock:
+            released = []
             for track in self.tracker.close_camera(camera_id):
                 self.engine.end_track(track.camera_id, track.track_id)
+                released += self.static.end_track(track.camera_id, track.track_id)
             self.engine.end_camera(camera_id)
+            self._emit_released(released + self.static.end_camera(camera_id))
 
     # -- events ---------------------------------------------------------------------------------------
 
-    def _emit_decision(self, d: MatchDecision, cand: _Candidate, index: SearchIndex) -> None:
+    def _emit_decision(self, d: MatchDecision, cand: _Candidate, index: SearchIndex, *,
+                       static_suspect: bool = False) -> None:
         case = index.case(d.id_formatted) or {}
         image = cand.frame.image
         h, w = image.shape[:2]
@@ -264,6 +303,7 @@ class Pipeline:
             models=self._models,
             image_key=d.image_key,
             frames=int(d.frames),
+            **v2_fields(d, index.photo, static_suspect=static_suspect),
         )
         crop = None
         if self.config.mqtt.face_crop != "off" or self._debug is not None:

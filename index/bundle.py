@@ -260,6 +260,13 @@ class Bundle(Closing):
             row = self._conn.execute("SELECT * FROM cases WHERE id_formatted = ?", (id_formatted,)).fetchone()
         return row_to_case(row) if row is not None else None
 
+    def photo(self, image_key: str) -> dict[str, Any] | None:
+        """``{"category", "is_rendering"}`` of one case photo (NamUs photo category), or ``None`` when absent."""
+        with self._lock:
+            row = self._conn.execute("SELECT category, is_rendering FROM faces WHERE image_key = ?",
+                                     (image_key,)).fetchone()
+        return None if row is None else {"category": row[0], "is_rendering": bool(row[1])}
+
     def cases(self) -> Iterator[dict[str, Any]]:
         """Every case row, in :func:`case_sort_key` order."""
         with self._lock:

@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from namus_edge.index.signing import generate_keypair, key_id
 from namus_edge.index.sync import expected_model_from_config
 from namus_edge.models.analyzer import FaceAnalyzer
 from namus_edge.models.imagefile import read_image
+from namus_edge.models.policy import judge, resolve_policy
 from namus_edge.models.registry import match_threshold
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,9 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     src.add_argument("--list", type=Path, metavar="FILE", help="text file of photo paths, one per line (# comments)")
     add_pubkey_option(sp, "pinned public key (repeatable; default: sync.pubkeys; none = hashes only)")
     sp.add_argument("--top", type=int, default=None, metavar="K", help="cases per photo (default: matching.top_k)")
+    sp.add_argument("--alert", action="store_true",
+                    help="apply the device's alert policy (threshold from matching.target_fpir and the bundle size, "
+                    "margin, age and sex checks) and print the case each photo's face would vote for, or why not")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=_search)
 
@@ -265,6 +270,8 @@ def _search(args: argparse.Namespace, config: Config) -> int:
     paths = _query_paths(args)
     _check_exist(paths)
     expected = expected_model_from_config(config)
+    if args.alert:
+        return _search_alert(args, config, paths, top_k)
     threshold = match_threshold(config)
     with Bundle.load(args.bundle, pubkeys=_pubkeys(args, config), expected_model=expected) as bundle:
         analyzer = FaceAnalyzer(config, with_age=False)
@@ -287,4 +294,57 @@ def _search(args: argparse.Namespace, config: Config) -> int:
         for m in row["matches"]:
             mark = "*" if m["score"] >= threshold else " "
             print(f"  {mark} {m['case']:<12} {m['score']:.4f}  {m['image_key']}")
+    return 0
+
+
+def _search_alert(args: argparse.Namespace, config: Config, paths: Sequence[Path], top_k: int) -> int:
+    """``index search --alert``: what a device would do with the largest face of each photo.
+
+    JSON: ``{"bundle", "policy", "results": [{"image", "alert", "reason", "candidates", "threshold",
+    "estimated_age"}]}``; ``reason`` is ``alert``, ``no_face`` or the rule that rejected the best case
+    (``threshold``, ``margin``, ``age``, ``sex``; see ``models/policy.py``).
+    """
+    import numpy as np
+
+    from namus_edge.index.bundle import Bundle
+    from namus_edge.index.sync import expected_model_from_config
+    from namus_edge.models.analyzer import FaceAnalyzer
+    from namus_edge.models.imagefile import read_image
+
+    expected = expected_model_from_config(config)
+    today = datetime.now(timezone.utc).date()
+    results: list[dict[str, Any]] = []
+    with Bundle.load(args.bundle, pubkeys=_pubkeys(args, config), expected_model=expected) as bundle:
+        analyzer = FaceAnalyzer(config, with_age=True)
+        policy = resolve_policy(config.matching, analyzer.embedder_spec.name, bundle.ntotal)
+        for path in paths:
+            faces = [f for f in analyzer.analyze(read_image(path), photo=True) if f.has_embedding]
+            row: dict[str, Any] = {"image": str(path), "alert": None, "reason": "no_face", "candidates": [],
+                                   "threshold": round(policy.threshold, 4), "estimated_age": None}
+            if faces:
+                best = max(faces, key=lambda f: f.area)  # the largest face: the subject of the photo
+                matches = bundle.search(best.embedding[np.newaxis, :], top_k)[0]
+                verdict = judge(matches, policy.threshold_for(best.age), config.matching, estimated_age=best.age,
+                                p_male=best.p_male, case_info=bundle.case, today=today)
+                row["threshold"] = round(policy.threshold_for(best.age), 4)
+                row["alert"] = verdict.candidate.id_formatted if verdict.candidate else None
+                row["reason"] = verdict.reason
+                row["estimated_age"] = None if best.age is None else round(float(best.age), 1)
+                row["candidates"] = [{"case": m.id_formatted, "score": round(m.score, 4), "image_key": m.image_key,
+                                      **(bundle.photo(m.image_key) or {"category": None, "is_rendering": False})}
+                                     for m in matches]
+            results.append(row)
+        doc: dict[str, Any] = {"bundle": bundle.version, "policy": policy.to_dict(), "results": results}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    pol = doc["policy"]
+    print(f"bundle {doc['bundle']}: {pol['rule']} threshold {pol['threshold']} for {pol['gallery_size']} faces"
+          + (f" (target FPIR {pol['target_fpir']})" if pol["target_fpir"] is not None else ""))
+    for row in results:
+        verdict_text = f"ALERT {row['alert']}" if row["alert"] else f"no alert ({row['reason']})"
+        print(f"{row['image']}: {verdict_text}")
+        for m in row["candidates"]:
+            tag = " [rendering]" if m["is_rendering"] else ""
+            print(f"    {m['case']:<12} {m['score']:.4f}  {m['image_key']}  {m['category']}{tag}")
     return 0

@@ -74,6 +74,23 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=run_detect)
 
+    i = esub.add_parser("identify", help="open-set 1:N identification (FPIR / FNIR, NIST FRTE 1:N terms)",
+                        parents=[parent])
+    i.add_argument("--gallery", required=True, type=Path,
+                   help="CSV: path, identity [, age, sex, race]: the faces a bundle would hold")
+    i.add_argument("--probes", required=True, type=Path,
+                   help="CSV: path, identity [, age, sex, race, age_gap]; a probe whose path is a gallery row "
+                   "is a non-mated search with its own identity left out")
+    i.add_argument("--root", required=True, type=Path, help="directory the CSV paths are relative to")
+    i.add_argument("--exclude", type=Path, help="CSV: path_a, path_b [, reason, evidence]: label-noise pairs")
+    i.add_argument("--seed", type=int, default=0, help="fit/report split and gallery sampling seed (default 0)")
+    i.add_argument("--sizes", default="1000,3000,10000", help="measured gallery sizes besides all (comma list)")
+    i.add_argument("--cache-dir", type=Path, help="embedding cache root (default $NAMUS_EDGE_EMBED_CACHE or "
+                   "~/.cache/namus-edge/embeddings)")
+    i.add_argument("--hub-norm", action="store_true", help="also measure per-face hub score normalisation")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=run_identify_cmd)
+
 
 # -- shared ---------------------------------------------------------------------------------------
 
@@ -383,4 +400,62 @@ def _render_detect(r: dict) -> str:
     ]
     for k, v in r["by_size"].items():
         lines.append(f"{k:<12}{v['faces']:>7}{_f(v['recall']['0.4']):>8}{_f(v['recall']['0.5']):>8}")
+    return "\n".join(lines)
+
+
+# -- identify -------------------------------------------------------------------------------------
+
+
+def run_identify_cmd(args: argparse.Namespace, config: Config) -> int:
+    """``eval identify``: see :mod:`namus_edge.models.identify_eval`."""
+    from namus_edge.models import identify_eval as ie
+
+    try:
+        sizes = tuple(int(x) for x in str(args.sizes).split(",") if x.strip())
+    except ValueError:
+        raise EvalInputError(f"--sizes: {args.sizes!r} is not a comma list of integers") from None
+    gallery = ie.read_rows(args.gallery, args.root)
+    probes = ie.read_rows(args.probes, args.root)
+    excl = ie.read_exclusions(args.exclude, args.root) if args.exclude else None
+    result = ie.run_identify(config, gallery, probes, seed=args.seed, exclusions=excl, cache_root=args.cache_dir,
+                             sizes=sizes, hub_norm=args.hub_norm)
+    _emit(result, args.json, _render_identify)
+    return 0
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f} %"
+
+
+def _render_identify(r: dict) -> str:
+    d = r["data"]
+    lines = [
+        f"open-set identification: {r['models']['detector']} + {r['models']['embedder']}; "
+        f"gallery {d['gallery_faces']} faces ({d['gallery_identities']} identities, {d['enrolled_identities']} "
+        f"enrolled); {d['mated_probes']} mated, {d['nonmated_probes']} non-mated (report half) probes; "
+        f"{d['no_face']} photos without a face; {d['excluded_pairs']} excluded pairs",
+        "",
+        "| gallery | rule | threshold (adult / child face) | FPIR | FNIR | rank-1 | rank-5 | FNIR@FPIR 1e-2 | "
+        "FNIR@FPIR 1e-3 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in r["by_gallery_size"]:
+        fo = e["face_only"]
+        lines.append(f"| {e['gallery_size']} | {e['rule']} | {e['threshold']:.3f} / {e['child_threshold']} | "
+                     f"{_pct(e['fpir'])} "
+                     f"({e['false_alerts']}) | {_pct(e['fnir'])} | {_pct(e['rank1'])} | {_pct(e['rank5'])} | "
+                     f"{_pct(fo['1e-02']['fnir'])} | {_pct(fo['1e-03']['fnir'])} |")
+    for e in r["predicted"]:
+        lo, hi = e["fpir_ci95"]
+        lines.append(f"| {e['gallery_size']} (predicted) | {e['rule']} | {e['threshold']:.3f} / "
+                     f"{e['child_threshold']} | adult {_pct(e['fpir'])} [{_pct(lo)}, {_pct(hi)}] | "
+                     f"{_pct(e['fnir_face_only'])} (face only) | | | | |")
+    if r["by_age_gap"]:
+        lines += ["", "| age gap | mated | FNIR | rank-1 | rank-5 |", "|---|---|---|---|---|"]
+        for k, v in r["by_age_gap"].items():
+            lines.append(f"| {k} | {v['mated']} | {_pct(v['fnir'])} | {_pct(v['rank1'])} | {_pct(v['rank5'])} |")
+    for key, groups in r["bias"].items():
+        lines += ["", f"| {key} | non-mated | FPIR | mated | FNIR |", "|---|---|---|---|---|"]
+        for g, v in groups.items():
+            lines.append(f"| {g} | {v['nonmated']} | {_pct(v['fpir'])} | {v['mated']} | {_pct(v['fnir'])} |")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from typing import Literal
 from namus_edge.core.config import Config, ConfigError
 from namus_edge.core.errors import ModelError
 from namus_edge.core.fsutil import sha256_file
+from namus_edge.models.impostor_tail import ImpostorTail
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,11 @@ class ModelSpec:
     #: Embedders: default cosine threshold for a candidate match, measured in docs/accuracy.md
     #: (about 1e-5 false accepts per different-person pair on LFW; scores differ per model).
     match_threshold: float | None = None
+    #: Embedders: measured per-pair impostor tail, from which ``matching.target_fpir`` derives the
+    #: threshold for a gallery size (models/policy.py); ``None``: not measured.
+    impostor_tail: ImpostorTail | None = None
+    #: Embedders: the same for probe faces of children (estimated < 13 y, models/policy.py).
+    child_impostor_tail: ImpostorTail | None = None
     notes: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -145,6 +151,40 @@ REGISTRY: dict[str, ModelSpec] = {
             urls=(),  # converted by the project; served from the operators' mirror only
             output_dim=512,
             match_threshold=0.40,
+            impostor_tail=ImpostorTail(
+                points=(
+                    (0.20, 7.460e-03), (0.21, 5.449e-03), (0.22, 3.919e-03), (0.23, 2.817e-03), (0.24, 2.013e-03),
+                    (0.25, 1.448e-03), (0.26, 1.030e-03), (0.27, 7.394e-04), (0.28, 5.238e-04), (0.29, 3.814e-04),
+                    (0.30, 2.596e-04), (0.31, 1.689e-04), (0.32, 1.134e-04), (0.33, 7.478e-05), (0.34, 4.621e-05),
+                    (0.35, 2.773e-05), (0.36, 2.268e-05), (0.37, 1.848e-05), (0.38, 1.344e-05), (0.39, 6.721e-06),
+                    (0.40, 4.201e-06), (0.41, 1.680e-06), (0.43, 8.402e-07),
+                ),
+                pairs=2380453,
+                measured="namus-edge eval identify --exclude bench/data/identification_label_noise.csv --seed 0, "
+                "fit half of the 2,999 LFW distractor photos of shared/data/identification (identity labels "
+                "trustworthy; UTKFace adults excluded: its unlabelled repeat photos of public figures make its "
+                "tail flat above 0.5), 1566 faces, adult probe faces; docs/accuracy.md section 6, 2026-11-30",
+            ),
+            child_impostor_tail=ImpostorTail(
+                points=(
+                    (0.20, 3.923e-02), (0.21, 3.557e-02), (0.22, 3.244e-02), (0.23, 2.972e-02), (0.24, 2.736e-02),
+                    (0.25, 2.522e-02), (0.26, 2.329e-02), (0.27, 2.151e-02), (0.28, 1.982e-02), (0.29, 1.831e-02),
+                    (0.30, 1.687e-02), (0.31, 1.553e-02), (0.32, 1.427e-02), (0.33, 1.311e-02), (0.34, 1.201e-02),
+                    (0.35, 1.097e-02), (0.36, 9.945e-03), (0.37, 9.060e-03), (0.38, 8.225e-03), (0.39, 7.442e-03),
+                    (0.40, 6.706e-03), (0.41, 6.015e-03), (0.42, 5.385e-03), (0.43, 4.813e-03), (0.44, 4.265e-03),
+                    (0.45, 3.746e-03), (0.46, 3.307e-03), (0.47, 2.897e-03), (0.48, 2.535e-03), (0.49, 2.194e-03),
+                    (0.50, 1.880e-03), (0.51, 1.622e-03), (0.52, 1.376e-03), (0.53, 1.152e-03), (0.54, 9.755e-04),
+                    (0.55, 8.068e-04), (0.56, 6.691e-04), (0.57, 5.465e-04), (0.58, 4.564e-04), (0.59, 3.683e-04),
+                    (0.60, 3.006e-04), (0.61, 2.436e-04), (0.62, 1.880e-04), (0.63, 1.475e-04), (0.64, 1.188e-04),
+                    (0.65, 8.793e-05), (0.66, 6.733e-05), (0.67, 4.967e-05), (0.68, 3.974e-05), (0.69, 3.091e-05),
+                    (0.70, 2.575e-05),
+                ),
+                pairs=5435955,
+                measured="namus-edge eval identify (bench/identify_sets.py dev data) --exclude "
+                "bench/data/identification_label_noise.csv --seed 0, fit half, 759 faces estimated "
+                "< 13 y against all 7163 fit-half faces; "
+                "docs/accuracy.md section 6, 2026-11-30",
+            ),
             notes="No official ONNX exists; the mirror copy is the reference (MODELS.md 3a).",
         ),
         ModelSpec(

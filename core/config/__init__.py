@@ -17,7 +17,14 @@ from namus_edge.core.config.base import ConfigError, StrictModel
 from namus_edge.core.config.cameras import CameraConfig
 from namus_edge.core.config.index import IndexConfig, NamusApiConfig, SyncConfig
 from namus_edge.core.config.loader import apply_overrides, config_from_mapping, load_config, parse_override
-from namus_edge.core.config.matching import AgeCheckConfig, DetectionConfig, MatchingConfig, QualityConfig
+from namus_edge.core.config.matching import (
+    AgeCheckConfig,
+    DetectionConfig,
+    MatchingConfig,
+    QualityConfig,
+    SexCheckConfig,
+    StaticFaceConfig,
+)
 from namus_edge.core.config.models import (
     AGE_CALIBRATION_UTKFACE,
     MODEL_SETS,
@@ -34,6 +41,7 @@ __all__ = [
     "AGE_CALIBRATION_UTKFACE", "MODELS_ENV", "MODEL_SETS",
     "AgeCheckConfig", "BackendConfig", "CameraConfig", "Config", "ConfigError", "DetectionConfig",
     "IndexConfig", "MatchingConfig", "ModelsConfig", "MqttConfig", "NamusApiConfig", "QualityConfig",
-    "HomeAssistantConfig", "RetentionConfig", "ReviewConfig", "ServiceConfig", "StrictModel", "SyncConfig", "TlsConfig",
+    "HomeAssistantConfig", "RetentionConfig", "ReviewConfig", "ServiceConfig", "SexCheckConfig",
+    "StaticFaceConfig", "StrictModel", "SyncConfig", "TlsConfig",
     "apply_overrides", "config_from_mapping", "load_config", "parse_override",
 ]

@@ -6,6 +6,9 @@ from pydantic import Field, field_validator
 
 from namus_edge.core.config.base import StrictModel
 
+#: Default ``matching.target_fpir`` (per unknown face); chosen from the measurements in docs/accuracy.md.
+TARGET_FPIR_DEFAULT = 0.003
+
 
 class DetectionConfig(StrictModel):
     """Face detector settings."""
@@ -61,6 +64,40 @@ class AgeCheckConfig(StrictModel):
     max_tolerance_years: float = Field(25.0, ge=0, description="Upper bound of the total tolerance.")
 
 
+class SexCheckConfig(StrictModel):
+    """Sex plausibility: a confident sex estimate (``Face.p_male``) against the case's recorded sex."""
+
+    enabled: bool = Field(True, description="Reject a case whose recorded sex a confident estimate contradicts "
+                          "(no-op while no sex model fills Face.p_male).")
+    min_confidence: float = Field(
+        0.95, ge=0.5, le=1.0, description="Estimates below this confidence, max(p_male, 1 - p_male), never reject."
+    )
+    min_age: float = Field(
+        13.0, ge=0, le=120, description="Faces estimated younger than this are never rejected on sex "
+        "(unreliable for children)."
+    )
+
+
+class StaticFaceConfig(StrictModel):
+    """Static faces (flyers, posters): at most one event per still image region."""
+
+    enabled: bool = True
+    still_seconds: float = Field(
+        20.0, gt=0, description="A face whose box stays within still_px for this long is static (a printed photo)."
+    )
+    still_px: float = Field(
+        0.04, gt=0, le=1, description="Largest box movement, as a fraction of the face width, that still "
+        "counts as still."
+    )
+    region_iou: float = Field(
+        0.5, gt=0, le=1, description="A later match of the same case whose box overlaps a suppressed region by at "
+        "least this IoU is the same region."
+    )
+    release_s: float = Field(
+        10.0, gt=0, description="A suppressed region is released after no face was seen in it for this long."
+    )
+
+
 class MatchingConfig(StrictModel):
     """Decision rules from search results to a match event."""
 
@@ -69,7 +106,20 @@ class MatchingConfig(StrictModel):
         ge=-1.0,
         le=1.0,
         description="Cosine similarity for a candidate match; null = the embedder's measured default "
-        "(EdgeFace-XS 0.40, SFace 0.46: ~1e-5 false accepts per different-person pair, docs/accuracy.md).",
+        "(EdgeFace-XS 0.40, SFace 0.46: ~1e-5 false accepts per different-person pair, docs/accuracy.md). "
+        "When set it overrides target_fpir.",
+    )
+    target_fpir: float | None = Field(
+        TARGET_FPIR_DEFAULT,
+        gt=0.0,
+        lt=0.5,
+        description="Alert policy: chance that a face of someone in no case gets a candidate; the threshold "
+        "follows from the bundle's gallery size and the embedder's measured impostor tail (docs/accuracy.md). "
+        "null = the embedder's fixed default threshold.",
+    )
+    min_threshold: float = Field(
+        0.36, ge=-1.0, le=1.0, description="Floor of the threshold derived from target_fpir (small galleries: "
+        "below 0.36 the per-pair false-accept rate on LFW rises above ~1e-4, docs/accuracy.md)."
     )
     margin: float = Field(0.05, ge=0.0, le=2.0, description="Required lead of the best case over the second best.")
     top_k: int = Field(5, ge=1, le=100, description="Cases retrieved per face.")
@@ -87,3 +137,5 @@ class MatchingConfig(StrictModel):
     )
     faces_per_track: int = Field(5, ge=1, le=100, description="Best-quality faces kept per track for voting.")
     age_check: AgeCheckConfig = Field(default_factory=AgeCheckConfig)
+    sex_check: SexCheckConfig = Field(default_factory=SexCheckConfig)
+    static_faces: StaticFaceConfig = Field(default_factory=StaticFaceConfig)

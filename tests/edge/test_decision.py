@@ -11,15 +11,8 @@ import numpy as np
 import pytest
 
 from namus_edge.core.config import AgeCheckConfig, MatchingConfig
-from namus_edge.edge.decision import (
-    DecisionEngine,
-    MatchDecision,
-    age_plausible,
-    age_tolerance,
-    age_window,
-    best_candidate,
-    parse_date,
-)
+from namus_edge.edge.decision import DecisionEngine, MatchDecision
+from namus_edge.models.policy import age_plausible, age_tolerance, age_window, best_candidate, parse_date
 
 TODAY = date(2025, 6, 1)
 

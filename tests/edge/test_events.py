@@ -11,16 +11,21 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 import pytest
 
 from namus_edge.edge.events import (
     SCHEMA_VERSION,
+    CandidateRef,
     CaseRef,
     EventError,
     EventModels,
     MatchEvent,
     ModelRef,
+    PhotoRef,
+    PolicyRef,
+    SexEstimate,
     parse_timestamp,
     utc_timestamp,
 )
@@ -61,7 +66,7 @@ def doc_json_blocks() -> list[Any]:
 
 def test_defaults_and_round_trip() -> None:
     event = make_event()
-    assert event.schema_version == SCHEMA_VERSION == 1
+    assert event.schema_version == SCHEMA_VERSION == 2
     assert uuid.UUID(event.event_id).version == 4
     assert event.review_required is True
     assert event.timestamp.endswith("Z")
@@ -133,7 +138,7 @@ def test_age_model_optional() -> None:
         ({"event_id": str(uuid.uuid1())}, "UUID4"),
         ({"event_id": str(uuid.uuid4()).upper()}, "canonical"),
         ({"review_required": False}, "review_required"),
-        ({"schema_version": 2}, "schema_version"),
+        ({"schema_version": 3}, "schema_version"),
         ({"index_version": ""}, "index_version"),
         ({"image_key": 3}, "image_key"),
         ({"crop_jpeg_b64": "###"}, "base64"),
@@ -222,3 +227,99 @@ def test_docs_example_parses_and_schema_matches_the_code() -> None:
     text = DOC.read_text()
     for phrase in ("human review", "event_id", "QoS 1", "/availability", "/status", "index/announce", "/crop"):
         assert phrase in text
+
+
+# -- schema version 2 ---------------------------------------------------------------------------
+
+
+def make_v2_event(**overrides: Any) -> MatchEvent:
+    values: dict[str, Any] = {
+        "candidates": (
+            CandidateRef(id_formatted="MP12345", similarity=0.52, image_key="MP12345/img-2", category="FacialCaseId"),
+            CandidateRef(id_formatted="MP7", similarity=0.31, image_key="MP7-a", category="AgeProgression",
+                         is_rendering=True),
+        ),
+        "photo": PhotoRef(category="FacialCaseId", is_rendering=False),
+        "static_suspect": True,
+        "estimated_sex": SexEstimate.from_p_male(0.2),
+        "policy": PolicyRef(rule="target_fpir", threshold=0.45, gallery_size=14000, target_fpir=0.003),
+    }
+    values.update(overrides)
+    return make_event(**values)
+
+
+def test_v2_round_trip_and_schema_validation() -> None:
+    schema = doc_json_blocks()[0]
+    for event in (make_v2_event(), make_event(), make_v2_event(estimated_sex=None, static_suspect=False)):
+        data = json.loads(event.to_json())
+        jsonschema.validate(data, schema)
+        assert MatchEvent.from_json(event.to_json()) == event
+    data = make_v2_event().to_dict()
+    assert data["estimated_sex"] == {"label": "female", "confidence": 0.8}
+    assert data["candidates"][1]["is_rendering"] is True and data["static_suspect"] is True
+    bad = dict(data, candidates=[])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+    with pytest.raises(EventError, match="candidates"):
+        MatchEvent.from_dict(bad)
+
+
+def test_default_candidates_are_the_single_match() -> None:
+    event = make_event()
+    assert [c.id_formatted for c in event.candidates] == ["MP12345"]
+    assert event.candidates[0].similarity == event.similarity and event.candidates[0].image_key == event.image_key
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"candidates": (CandidateRef(id_formatted="MP9", similarity=0.5, image_key="k"),)}, "alerted case"),
+        ({"candidates": tuple(CandidateRef(id_formatted="MP12345", similarity=0.5, image_key="k")
+                              for _ in range(6))}, "at most 5"),
+        ({"static_suspect": 1}, "static_suspect"),
+    ],
+)
+def test_v2_validation(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(EventError, match=message):
+        make_v2_event(**overrides)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: SexEstimate(label="other", confidence=0.9), "estimated_sex.label"),
+        (lambda: SexEstimate(label="male", confidence=0.4), "estimated_sex.confidence"),
+        (lambda: PolicyRef(rule="x", threshold=1.5, gallery_size=1), "policy.threshold"),
+        (lambda: PolicyRef(rule="x", threshold=0.4, gallery_size=-1), "policy.gallery_size"),
+        (lambda: CandidateRef(id_formatted="MP1", similarity=2.0, image_key="k"), "candidates"),
+        (lambda: PhotoRef(category="x", is_rendering="no"), "photo.is_rendering"),
+    ],
+)
+def test_v2_value_objects_validate(build: Any, message: str) -> None:
+    with pytest.raises(EventError, match=message):
+        build()
+
+
+def test_sex_estimate_from_p_male() -> None:
+    assert SexEstimate.from_p_male(None) is None
+    assert SexEstimate.from_p_male(0.5) == SexEstimate(label="male", confidence=0.5)
+    assert SexEstimate.from_p_male(0.93) == SexEstimate(label="male", confidence=0.93)
+    with pytest.raises(EventError):
+        SexEstimate.from_p_male(1.2)
+
+
+def test_v1_payload_is_read_with_v2_defaults_and_written_back_as_v1() -> None:
+    v1 = make_event().to_dict()
+    for key in ("candidates", "photo", "static_suspect", "estimated_sex", "policy"):
+        v1.pop(key)
+    v1["schema_version"] = 1
+    event = MatchEvent.from_dict(v1)
+    assert event.schema_version == 1
+    assert [c.id_formatted for c in event.candidates] == [v1["case"]["id_formatted"]]
+    assert event.candidates[0].category is None and event.photo == PhotoRef()
+    assert event.static_suspect is False and event.estimated_sex is None and event.policy is None
+    assert event.to_dict() == v1
+    with pytest.raises(EventError, match="unknown field"):
+        MatchEvent.from_dict(dict(v1, static_suspect=False))
+    with pytest.raises(EventError, match="missing field"):
+        MatchEvent.from_dict(dict(v1, schema_version=2))

@@ -74,7 +74,7 @@ def test_enrolled_person_gives_one_event_on_mqtt_and_jsonl(world, tmp_path, mosq
     assert len(file_events) == 1, file_events
     e = file_events[0]
     assert e["case"]["id_formatted"] == "MP7004"
-    assert e["schema_version"] == 1 and e["review_required"] is True
+    assert e["schema_version"] == 2 and e["review_required"] is True
     assert e["similarity"] >= match_threshold(load_config()) and e["frames"] >= 3
     assert [m["event_id"] for m in mqtt_events] == [e["event_id"]]
     # the explicit debug option saves the matched face crop (smaller than the frame), and nothing else

@@ -148,7 +148,9 @@ def test_mqtt_ingest_api_feedback_and_home_assistant(mosquitto, console_factory,
         dev = json.loads(sub.on("homeassistant/device/namus_edge_edge-01/config")[-1])
         assert dev["cmps"]["connectivity"]["state_topic"] == "namus-edge/edge-01/availability"
         assert dev["cmps"]["connectivity"]["device_class"] == "connectivity"
-        assert sub.on("namus-edge/review-console/pending")[-1] == b"0"
+        # the pending count is re-published after each verdict: wait for the last one, do not race it
+        assert sub.wait_for(lambda m: [p for t, p, _ in m if t == "namus-edge/review-console/pending"][-1:] == [b"0"],
+                            timeout=15)
         # Home Assistant restarts: everything is re-published
         before = len(sub.on(cfg_topic))
         mqtt_publish(mosquitto, [("homeassistant/status", b"online")])

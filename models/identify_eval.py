@@ -1,0 +1,703 @@
+"""``namus-edge eval identify``: open-set 1:N identification in the terms of NIST FRTE 1:N.
+
+Inputs are two CSVs (``path, identity`` plus optional ``age, sex, race, age_gap``), paths relative
+to ``--root``:
+
+* the **gallery**: every face a bundle would hold (enrolled cases and distractor faces); an
+  identity is one case, scored by its best photo, as ``Bundle.search`` does;
+* the **probes**: a probe whose identity is in the gallery is a *mated* search (the right answer
+  is its identity); a probe whose *path is itself a gallery row* is a *non-mated* search
+  (leave-one-identity-out: every gallery face of its identity is removed from its search). This
+  lets thousands of distractor faces serve as unknown faces against a gallery of all the others.
+  Other probes are non-mated.
+
+Every photo is reduced to its largest face (padded retry on), embedded once and cached on disk by
+model sha256 and file path/mtime (:mod:`namus_edge.models.embedding_cache`).
+
+**Fit / report split.** Identities are split in two halves by a keyed hash (``--seed``). The
+per-pair impostor tail (the curve the alert policy's threshold comes from, see
+:mod:`namus_edge.models.impostor_tail`) is measured on the *fit* half: all-vs-all pairs of its
+faces. Non-mated searches are reported on the *report* half, so no reported comparison was used
+to fit. Mated probes are all reported (nothing is fitted on them).
+
+**Metrics** (NIST terms): FPIR = share of non-mated searches that raise an alert (the policy's
+verdict, :func:`namus_edge.models.policy.judge`, including margin, age and sex checks where the
+data carries ages and sexes); FNIR = share of mated searches that do not alert for the right
+identity. Face-only FNIR at FPIR 1e-2 / 1e-3 uses the top score alone (no margin, no age).
+Measured at gallery sizes 1k, 3k, 10k and all (random distractor subsets, enrolled identities
+always in); predicted at 55k and 1M from the report-half impostor tail,
+``1 - (1 - FAR(t)) ** N``, with a 95 % interval from a bootstrap over faces.
+
+``--exclude CSV`` (``path_a, path_b[, reason]``) lists known label noise (aliases, two people in
+one photo, the same celebrity in two datasets): those image pairs are left out of non-mated
+searches and of the tail.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import math
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from namus_edge.core.config import Config
+from namus_edge.core.errors import NamusEdgeError
+from namus_edge.models.analyzer import FaceAnalyzer
+from namus_edge.models.embedding_cache import EmbeddingCache
+from namus_edge.models.evaluation import AGE_GAP_BUCKETS, AGE_GROUPS, bucket_of
+from namus_edge.models.impostor_tail import ImpostorTail, fpir_from_far, tail_from_scores
+from namus_edge.models.policy import CHILD_FACE_AGE, ResolvedPolicy, judge, resolve_policy
+
+logger = logging.getLogger(__name__)
+
+GALLERY_SIZES = (1_000, 3_000, 10_000)
+PREDICT_SIZES = (55_000, 1_000_000)
+FPIR_POINTS = (1e-2, 1e-3)
+TAIL_THRESHOLDS = tuple(round(0.20 + 0.01 * i, 2) for i in range(51))
+TOP_FACES = 64
+TOP_CASES = 5
+CHUNK = 512
+BOOTSTRAP = 200
+TODAY = date(2026, 11, 30)
+
+
+class IdentifyInputError(NamusEdgeError):
+    """A gallery, probe or exclusion CSV is missing a column or has a bad value."""
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Row:
+    """One photo of a gallery or probe CSV.
+
+    Attributes:
+        path: absolute image path.
+        identity: identity label (one case per identity).
+        age: true age in years at the photo, or ``None``.
+        sex: ``male`` / ``female`` or ``None``.
+        race: free label (UTKFace: white, black, asian, indian, other) or ``None``.
+        age_gap: years between this probe and its identity's gallery photo, or ``None``.
+        group: free label of the probe's subset (e.g. ``same_age``, ``cross_age``), reported
+            separately under ``by_group``; ``None`` when the CSV has no ``group`` column.
+    """
+
+    path: Path
+    identity: str
+    age: float | None = None
+    sex: str | None = None
+    race: str | None = None
+    age_gap: float | None = None
+    group: str | None = None
+
+
+_SEX = {"m": "male", "male": "male", "0": "male", "f": "female", "female": "female", "1": "female"}
+
+
+def _opt_float(path: Path, line: int, col: str, v: str | None) -> float | None:
+    if v is None or not v.strip():
+        return None
+    try:
+        f = float(v)
+    except ValueError:
+        raise IdentifyInputError(f"{path}:{line}: column {col}: {v!r} is not a number") from None
+    if not math.isfinite(f):
+        raise IdentifyInputError(f"{path}:{line}: column {col}: {v!r} is not finite")
+    return f
+
+
+def read_rows(path: Path, root: Path) -> list[Row]:
+    """Rows of a gallery/probe CSV (``path, identity`` + optional ``age, sex|gender, race, age_gap, group``).
+
+    Raises:
+        IdentifyInputError: unreadable file, missing column, bad number, or a listed image that
+            does not exist (the message names file, line and value).
+    """
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            cols = reader.fieldnames or []
+            missing = [c for c in ("path", "identity") if c not in cols]
+            if missing:
+                raise IdentifyInputError(f"{path}: missing column(s) {', '.join(missing)}; has {cols}")
+            out = []
+            for line, r in enumerate(reader, start=2):
+                if not (r.get("path") or "").strip() or not (r.get("identity") or "").strip():
+                    raise IdentifyInputError(f"{path}:{line}: empty path or identity")
+                img = root / r["path"]
+                if not img.is_file():
+                    raise IdentifyInputError(f"{path}:{line}: image {img} does not exist")
+                sex_raw = (r.get("sex") or r.get("gender") or "").strip().lower()
+                if sex_raw and sex_raw not in _SEX:
+                    raise IdentifyInputError(f"{path}:{line}: column sex: {sex_raw!r} is not male/female/m/f/0/1")
+                out.append(Row(img, r["identity"].strip(), _opt_float(path, line, "age", r.get("age")),
+                               _SEX.get(sex_raw) if sex_raw else None, (r.get("race") or "").strip() or None,
+                               _opt_float(path, line, "age_gap", r.get("age_gap")),
+                               (r.get("group") or "").strip() or None))
+            return out
+    except OSError as exc:
+        raise IdentifyInputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def read_exclusions(path: Path, root: Path) -> set[frozenset[Path]]:
+    """Image pairs to leave out of non-mated comparisons (``path_a, path_b[, reason, evidence]``)."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            cols = reader.fieldnames or []
+            if "path_a" not in cols or "path_b" not in cols:
+                raise IdentifyInputError(f"{path}: missing column(s) path_a, path_b; has {cols}")
+            return {frozenset((root / r["path_a"], root / r["path_b"])) for r in reader}
+    except OSError as exc:
+        raise IdentifyInputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def half_of(identity: str, seed: int) -> str:
+    """``fit`` or ``report``: the split half of an identity (keyed hash, stable across runs)."""
+    h = hashlib.sha256(f"{seed}:{identity}".encode()).digest()[0]
+    return "fit" if h & 1 == 0 else "report"
+
+
+# --------------------------------------------------------------------------------------------- search
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One case of a search result (the :class:`~namus_edge.models.policy.CaseMatchLike` protocol)."""
+
+    id_formatted: str
+    score: float
+    image_key: str
+
+
+@dataclass
+class Searches:
+    """Top cases per probe for one gallery (subset).
+
+    Attributes:
+        hits: per probe, up to :data:`TOP_CASES` hits, best first (empty without a face).
+    """
+
+    hits: list[list[Hit]] = field(default_factory=list)
+
+
+def _exclusion_index(excl: set[frozenset[Path]], gallery: Sequence[Row]) -> dict[Path, list[int]]:
+    pos: dict[Path, list[int]] = defaultdict(list)
+    for j, g in enumerate(gallery):
+        pos[g.path].append(j)
+    out: dict[Path, list[int]] = defaultdict(list)
+    for pair in excl:
+        a, b = tuple(pair) if len(pair) == 2 else (next(iter(pair)),) * 2
+        for x, y in ((a, b), (b, a)):
+            out[x].extend(pos.get(y, []))
+    return out
+
+
+def search(probe_emb: np.ndarray, probe_rows: Sequence[Row], gal_emb: np.ndarray, gallery: Sequence[Row],
+           gal_mask: np.ndarray, loo: np.ndarray, excl: dict[Path, list[int]]) -> Searches:
+    """Top cases of every probe against the gallery faces selected by ``gal_mask``.
+
+    Args:
+        probe_emb: float32 (P, D) L2-normalised; rows of NaN for probes without a face.
+        probe_rows: the P probes.
+        gal_emb: float32 (G, D) L2-normalised (faceless gallery rows already dropped).
+        gallery: the G gallery rows.
+        gal_mask: bool (G,) the faces of this gallery size.
+        loo: bool (P,) leave the probe's own identity out (non-mated searches of gallery rows).
+        excl: probe path -> gallery indices whose comparison is label noise (left out).
+    """
+    codes = {ident: k for k, ident in enumerate(dict.fromkeys(g.identity for g in gallery))}
+    ids = np.array([codes[g.identity] for g in gallery])
+    out = Searches()
+    for s in range(0, len(probe_rows), CHUNK):
+        e = min(len(probe_rows), s + CHUNK)
+        q = probe_emb[s:e]
+        has = np.all(np.isfinite(q), axis=1)
+        sims = np.where(has[:, None], np.nan_to_num(q) @ gal_emb.T, -np.inf).astype(np.float32)
+        sims[:, ~gal_mask] = -np.inf
+        for i in range(e - s):
+            p = probe_rows[s + i]
+            if loo[s + i] and p.identity in codes:
+                sims[i, ids == codes[p.identity]] = -np.inf
+            for j in excl.get(p.path, ()):
+                sims[i, j] = -np.inf
+        k = min(TOP_FACES, sims.shape[1])
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        for i in range(e - s):
+            if not has[i]:
+                out.hits.append([])
+                continue
+            order = top[i][np.argsort(-sims[i, top[i]])]
+            seen: dict[str, Hit] = {}
+            for j in order:
+                sc = float(sims[i, j])
+                if not math.isfinite(sc):
+                    break
+                g = gallery[j]
+                if g.identity not in seen:
+                    seen[g.identity] = Hit(g.identity, sc, str(g.path))
+                    if len(seen) == TOP_CASES:
+                        break
+            out.hits.append(list(seen.values()))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- tail
+
+
+def impostor_scores(emb: np.ndarray, rows: Sequence[Row], excl: set[frozenset[Path]],
+                    floor: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """All-vs-all different-identity pair scores >= ``floor`` and per-face counts.
+
+    Returns:
+        ``(scores, face_pairs, pairs)``: float32 scores >= floor (descending), int32 (M, 2) the
+        two face indices of each, and the total number of different-identity pairs compared.
+    """
+    ids = np.array([r.identity for r in rows])
+    n = len(rows)
+    paths = [r.path for r in rows]
+    pos = {p: i for i, p in enumerate(paths)}
+    excl_idx = {(pos[a], pos[b]) for pair in excl if len(pair) == 2
+                for a, b in [tuple(pair)] if a in pos and b in pos}
+    excl_idx |= {(b, a) for a, b in excl_idx}
+    same_id_pairs = sum(c * (c - 1) // 2 for c in Counter(ids.tolist()).values())
+    total = n * (n - 1) // 2 - same_id_pairs
+    scores: list[np.ndarray] = []
+    idx: list[np.ndarray] = []
+    for s in range(0, n, CHUNK):
+        e = min(n, s + CHUNK)
+        sims = emb[s:e] @ emb[s:].T  # upper triangle: j >= s
+        ii, jj = np.nonzero(sims >= floor)
+        gi, gj = ii + s, jj + s
+        keep = (gj > gi) & (ids[gi] != ids[gj])
+        gi, gj = gi[keep], gj[keep]
+        vals = sims[ii[keep], jj[keep]]
+        if excl_idx:
+            k2 = np.array([(a, b) not in excl_idx for a, b in zip(gi.tolist(), gj.tolist(), strict=True)], bool)
+            gi, gj, vals = gi[k2], gj[k2], vals[k2]
+            total -= int((~k2).sum())
+        scores.append(vals.astype(np.float32))
+        idx.append(np.stack([gi, gj], 1).astype(np.int32))
+    allv = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+    alli = np.concatenate(idx) if idx else np.zeros((0, 2), np.int32)
+    order = np.argsort(-allv)
+    return allv[order], alli[order], total
+
+
+BANDS = ("adult", "child")
+
+
+def band_of(estimated_age: float | None) -> str:
+    """``child`` for a face estimated younger than :data:`CHILD_FACE_AGE`, else ``adult`` (unknown: adult)."""
+    return "child" if estimated_age is not None and estimated_age < CHILD_FACE_AGE else "adult"
+
+
+@dataclass(frozen=True)
+class BandTail:
+    """Impostor pairs of one probe band: a pair counts once for each of its faces in the band.
+
+    Attributes:
+        scores: impostor scores >= the floor, descending.
+        weight: float (M,) 0, 1 or 2: how many of the pair's two faces are in the band.
+        pairs_idx: int (M, 2) face indices of each pair.
+        total: ordered impostor pairs with the first face in the band (the FAR denominator).
+        members: bool (F,) faces in the band.
+    """
+
+    scores: np.ndarray
+    weight: np.ndarray
+    pairs_idx: np.ndarray
+    total: int
+    members: np.ndarray
+
+    def far_at(self, t: float) -> float:
+        """Share of this band's (ordered) impostor pairs scoring >= t."""
+        return float(self.weight[self.scores >= t].sum()) / self.total if self.total else 0.0
+
+    def tail(self, measured: str) -> ImpostorTail | None:
+        """The curve at :data:`TAIL_THRESHOLDS` (``None`` with fewer than two usable points)."""
+        pts: list[tuple[float, float]] = []
+        for t in TAIL_THRESHOLDS:
+            far = self.far_at(t)
+            if far <= 0:
+                break
+            if not pts or far < pts[-1][1]:
+                pts.append((t, far))
+        return ImpostorTail(tuple(pts), self.total, measured) if len(pts) >= 2 else None
+
+
+def band_tail(scores: np.ndarray, face_pairs: np.ndarray, rows: Sequence[Row], ages: Sequence[float | None],
+              band: str) -> BandTail:
+    """Split an all-vs-all impostor list (:func:`impostor_scores`) by the probe band of each face."""
+    members = np.array([band_of(a) == band for a in ages], bool)
+    ids = [r.identity for r in rows]
+    size = Counter(ids)
+    n = len(rows)
+    total = int(sum(n - size[ids[i]] for i in np.nonzero(members)[0]))
+    weight = (members[face_pairs[:, 0]].astype(np.float64) + members[face_pairs[:, 1]]) if len(face_pairs) else \
+        np.zeros(0)
+    keep = weight > 0
+    return BandTail(scores[keep], weight[keep], face_pairs[keep], total, members)
+
+
+def predict(bt: BandTail, threshold: float, size: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Predicted FPIR at a gallery size from a band's tail at ``threshold``, with a 95 % bootstrap interval.
+
+    The bootstrap resamples faces (a face's impostor pairs move together: hubs) and recounts the
+    weighted pairs >= threshold among them.
+    """
+    above = bt.scores >= threshold
+    idx, wt = bt.pairs_idx[above], bt.weight[above]
+    n_above = float(wt.sum())
+    far = n_above / bt.total if bt.total else 0.0
+    n_faces = len(bt.members)
+    sims = []
+    for _ in range(BOOTSTRAP):
+        # a resampled face appears w times; a pair (a, b) then appears w_a * w_b times
+        w = np.bincount(rng.integers(0, n_faces, n_faces), minlength=n_faces).astype(np.float64)
+        sims.append(float((w[idx[:, 0]] * w[idx[:, 1]] * wt).sum()) / bt.total if bt.total else 0.0)
+    lo, hi = (float(x) for x in np.percentile(sims, [2.5, 97.5]))
+    if n_above == 0 and bt.total:
+        hi = max(hi, 3.0 / bt.total)  # rule of three: 95 % upper bound with no pair above
+    return {"threshold": round(float(threshold), 4), "pairs_above": n_above, "far": far, "far_ci95": [lo, hi],
+            "fpir": fpir_from_far(far, size), "fpir_ci95": [fpir_from_far(lo, size), fpir_from_far(hi, size)]}
+
+
+# --------------------------------------------------------------------------------------------- metrics
+
+
+def _rate(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def _fnir_at_fpir(nm_top: np.ndarray, mated_ok_scores: np.ndarray, fpir: float) -> dict[str, Any]:
+    """Face-only: threshold where ``fpir`` of non-mated top scores reach it; FNIR of mated at it."""
+    if nm_top.size == 0:
+        return {"threshold": None, "fnir": None, "fpir": None}
+    srt = np.sort(nm_top)[::-1]
+    k = math.floor(fpir * srt.size)
+    thr = float(np.nextafter(srt[k], np.float32(np.inf))) if k < srt.size else float(srt[-1])
+    return {"threshold": round(thr, 4), "fpir": float(np.mean(nm_top >= thr)),
+            "fnir": float(np.mean(~(mated_ok_scores >= thr))) if mated_ok_scores.size else None}
+
+
+@dataclass
+class Outcome:
+    """Per-probe results of one gallery size."""
+
+    alert: list[str | None]
+    reason: list[str]
+    top: np.ndarray  # top score (-inf without face)
+    rank: list[int | None]  # rank of the mate among the returned cases (mated only)
+    best_key: list[str | None]  # image key (gallery path) of the best case's best photo
+
+
+def evaluate(searches: Searches, probes: Sequence[Row], mated: np.ndarray, policy: ResolvedPolicy, config: Config,
+             case_facts: Mapping[str, Mapping[str, Any]], probe_age: Sequence[float | None],
+             probe_p_male: Sequence[float | None]) -> Outcome:
+    """Apply the alert policy to every probe's hits."""
+    alerts: list[str | None] = []
+    reasons: list[str] = []
+    ranks: list[int | None] = []
+    top = np.full(len(probes), -np.inf)
+    keys: list[str | None] = []
+    for i, hits in enumerate(searches.hits):
+        keys.append(hits[0].image_key if hits else None)
+        v = judge(hits, policy.threshold_for(probe_age[i]), config.matching, estimated_age=probe_age[i],
+                  p_male=probe_p_male[i],
+                  case_info=case_facts.get, today=TODAY)
+        alerts.append(v.candidate.id_formatted if v.candidate else None)
+        reasons.append(v.reason)
+        if hits:
+            top[i] = hits[0].score
+        ids = [h.id_formatted for h in hits]
+        ranks.append(ids.index(probes[i].identity) + 1 if mated[i] and probes[i].identity in ids else None)
+    return Outcome(alerts, reasons, top, ranks, keys)
+
+
+def summarize(o: Outcome, probes: Sequence[Row], mated: np.ndarray, nonmated: np.ndarray,
+              idx: np.ndarray | None = None) -> dict[str, Any]:
+    """FPIR, FNIR, rank-1/5 and rejection counts over the probes selected by ``idx``."""
+    sel = range(len(probes)) if idx is None else [int(x) for x in idx]
+    m = [i for i in sel if mated[i]]
+    nm = [i for i in sel if nonmated[i]]
+    fp = sum(o.alert[i] is not None for i in nm)
+    hit = sum(o.alert[i] == probes[i].identity for i in m)
+    wrong = sum(o.alert[i] is not None and o.alert[i] != probes[i].identity for i in m)
+    return {
+        "nonmated": len(nm), "false_alerts": fp, "fpir": _rate(fp, len(nm)),
+        "mated": len(m), "fnir": _rate(len(m) - hit, len(m)), "mated_wrong_alert": _rate(wrong, len(m)),
+        "rank1": _rate(sum(o.rank[i] == 1 for i in m), len(m)),
+        "rank5": _rate(sum(o.rank[i] is not None and o.rank[i] <= 5 for i in m), len(m)),  # type: ignore[operator]
+        "nonmated_rejections": dict(Counter(o.reason[i] for i in nm)),
+        "mated_rejections": dict(Counter(o.reason[i] for i in m)),
+    }
+
+
+def _mate_scores(o: Outcome, mated: np.ndarray) -> np.ndarray:
+    """Top score of mated probes whose mate is rank 1, -inf otherwise (face-only DIR input)."""
+    return np.array([o.top[i] if o.rank[i] == 1 else -np.inf for i in range(len(o.rank)) if mated[i]])
+
+
+# --------------------------------------------------------------------------------------------- run
+
+
+def _or(x: Any, default: Any) -> Any:
+    return default if x is None else x
+
+
+def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], *, seed: int = 0,
+                 exclusions: set[frozenset[Path]] | None = None, cache_root: Path | None = None,
+                 sizes: Sequence[int] = GALLERY_SIZES, hub_norm: bool = False) -> dict[str, Any]:
+    """Compute every metric of the module docstring; returns the JSON-ready result.
+
+    Raises:
+        IdentifyInputError: an empty gallery or no probe.
+    """
+    if not gallery or not probes:
+        raise IdentifyInputError("eval identify needs a non-empty gallery and probe list")
+    excl = exclusions or set()
+    analyzer = FaceAnalyzer(config, with_age=True)
+    cache = EmbeddingCache(analyzer, cache_root)
+    paths = list(dict.fromkeys([r.path for r in gallery] + [r.path for r in probes]))
+    faces = dict(zip(paths, cache.get_many(paths), strict=True))
+    dim = analyzer.dim
+    no_face = {str(p): f.problem for p, f in faces.items() if f.embedding is None}
+
+    gal = [g for g in gallery if faces[g.path].embedding is not None]
+    gal_emb = np.stack([faces[g.path].embedding for g in gal]).astype(np.float32)  # type: ignore[misc]
+    gal_paths = {g.path for g in gallery}
+    gal_ids = {g.identity for g in gallery}
+    nan = np.full(dim, np.nan, np.float32)
+    probe_emb = np.stack([_or(faces[p.path].embedding, nan) for p in probes]).astype(np.float32)
+    loo = np.array([p.path in gal_paths for p in probes])
+    mated_all = np.array([(p.identity in gal_ids) and not loo[i] for i, p in enumerate(probes)])
+    halves = np.array([half_of(p.identity, seed) for p in probes])
+    nonmated = (~mated_all) & (halves == "report")
+    mated = mated_all
+    use = mated | nonmated
+    probes_u = [p for p, u in zip(probes, use, strict=True) if u]
+    probe_emb = probe_emb[use]
+    loo, mated, nonmated = loo[use], mated[use], nonmated[use]
+    probe_age = [faces[p.path].age for p in probes_u]
+    probe_pm = [faces[p.path].p_male for p in probes_u]
+
+    # case facts per identity, as a bundle would carry them (true ages of the photos, recorded sex)
+    facts: dict[str, dict[str, Any]] = {}
+    by_id: dict[str, list[Row]] = defaultdict(list)
+    for g in gal:
+        by_id[g.identity].append(g)
+    for ident, rows in by_id.items():
+        ages = [r.age for r in rows if r.age is not None]
+        sexes = {r.sex for r in rows if r.sex}
+        f: dict[str, Any] = {}
+        if ages and len(ages) == len(rows):
+            f["current_age_min"], f["current_age_max"] = min(ages), max(ages)
+        if len(sexes) == 1:
+            f["sex"] = sexes.pop().capitalize()
+        facts[ident] = f
+
+    # gallery subsets: enrolled identities (those with mated probes) always in, distractors sampled
+    rng = np.random.default_rng(seed)
+    enrolled_ids = {p.identity for p, m in zip(probes_u, mated, strict=True) if m}
+    is_enrolled = np.array([g.identity in enrolled_ids for g in gal])
+    distractor_idx = np.nonzero(~is_enrolled)[0]
+    perm = rng.permutation(distractor_idx)
+    gallery_sizes = [s for s in sizes if s < len(gal)] + [len(gal)]
+    excl_map = _exclusion_index(excl, gal)
+
+    embedder = analyzer.embedder_spec.name
+    result: dict[str, Any] = {
+        "models": {"detector": analyzer.detector_spec.name, "embedder": embedder,
+                   "embedder_sha256": analyzer.embedder_spec.sha256,
+                   "age": analyzer.age_spec.name if analyzer.age_spec else None},
+        "policy_config": {"threshold": config.matching.threshold, "target_fpir": config.matching.target_fpir,
+                          "margin": config.matching.margin, "age_check": config.matching.age_check.enabled,
+                          "sex_check": config.matching.sex_check.enabled},
+        "split": {"seed": seed, "nonmated_half": "report", "tail_half": "fit"},
+        "data": {"gallery_rows": len(gallery), "gallery_faces": len(gal), "gallery_identities": len(by_id),
+                 "enrolled_identities": len(enrolled_ids), "mated_probes": int(mated.sum()),
+                 "nonmated_probes": int(nonmated.sum()), "no_face": len(no_face),
+                 "no_face_paths": sorted(no_face)[:50], "excluded_pairs": len(excl),
+                 "embedding_cache": str(cache.dir)},
+    }
+
+    # ---- impostor tails: fit half (what the registry records) and report half (what predicts), per band
+    tails: dict[str, Any] = {}
+    band_tails: dict[str, dict[str, BandTail]] = {}
+    for half in ("fit", "report"):
+        hrows_idx = [j for j, g in enumerate(gal) if not is_enrolled[j] and half_of(g.identity, seed) == half]
+        rows_h = [gal[j] for j in hrows_idx]
+        ages_h = [faces[g.path].age for g in rows_h]
+        sc, fp, total = impostor_scores(gal_emb[hrows_idx], rows_h, excl, TAIL_THRESHOLDS[0])
+        tail = tail_from_scores(sc.tolist(), total, TAIL_THRESHOLDS,
+                                f"eval identify {half} half, seed {seed}, {len(rows_h)} faces")
+        band_tails[half] = {b: band_tail(sc, fp, rows_h, ages_h, b) for b in BANDS}
+        tails[half] = {"faces": len(rows_h), "pairs": total, "points": [list(p) for p in tail.points],
+                       "max": float(sc[0]) if sc.size else None,
+                       "top_pairs": [{"score": round(float(sc[k]), 4), "a": str(rows_h[fp[k][0]].path),
+                                      "b": str(rows_h[fp[k][1]].path)} for k in range(min(60, sc.size))]}
+        for b, bt in band_tails[half].items():
+            bt_tail = bt.tail(f"eval identify --seed {seed}, {half} half, {b} probe faces "
+                              f"(estimated age {'<' if b == 'child' else '>='} {CHILD_FACE_AGE:g}), "
+                              f"{int(bt.members.sum())} faces")
+            tails[half][b] = {"faces": int(bt.members.sum()), "pairs": bt.total,
+                              "points": [list(p) for p in bt_tail.points] if bt_tail else []}
+    result["tail"] = tails
+
+    # ---- per gallery size
+    by_size = []
+    outcomes: dict[int, Outcome] = {}
+    outcomes_by_n: dict[int, Outcome] = {}
+    for size in gallery_sizes:
+        mask = is_enrolled.copy()
+        n_distr = max(0, size - int(is_enrolled.sum()))
+        mask[perm[:n_distr]] = True
+        n_g = int(mask.sum())
+        pol = resolve_policy(config.matching, embedder, n_g)
+        srch = search(probe_emb, probes_u, gal_emb, gal, mask, loo, excl_map)
+        o = evaluate(srch, probes_u, mated, pol, config, facts, probe_age, probe_pm)
+        outcomes[size] = o
+        outcomes_by_n[n_g] = o
+        entry = {"gallery_size": n_g, "measured": True, "rule": pol.rule, "threshold": round(pol.threshold, 4),
+                 "child_threshold": None if pol.child_threshold is None else round(pol.child_threshold, 4),
+                 **summarize(o, probes_u, mated, nonmated)}
+        nm_top = o.top[nonmated]
+        nm_top = nm_top[np.isfinite(nm_top)] if nm_top.size else nm_top
+        mate_sc = _mate_scores(o, mated)
+        entry["face_only"] = {f"{x:.0e}": _fnir_at_fpir(nm_top, mate_sc, x) for x in FPIR_POINTS}
+        thr_nm = np.array([pol.threshold_for(probe_age[i]) for i in range(len(probes_u)) if nonmated[i]])
+        entry["face_only"]["fpir_at_threshold"] = _rate(int((o.top[nonmated] >= thr_nm).sum()), int(nonmated.sum()))
+        by_size.append(entry)
+    result["by_gallery_size"] = by_size
+    last = outcomes[gallery_sizes[-1]]
+    nm_idx = [i for i in range(len(probes_u)) if nonmated[i] and np.isfinite(last.top[i])]
+    nm_idx.sort(key=lambda i: -last.top[i])
+    result["top_nonmated"] = [{"score": round(float(last.top[i]), 4), "probe": str(probes_u[i].path),
+                               "gallery": last.best_key[i], "alert": last.alert[i] is not None}
+                              for i in nm_idx[:60]]
+
+    # ---- predicted sizes: the policy's thresholds at N, FPIR from the report-half tails, FNIR measured
+    full = outcomes[gallery_sizes[-1]]
+    mate_sc = _mate_scores(full, mated)
+    mate_thr_age = [probe_age[i] for i in range(len(probes_u)) if mated[i]]
+    nm_bands = Counter(band_of(probe_age[i]) for i in range(len(probes_u)) if nonmated[i])
+    preds = []
+    for n in PREDICT_SIZES:
+        pol = resolve_policy(config.matching, embedder, n)
+        pe: dict[str, Any] = {"gallery_size": n, "measured": False, "rule": pol.rule,
+                              "threshold": round(pol.threshold, 4),
+                              "child_threshold": None if pol.child_threshold is None else round(pol.child_threshold, 4)}
+        mix = 0.0
+        for b in BANDS:
+            t = pol.threshold_for(1.0 if b == "child" else 30.0)
+            pe[b] = predict(band_tails["report"][b], t, n, rng)
+            mix += pe[b]["fpir"] * nm_bands.get(b, 0) / max(1, sum(nm_bands.values()))
+        pe["fpir"] = pe["adult"]["fpir"]
+        pe["fpir_ci95"] = pe["adult"]["fpir_ci95"]
+        pe["fpir_probe_mix"] = mix
+        thr = np.array([pol.threshold_for(a) for a in mate_thr_age])
+        pe["fnir_face_only"] = float(np.mean(~(mate_sc >= thr))) if mate_sc.size else None
+        preds.append(pe)
+    result["predicted"] = preds
+    # prediction check: the same model at the measured sizes, next to the measured face-only FPIR (adults)
+    checks = []
+    for e in by_size:
+        pol = resolve_policy(config.matching, embedder, e["gallery_size"])
+        adults = [i for i in range(len(probes_u)) if nonmated[i] and band_of(probe_age[i]) == "adult"]
+        top = outcomes_by_n[e["gallery_size"]].top
+        checks.append({"gallery_size": e["gallery_size"], "threshold": round(pol.threshold, 4),
+                       "measured_face_only_fpir_adult": _rate(int(sum(top[i] >= pol.threshold for i in adults)),
+                                                              len(adults)),
+                       "predicted_fpir_adult": fpir_from_far(band_tails["report"]["adult"].far_at(pol.threshold),
+                                                             e["gallery_size"])})
+    result["prediction_check"] = checks
+
+    # ---- per age gap, per group (at the full gallery)
+    idx_all = np.arange(len(probes_u))
+    gaps: dict[str, Any] = {}
+    for name, _, _ in AGE_GAP_BUCKETS:
+        sel = np.array([i for i in idx_all if mated[i] and bucket_of(_or(probes_u[i].age_gap, -1.0),
+                                                                      AGE_GAP_BUCKETS) == name], np.int64)
+        if sel.size:
+            s = summarize(full, probes_u, mated, nonmated, sel)
+            gaps[name] = {k: s[k] for k in ("mated", "fnir", "rank1", "rank5", "mated_wrong_alert")}
+    result["by_age_gap"] = gaps
+    groups_g: dict[str, list[int]] = defaultdict(list)
+    for i in idx_all:
+        if probes_u[i].group:
+            groups_g[str(probes_u[i].group)].append(int(i))
+    result["by_group"] = {g: summarize(full, probes_u, mated, nonmated, np.array(ix, np.int64))
+                          for g, ix in sorted(groups_g.items())}
+    bias: dict[str, Any] = {}
+    for key in ("sex", "race", "age_band"):
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i in idx_all:
+            p = probes_u[i]
+            if key == "age_band":
+                label = bucket_of(p.age, AGE_GROUPS) if p.age is not None else None
+            else:
+                label = getattr(p, key)
+            if label:
+                groups[str(label)].append(int(i))
+        if groups:
+            bias[key] = {g: {k: v for k, v in summarize(full, probes_u, mated, nonmated, np.array(ix, np.int64)).items()
+                             if k in ("nonmated", "false_alerts", "fpir", "mated", "fnir", "rank1")}
+                         for g, ix in sorted(groups.items())}
+    result["bias"] = bias
+    if hub_norm:
+        result["hub_norm"] = hub_norm_study(probe_emb, probes_u, gal_emb, gal, loo, excl_map, mated, nonmated)
+    return result
+
+
+def hub_norm_study(probe_emb: np.ndarray, probes: Sequence[Row], gal_emb: np.ndarray, gallery: Sequence[Row],
+                   loo: np.ndarray, excl: dict[Path, list[int]], mated: np.ndarray, nonmated: np.ndarray,
+                   k: int = 50) -> dict[str, Any]:
+    """Face-only FNIR at FPIR 1e-2/1e-3 with raw scores vs scores minus each gallery face's hub offset.
+
+    A gallery face's offset is the mean of its ``k`` highest scores against the other gallery
+    identities minus the median of that over the gallery (what a bundle build could store).
+    """
+    codes = {ident: c for c, ident in enumerate(dict.fromkeys(g.identity for g in gallery))}
+    ids = np.array([codes[g.identity] for g in gallery])
+    topk = np.zeros(len(gallery), np.float32)
+    for s in range(0, len(gallery), CHUNK):
+        sims = gal_emb[s:s + CHUNK] @ gal_emb.T
+        for i in range(sims.shape[0]):
+            sims[i, ids == ids[s + i]] = -np.inf
+        part = -np.partition(-sims, k - 1, axis=1)[:, :k]
+        topk[s:s + sims.shape[0]] = part.mean(axis=1)
+    offset = topk - float(np.median(topk))
+    out: dict[str, Any] = {"k": k, "offset_p01": float(np.percentile(offset, 1)),
+                           "offset_p99": float(np.percentile(offset, 99))}
+    mask = np.ones(len(gallery), bool)
+    for name, off in (("raw", np.zeros_like(offset)), ("hub_norm", offset)):
+        top = np.full(len(probes), -np.inf)
+        ok = np.full(len(probes), -np.inf)
+        for s in range(0, len(probes), CHUNK):
+            q = probe_emb[s:s + CHUNK]
+            has = np.all(np.isfinite(q), axis=1)
+            sims = np.nan_to_num(q) @ gal_emb.T - off[None, :]
+            sims[~has] = -np.inf
+            sims[:, ~mask] = -np.inf
+            for i in range(sims.shape[0]):
+                p = probes[s + i]
+                if loo[s + i] and p.identity in codes:
+                    sims[i, ids == codes[p.identity]] = -np.inf
+                for j in excl.get(p.path, ()):
+                    sims[i, j] = -np.inf
+                j = int(np.argmax(sims[i]))
+                top[s + i] = sims[i, j]
+                ok[s + i] = sims[i, j] if ids[j] == codes.get(p.identity, -1) else -np.inf
+        nm_top = top[nonmated]
+        out[name] = {f"{x:.0e}": _fnir_at_fpir(nm_top[np.isfinite(nm_top)], ok[mated], x) for x in FPIR_POINTS}
+    return out

@@ -1,0 +1,141 @@
+"""``namus-edge eval identify`` on a small real subset: stable JSON, policy applied, cache reused, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from namus_edge.cli import main
+from namus_edge.models.identify_eval import IdentifyInputError, half_of, read_rows
+
+TOP_KEYS = {"models", "policy_config", "split", "data", "tail", "by_gallery_size", "predicted", "prediction_check",
+            "by_age_gap", "bias", "top_nonmated", "by_group"}
+SIZE_KEYS = {"gallery_size", "measured", "rule", "threshold", "child_threshold", "nonmated", "false_alerts", "fpir",
+             "mated", "fnir", "mated_wrong_alert", "rank1", "rank5", "nonmated_rejections", "mated_rejections",
+             "face_only"}
+
+
+def _write(path: Path, rows: list[dict[str, object]]) -> Path:
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, ["path", "identity", "age", "sex", "race", "age_gap"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory, data_dir: Path) -> dict[str, Path]:
+    """8 enrolled LFW people + 2 FG-NET subjects + 90 distractor faces (LFW and UTKFace), real photos."""
+    root = tmp_path_factory.mktemp("ident")
+    ver: dict[str, list[dict[str, str]]] = defaultdict(list)
+    with (data_dir / "verification" / "manifest.csv").open() as fh:
+        for r in csv.DictReader(fh):
+            ver[r["identity"]].append(r)
+    gallery: list[dict[str, object]] = []
+    probes: list[dict[str, object]] = []
+    lfw = sorted(k for k, v in ver.items() if k.startswith("lfw:") and len(v) >= 3)[:8]
+    for name in lfw:
+        photos = sorted(r["path"] for r in ver[name])
+        gallery.append({"path": f"verification/{photos[0]}", "identity": name})
+        probes += [{"path": f"verification/{p}", "identity": name} for p in photos[1:3]]
+    for subject in sorted(k for k in ver if k.startswith("fgnet:"))[:2]:
+        rows = sorted(ver[subject], key=lambda r: float(r["age"]))
+        gallery.append({"path": f"verification/{rows[0]['path']}", "identity": subject})
+        probes += [{"path": f"verification/{r['path']}", "identity": subject, "age": r["age"],
+                    "age_gap": float(r["age"]) - float(rows[0]["age"])} for r in rows[1:4]]
+    with (data_dir / "identification" / "manifest.csv").open() as fh:
+        ident = list(csv.DictReader(fh))
+    for r in ident[::155][:90]:
+        row = {"path": f"identification/{r['path']}", "identity": r["identity"], "age": r["age"],
+               "sex": r["gender"], "race": r["race"]}
+        gallery.append(row)
+        probes.append(row)  # leave-one-identity-out: a non-mated search
+    return {"gallery": _write(root / "gallery.csv", gallery), "probes": _write(root / "probes.csv", probes),
+            "cache": root / "cache", "root": data_dir, "dir": root}
+
+
+def _run(sets, capsys, *extra: str) -> dict:
+    argv = ["eval", "identify", "--gallery", str(sets["gallery"]), "--probes", str(sets["probes"]),
+            "--root", str(sets["root"]), "--cache-dir", str(sets["cache"]), "--sizes", "50", "--json", *extra]
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.slow
+def test_identify_metrics_policy_cache_and_exclusions(sets, capsys, model_cache, monkeypatch):
+    monkeypatch.setenv("NAMUS_EDGE_MODELS", str(model_cache))
+    r = _run(sets, capsys)
+    assert set(r) == TOP_KEYS
+    d = r["data"]
+    assert d["gallery_faces"] == 100 and d["enrolled_identities"] == 10 and d["mated_probes"] == 22
+    report_half = sum(half_of(g.identity, 0) == "report"
+                      for g in read_rows(sets["gallery"], sets["root"]) if g.identity.startswith(("lfw:", "utk")))
+    assert 0 < d["nonmated_probes"] <= report_half
+    sizes = r["by_gallery_size"]
+    assert [e["gallery_size"] for e in sizes] == [50, 100]
+    for e in sizes:
+        assert set(e) == SIZE_KEYS
+        assert e["mated"] == 22 and e["nonmated"] == d["nonmated_probes"]
+        assert e["fpir"] == e["false_alerts"] / e["nonmated"]
+        assert set(e["face_only"]) == {"1e-02", "1e-03", "fpir_at_threshold"}
+    assert sizes[-1]["rank1"] >= 0.6  # same-age LFW probes of 8 people are easy; FG-NET are not
+    assert [p["gallery_size"] for p in r["predicted"]] == [55_000, 1_000_000]
+    for p in r["predicted"]:
+        assert {"adult", "child", "fpir", "fpir_ci95", "fpir_probe_mix", "fnir_face_only"} <= set(p)
+        lo, hi = p["fpir_ci95"]
+        assert 0 <= lo <= hi <= 1
+    assert {"adult", "child"} <= set(r["tail"]["fit"])
+    assert set(r["by_age_gap"]) <= {"0-4", "5-9", "10-19", "20+"} and r["by_age_gap"]
+    assert set(r["bias"]) >= {"sex", "race", "age_band"}
+    assert r["tail"]["fit"]["pairs"] > 0 and r["tail"]["report"]["pairs"] > 0
+
+    # an explicit threshold overrides the policy: nothing alerts at 0.99
+    fixed = _run(sets, capsys, "--set", "matching.threshold=0.99")
+    assert all(e["rule"] == "fixed_threshold" and e["fpir"] == 0 and e["fnir"] == 1
+               for e in fixed["by_gallery_size"])
+
+    # the cache: nothing is embedded again
+    files = sorted(p.name for p in Path(d["embedding_cache"]).glob("shard-*.npz"))
+    _run(sets, capsys)
+    assert sorted(p.name for p in Path(d["embedding_cache"]).glob("shard-*.npz")) == files
+
+    # a listed label-noise pair leaves the tail
+    top = r["tail"]["fit"]["top_pairs"][0]
+    excl = sets["dir"] / "exclude.csv"
+    rel = lambda p: str(Path(p).relative_to(sets["root"]))  # noqa: E731
+    excl.write_text(f"path_a,path_b,reason\n{rel(top['a'])},{rel(top['b'])},test\n")
+    r2 = _run(sets, capsys, "--exclude", str(excl))
+    assert r2["data"]["excluded_pairs"] == 1
+    assert r2["tail"]["fit"]["pairs"] == r["tail"]["fit"]["pairs"] - 1
+    assert {(p["a"], p["b"]) for p in r2["tail"]["fit"]["top_pairs"]}.isdisjoint({(top["a"], top["b"])})
+
+
+def test_bad_inputs_name_the_file_and_line(tmp_path, data_dir, capsys):
+    g = tmp_path / "g.csv"
+    g.write_text("path,name\nx.jpg,a\n")
+    with pytest.raises(IdentifyInputError, match=r"g\.csv: missing column\(s\) identity"):
+        read_rows(g, data_dir)
+    g.write_text("path,identity\nnope/missing.jpg,a\n")
+    with pytest.raises(IdentifyInputError, match=r"g\.csv:2: image .*missing\.jpg does not exist"):
+        read_rows(g, data_dir)
+    g.write_text("path,identity,age\nidentification/manifest.csv,a,old\n")
+    with pytest.raises(IdentifyInputError, match="column age: 'old' is not a number"):
+        read_rows(g, data_dir)
+    g.write_text("path,identity,sex\nidentification/manifest.csv,a,x\n")
+    with pytest.raises(IdentifyInputError, match="column sex"):
+        read_rows(g, data_dir)
+    assert main(["eval", "identify", "--gallery", str(tmp_path / "none.csv"), "--probes", str(g),
+                 "--root", str(data_dir)]) != 0
+    assert "none.csv" in capsys.readouterr().err
+
+
+def test_split_is_deterministic_and_balanced() -> None:
+    ids = [f"utkface:{i}" for i in range(2000)]
+    halves = [half_of(i, 0) for i in ids]
+    assert halves == [half_of(i, 0) for i in ids]
+    assert 0.45 < halves.count("fit") / len(ids) < 0.55
+    assert halves != [half_of(i, 1) for i in ids]
