@@ -28,6 +28,7 @@ import numpy as np
 from namus_edge.core.cases import case_link_for, parse_case_id
 from namus_edge.core.config import Config
 from namus_edge.edge.decision import DecisionEngine, MatchDecision
+from namus_edge.edge.detect_schedule import DetectionSchedule
 from namus_edge.edge.events import CaseRef, EventModels, MatchEvent, ModelRef, utc_timestamp
 from namus_edge.edge.frame_queue import Frame
 from namus_edge.edge.sources import MaskCache
@@ -112,6 +113,7 @@ class Pipeline:
         self.device_id = device_id or config.service.device_id
         self.embed_all = embed_all
         self.tracker = Tracker(config.matching)
+        self.schedule = DetectionSchedule(config.detection, analyzer)
         self._current_index: SearchIndex | None = None
         self.threshold = match_threshold(config)
         self.engine = DecisionEngine(config.matching.model_copy(update={"threshold": self.threshold}),
@@ -153,15 +155,23 @@ class Pipeline:
         candidates: list[_Candidate] = []
         for frame in frames:
             t0 = time.perf_counter()
-            dets = self.analyzer.detect(frame.image)
+            sched = self.schedule.detect(frame.camera_id, frame.image, frame.timestamp,
+                                         self.tracker.tracks(frame.camera_id))
+            dets, measured = sched.detections, sched.measured
             mask = self._masks.get(frame.camera_id)
             if mask is not None and dets:
                 region = mask.get(frame.image.shape)
-                dets = [d for d in dets if region.contains(d.bbox)]
+                inside = [region.contains(d.bbox) for d in dets]
+                dets = [d for d, ok in zip(dets, inside, strict=True) if ok]
+                measured = [m for m, ok in zip(measured, inside, strict=True) if ok]
             t1 = time.perf_counter()
             tracked = self.tracker.update(frame.camera_id, dets, frame.timestamp)
+            self.schedule.observe(frame.camera_id, tracked, measured, frame.timestamp,
+                                  self.tracker.tracks(frame.camera_id))
             t2 = time.perf_counter()
             for tf in tracked:
+                if not measured[tf.detection_index]:
+                    continue  # a motion prediction: keeps the track alive, never embedded
                 prepared = self.analyzer.prepare(frame.image, tf.detection)
                 if not prepared.quality.passed:
                     continue
@@ -211,6 +221,7 @@ class Pipeline:
             for track in self.tracker.close_camera(camera_id):
                 self.engine.end_track(track.camera_id, track.track_id)
             self.engine.end_camera(camera_id)
+            self.schedule.forget(camera_id)
 
     # -- events ---------------------------------------------------------------------------------------
 
