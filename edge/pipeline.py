@@ -3,9 +3,9 @@
 One :class:`Pipeline` serves every camera. :meth:`Pipeline.process` takes a batch of frames
 (from one or several cameras), detects faces per frame, assigns them to tracks, drops faces
 that fail the quality gates, embeds only faces that are new or better than what their track
-already holds (in one batch across all frames and cameras), estimates ages in the same batch,
-searches the index and feeds the decision engine. A confirmed match becomes a
-:class:`~edge.events.MatchEvent` handed to ``emit``.
+already holds (in one batch across all frames and cameras), searches the index, estimates ages
+(one batch) of the faces whose best case reaches the match threshold, and feeds the decision
+engine. A confirmed match becomes a :class:`~edge.events.MatchEvent` handed to ``emit``.
 
 Privacy: a face that matches nothing leaves no trace. Its crop, embedding and scores live only
 in local variables of one :meth:`process` call and in its track's memory (which is dropped
@@ -191,19 +191,23 @@ class Pipeline:
         t0 = time.perf_counter()
         embeddings = self.analyzer.embed(batch)
         t1 = time.perf_counter()
-        ages = self.analyzer.estimate_ages(batch)
-        t2 = time.perf_counter()
         index = self._current_index
         results = index.search(embeddings, top_k=self.config.matching.top_k) if index is not None else [
             [] for _ in candidates]
+        t2 = time.perf_counter()
+        # age only faces whose best case reaches the threshold: the age check and the event's age read no
+        # other face's (a face without an age passes the check), and a face matching nothing is never aged
+        aged = [i for i, r in enumerate(results) if r and max(h.score for h in r) >= self.threshold]
+        est = self.analyzer.estimate_ages([batch[i] for i in aged]) if aged else None
+        ages = {} if est is None else dict(zip(aged, est.tolist(), strict=True))
         t3 = time.perf_counter()
         self.stats.add("embed", t1 - t0)
-        self.stats.add("age", t2 - t1)
-        self.stats.add("search", t3 - t2)
+        self.stats.add("search", t2 - t1)
+        self.stats.add("age", t3 - t2)
         self.stats.embedded += len(candidates)
         emitted = 0
         for i, cand in enumerate(candidates):
-            age = None if ages is None else float(ages[i])
+            age = ages.get(i)
             det = cand.prepared.detection
             cand.track.add_face(cand.prepared.quality.score, det.bbox, cand.frame.timestamp, embeddings[i], age)
             decision = self.engine.observe(cand.frame.camera_id, cand.track.track_id, cand.frame.timestamp,
