@@ -4,15 +4,18 @@ Full-frame detection of every frame is most of the per-frame bill. Per camera,
 :meth:`DetectionSchedule.detect` runs the full-frame detector on every
 ``detection.interval``-th frame and, in between:
 
-* **ROI re-detection** (``detection.roi_redetect``, at most ``roi_max_tracks`` live tracks): each
-  live track is re-detected in a square crop of the *full-resolution* frame around its
+* **ROI re-detection** (``detection.roi_redetect``, at most ``roi_max_tracks`` such tracks): each
+  live track that still wants faces (fewer kept than ``matching.faces_per_track``: a new track, the
+  one whose faces decide a match) is re-detected in a square crop of the *full-resolution* frame around its
   predicted box (:mod:`edge.motion`), at a small detector input (``roi_input``, 192x192 by
   default: 9 % of a 640x640 pass). The face is measured, not guessed: real box, landmarks and
   score, at native pixels (a small face is larger in its crop than in the 640 letterbox), so
   it is aligned and embedded as on a full pass.
-* **Motion prediction** (more live tracks than ``roi_max_tracks``, or ROI off): each live
-  track's constant-velocity prediction stands in for its detection, keeping the track alive;
-  predicted faces are never aligned or embedded (``ScheduledDetections.measured`` is False).
+* **Motion prediction** (tracks that hold all the faces they keep; all tracks when more than
+  ``roi_max_tracks`` want faces, or ROI is off): the track's constant-velocity prediction stands in
+  for its detection, keeping it alive until the next full pass measures it again (where a better
+  face is still taken); predicted faces are never aligned or embedded
+  (``ScheduledDetections.measured`` is False).
 
 A full pass runs at once, whatever the interval, when:
 
@@ -133,15 +136,20 @@ class DetectionSchedule:
             elif not live:
                 cam.since_full += 1
                 return self._count(ScheduledDetections([], [], "skipped"))
-            elif self.cfg.roi_redetect and len(live) <= self.cfg.roi_max_tracks:
-                found = self._roi(image_bgr, predicted)
+            else:
+                # measure (in crops) the tracks that still want faces; carry the satisfied ones by prediction
+                wants = [len(t.faces) < t.faces_per_track for t in live]
+                measure = [p for p, w in zip(predicted, wants, strict=True) if w]
+                carried = [p for p, w in zip(predicted, wants, strict=True) if not w]
+                if not (self.cfg.roi_redetect and len(measure) <= self.cfg.roi_max_tracks):
+                    measure, carried = [], predicted
+                found = self._roi(image_bgr, measure) if measure else []
                 if found is not None:
                     cam.since_full += 1
-                    return self._count(ScheduledDetections(found, [True] * len(found), "roi"))
+                    kind = "roi" if measure else "predicted"
+                    measured = [True] * len(found) + [False] * len(carried)
+                    return self._count(ScheduledDetections(found + carried, measured, kind))
                 reason = "lost"
-            else:
-                cam.since_full += 1
-                return self._count(ScheduledDetections(predicted, [False] * len(predicted), "predicted"))
         return self._full(cam, image_bgr, reason)
 
     def observe(self, camera_id: str, tracked: Sequence[TrackedFace], measured: Sequence[bool],

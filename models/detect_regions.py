@@ -7,6 +7,8 @@ full-resolution frame keeps (or enlarges) the face's pixels:
 * :func:`detect_crop` - the region around one tracked face, resized to a small square input
   (e.g. 192x192), so the face fills a fixed share of the input whatever its size in the frame.
   Used by the edge's detection interval (``edge/detect_schedule.py``) between full passes.
+* :func:`detect_verified` - borderline faces of the full pass (score between a low threshold and
+  the configured one) confirmed by re-detection in their full-resolution crop.
 * :func:`detect_tiled` - a small-face pass: overlapping tiles of the image, each letterboxed to
   the detector input, merged with the full-image pass by NMS. Used by ``eval detect
   --small-faces`` and, budgeted, by the detection schedule.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from namus_edge.models.boxes import iou_matrix
 from namus_edge.models.detector import FaceDetector, nms
 from namus_edge.models.face import Detection
 
@@ -130,3 +133,38 @@ def detect_tiled(detector: FaceDetector, image_bgr: np.ndarray, grid: tuple[int,
         dets = detector.detect(crop, input_size=size)
         groups.append([_shift(d, float(x1), float(y1)) for d in dets])
     return merge_detections(groups, detector.cfg.nms_threshold, detector.cfg.max_faces)
+
+
+def detect_verified(detector: FaceDetector, image_bgr: np.ndarray, low_threshold: float, roi_input: int = 192,
+                    roi_scale: float = 2.0) -> list[Detection]:
+    """Full-image detection that also keeps borderline faces confirmed in a full-resolution crop.
+
+    Faces scoring at or above ``detection.score_threshold`` are kept as they are. Each face scoring in
+    ``[low_threshold, score_threshold)`` is re-detected in a square crop around it (side ``roi_scale`` times
+    its box, at a ``roi_input`` square input: the face at native pixels, larger than in the letterbox); it
+    is kept, as the crop measured it, when the crop finds a face overlapping it (IoU >= 0.4) that reaches
+    ``score_threshold``. Small and blurred faces that the 640 letterbox scores low are confirmed; most
+    false positives are not.
+
+    Args:
+        detector: a loaded detector.
+        image_bgr: uint8 (H, W, 3) BGR.
+        low_threshold: lowest score sent to verification (< ``detection.score_threshold``).
+        roi_input: square detector input of a verification crop (multiple of 32).
+        roi_scale: crop side over the face box's larger side.
+
+    Returns:
+        Detections in image pixels, largest first, at most ``detection.max_faces``.
+    """
+    threshold = detector.cfg.score_threshold
+    found = detector.detect(image_bgr, score_threshold=min(low_threshold, threshold))
+    kept = [d for d in found if d.score >= threshold]
+    for cand in (d for d in found if d.score < threshold):
+        region = square_region(cand.bbox, roi_scale, image_bgr.shape)
+        dets = [d for d in detect_crop(detector, image_bgr, region, roi_input) if d.score >= threshold]
+        if not dets:
+            continue
+        ious = iou_matrix(cand.bbox[None], np.stack([d.bbox for d in dets]))[0]
+        if ious.max() >= 0.4:
+            kept.append(dets[int(ious.argmax())])
+    return merge_detections([kept], detector.cfg.nms_threshold, detector.cfg.max_faces)

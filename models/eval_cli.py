@@ -70,6 +70,9 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
                    help="small-face path: add a pass over COLSxROWS overlapping tiles, merged by NMS (e.g. 2x2; "
                    "1x1 with --tile-input = one upscaled second pass)")
     d.add_argument("--tile-input", type=int, default=None, help="square detector input of each tile (multiple of 32)")
+    d.add_argument("--verify-low", type=float, default=None, metavar="SCORE",
+                   help="small-face path: also keep faces scoring in [SCORE, detection.score_threshold) that a "
+                   "re-detection in their full-resolution crop confirms (detection.roi_input, roi_scale)")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=run_detect)
 
@@ -312,7 +315,7 @@ def _render_age(r: dict) -> str:
 def run_detect(args: argparse.Namespace, config: Config) -> int:
     """Handler of ``eval detect``."""
     from namus_edge.models.backends.factory import create_backend
-    from namus_edge.models.detect_regions import detect_tiled
+    from namus_edge.models.detect_regions import detect_tiled, detect_verified, merge_detections
     from namus_edge.models.detector import FaceDetector
     from namus_edge.models.imagefile import read_image
     from namus_edge.models.registry import get_spec, resolve
@@ -347,8 +350,16 @@ def run_detect(args: argparse.Namespace, config: Config) -> int:
             unreadable[r["path"]] = str(exc)
             continue
         n_images += 1
-        dets = detector.detect(image) if grid is None else detect_tiled(detector, image, grid,
-                                                                        upscale_to=args.tile_input)
+        if args.verify_low is not None:
+            dets = detect_verified(detector, image, args.verify_low, config.detection.roi_input,
+                                   config.detection.roi_scale)
+            if grid is not None:
+                tiled = detect_tiled(detector, image, grid, upscale_to=args.tile_input)
+                dets = merge_detections([dets, tiled], config.detection.nms_threshold, config.detection.max_faces)
+        elif grid is not None:
+            dets = detect_tiled(detector, image, grid, upscale_to=args.tile_input)
+        else:
+            dets = detector.detect(image)
         d = np.asarray([x.bbox for x in dets], np.float64).reshape(-1, 4)
         sc = np.asarray([x.score for x in dets], np.float64)
         all_scores.append(sc)
@@ -370,7 +381,9 @@ def run_detect(args: argparse.Namespace, config: Config) -> int:
         "detector": spec.name,
         "input_size": list(detector.input_size),
         "score_threshold": config.detection.score_threshold,
-        "small_faces": None if grid is None else {"tiles": list(grid), "tile_input": args.tile_input},
+        "small_faces": None if grid is None and args.verify_low is None else {
+            "tiles": None if grid is None else list(grid), "tile_input": args.tile_input,
+            "verify_low": args.verify_low, "roi_input": config.detection.roi_input},
         "images": n_images,
         "faces": n_gt,
         "detections": int(scores.size),

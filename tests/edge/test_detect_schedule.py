@@ -158,3 +158,25 @@ def test_regions_stay_inside_the_image_and_tiles_cover_it():
 def test_roi_input_must_be_a_multiple_of_32():
     with pytest.raises(ConfigError, match=r"detection\.roi_input"):
         load_config(overrides=["detection.roi_input=100"])
+
+
+def test_a_track_holding_all_its_faces_is_carried_until_the_next_full_pass(photos, model_cache):
+    config = load_config(overrides=["detection.interval=3", "matching.faces_per_track=2"])
+    pipe = Pipeline(config, FaceAnalyzer(config, model_cache, with_age=False), lambda: None, lambda e, c: None)
+    now = datetime.now(timezone.utc)
+    kinds = []
+    schedule_detect = pipe.schedule.detect
+
+    def logged(*args):
+        result = schedule_detect(*args)
+        kinds.append(result.kind)
+        return result
+
+    pipe.schedule.detect = logged
+    for t in range(7):
+        pipe.process([Frame("cam", t, t / 30, now, _frame(photos, t))])
+    # frames 0-1 measure the new track (full, then its crop) until it keeps 2 faces; then it is only predicted
+    # between full passes, and the full passes still measure it
+    assert kinds == ["full", "roi", "predicted", "full", "predicted", "predicted", "full"]
+    assert 2 <= pipe.stats.embedded <= 4  # 2 kept, plus better faces found by the full passes (frames 3, 6)
+    assert len(pipe.tracker.tracks("cam")) == 1
