@@ -288,10 +288,14 @@ def _forbid_network() -> None:
     socket.create_connection = refuse
 
 
-def _config(threads: int, interval: int | None = None) -> Any:
+#: ``--set`` overrides for our rows (not InsightFace's), set by the worker from its command line.
+OUR_OVERRIDES: list[str] = []
+
+
+def _config(threads: int, interval: int | None = None, *, ours: bool = True) -> Any:
     from namus_edge.core.config import load_config
 
-    extra = [] if interval is None else [f"detection.interval={interval}"]
+    extra = [*(OUR_OVERRIDES if ours else []), *([] if interval is None else [f"detection.interval={interval}"])]
     return load_config(overrides=[f"models.backend.intra_op_threads={threads}", "models.backend.inter_op_threads=1",
                                   *extra])
 
@@ -361,7 +365,7 @@ def run_insightface(case: Case, data_dir: Path, threads: int, with_age: bool, cl
     from insightface.app import FaceAnalysis
     from insightface.model_zoo import arcface_onnx
 
-    config = _config(threads)
+    config = _config(threads, ours=False)
     tmp = Path(tempfile.mkdtemp(prefix="bench_insightface_"))
     model_dir = insightface_root(config, tmp)
     so = ort.SessionOptions()
@@ -581,6 +585,7 @@ def install_insightface_preprocessing() -> str:
 def worker(args: argparse.Namespace) -> int:
     """Run one (case, impl, threads) and write its result JSON and face log into --out-dir."""
     _forbid_network()
+    OUR_OVERRIDES[:] = args.overrides
     cv2.setNumThreads(args.threads)
     case = all_cases(args.frames)[args.case]
     data_dir = Path(args.data_dir) if args.data_dir else shared_dir() / "data"
@@ -630,6 +635,8 @@ def run_job(case: str, impl: str, threads: int, args: argparse.Namespace, out_di
            "--out-dir", str(out_dir), "--bundle", str(out_dir / "bundle")]
     if args.no_age:
         cmd.append("--no-age")
+    for o in args.overrides:
+        cmd += ["--set", o]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
@@ -792,6 +799,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--batch-frames", type=int, default=4,
                     help="+batch rows: frames per Pipeline.process call")
     ap.add_argument("--no-age", action="store_true", help="run without the age model on both sides")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for our rows only (repeatable), e.g. detection.verify_low=0.3")
     ap.add_argument("--parity-frames", type=int, default=5, help="frames per case for the parity diagnostics")
     ap.add_argument("--quick", action="store_true",
                     help=f"{QUICK_CASE} only, 30 frames, insightface/plain/{VIDEO_IMPL} (and @N1) at 1 thread")

@@ -25,7 +25,9 @@ A full pass runs at once, whatever the interval, when:
   the previous frame (something new may have appeared), checked on a 160-px grey thumbnail.
 
 Frames with no live track and no new motion get no detector run until the interval comes
-round. Every ``tile_every``-th full pass also detects on 2x2 full-resolution tiles (small faces).
+round. Small faces: with ``verify_low`` set, a full pass also keeps the faces it scores in
+``[verify_low, score_threshold)`` that a re-detection in their full-resolution crop confirms;
+every ``tile_every``-th full pass also detects on 2x2 full-resolution tiles.
 With ``interval: 1`` the schedule is a plain full pass per frame (the pre-interval behaviour).
 
 Not thread-safe: one inference loop owns it (the pipeline holds its lock around it).
@@ -45,7 +47,13 @@ from namus_edge.edge.motion import MotionModel, motion_thumbnail, new_motion
 from namus_edge.edge.tracker import Track, TrackedFace
 from namus_edge.models.analyzer import FaceAnalyzer
 from namus_edge.models.boxes import iou_matrix
-from namus_edge.models.detect_regions import detect_crop, detect_tiled, merge_detections, square_region
+from namus_edge.models.detect_regions import (
+    detect_crop,
+    detect_tiled,
+    detect_verified,
+    merge_detections,
+    square_region,
+)
 from namus_edge.models.face import Detection
 
 logger = logging.getLogger(__name__)
@@ -198,6 +206,9 @@ class DetectionSchedule:
                 kind = "tiled"
         if kind == "tiled":
             dets = detect_tiled(self.analyzer.detector, image_bgr, (2, 2))
+        elif self.cfg.verify_low is not None:
+            dets = detect_verified(self.analyzer.detector, image_bgr, self.cfg.verify_low, self.cfg.roi_input,
+                                   self.cfg.roi_scale)
         else:
             dets = self.analyzer.detect(image_bgr)
         return self._count(ScheduledDetections(dets, [True] * len(dets), kind, reason))

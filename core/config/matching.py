@@ -46,6 +46,11 @@ class DetectionConfig(StrictModel):
         description="Fraction of the frame outside live tracks that changed since the previous frame above which "
         "a full pass runs at once (new motion); 1 = never.",
     )
+    verify_low: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="Small faces (video full passes): also keep faces scoring in [verify_low, score_threshold) that "
+        "a re-detection in their full-resolution crop (roi_input, roi_scale) confirms; null = off.",
+    )
     tile_every: int = Field(
         0, ge=0, le=1000,
         description="Small faces: every Nth full pass per camera also detects on 2x2 full-resolution tiles "
