@@ -180,3 +180,18 @@ def test_a_track_holding_all_its_faces_is_carried_until_the_next_full_pass(photo
     assert kinds == ["full", "roi", "predicted", "full", "predicted", "predicted", "full"]
     assert 2 <= pipe.stats.embedded <= 4  # 2 kept, plus better faces found by the full passes (frames 3, 6)
     assert len(pipe.tracker.tracks("cam")) == 1
+
+
+def test_tiled_pass_finds_small_faces_the_full_pass_misses(analyzer, data_dir):
+    """Six LFW photos 70 px wide (faces ~30 px) in a 1080p frame: invisible after the 3x letterbox shrink."""
+    lfw = lfw_identities(data_dir)
+    img = np.full((1080, 1920, 3), (60, 70, 80), np.uint8)
+    for k, name in enumerate(sorted(lfw)[:6]):
+        img[400:470, 100 + 300 * k:170 + 300 * k] = cv2.resize(cv2.imread(str(lfw[name][0])), (70, 70),
+                                                                 interpolation=cv2.INTER_AREA)
+    assert analyzer.detect(img) == []
+    schedule = DetectionSchedule(_cfg("detection.interval=3", "detection.tile_every=1"), analyzer)
+    got = schedule.detect("cam", img, 0.0, [])
+    assert got.kind == "tiled" and len(got.detections) == 6
+    centres = sorted(float(d.bbox[0] + d.bbox[2]) / 2 for d in got.detections)
+    assert all(abs(c - (135 + 300 * k)) < 20 for k, c in enumerate(centres))
