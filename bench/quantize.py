@@ -68,8 +68,13 @@ class _Reader:
         return {self.name: self.data[self.i - 1:self.i]}
 
 
-def quantize(src: Path, dst: Path, data: np.ndarray) -> None:
-    """Static QDQ INT8 quantisation of ``src`` calibrated on ``data`` (float32 (N, 3, H, W) model inputs)."""
+def quantize(src: Path, dst: Path, data: np.ndarray, op_types: Sequence[str] | None = None) -> None:
+    """Static QDQ INT8 quantisation of ``src`` calibrated on ``data`` (float32 (N, 3, H, W) model inputs).
+
+    Per-channel weights need opset >= 13 (``DequantizeLinear`` ``axis``); older graphs get per-tensor weights.
+    ``op_types``: quantise only these operator types (None: onnxruntime's default set).
+    """
+    import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -77,9 +82,12 @@ def quantize(src: Path, dst: Path, data: np.ndarray) -> None:
     pre = dst.with_suffix(".pre.onnx")
     quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     name = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-    quantize_static(str(pre), str(dst), _Reader(name, data), quant_format=QuantFormat.QDQ, per_channel=True,
+    opset = max((o.version for o in onnx.load(str(pre), load_external_data=False).opset_import
+                 if o.domain in ("", "ai.onnx")), default=0)
+    quantize_static(str(pre), str(dst), _Reader(name, data), quant_format=QuantFormat.QDQ, per_channel=opset >= 13,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
+                    calibrate_method=CalibrationMethod.MinMax,
+                    op_types_to_quantize=list(op_types) if op_types else None)
 
 
 def _latency_ms(path: Path, x: np.ndarray, runs: int = 30) -> float:
@@ -99,10 +107,12 @@ def _latency_ms(path: Path, x: np.ndarray, runs: int = 30) -> float:
     return 1e3 * float(np.median(times))
 
 
-def study(data_dir: Path, work: Path, n_cal: int, n_par: int) -> dict[str, Any]:
+def study(data_dir: Path, work: Path, n_cal: int, n_par: int,
+          parts: Sequence[str] = ("embedder", "detector")) -> dict[str, Any]:
     """Quantise both models, measure parity and speed; returns every number."""
     from namus_edge.core.config import load_config
     from namus_edge.export.calibration import load_inputs, model_input
+    from namus_edge.models.aligner import align_arcface
     from namus_edge.models.analyzer import FaceAnalyzer
     from namus_edge.models.backends.factory import create_backend
     from namus_edge.models.detector import FaceDetector, letterbox
@@ -123,35 +133,37 @@ def study(data_dir: Path, work: Path, n_cal: int, n_par: int) -> dict[str, Any]:
     par_paths = [par_paths[i] for i in sorted(rng.choice(len(par_paths), min(n_par, len(par_paths)), replace=False))]
     out: dict[str, Any] = {"calibration_photos": len(cal_paths), "parity_photos": len(par_paths)}
 
-    # -- embedder
-    emb_cal, _ = load_inputs(cal_paths, emb_spec, emb_spec.contract.size or (112, 112), crop="align",
-                             detector=analyzer.detector)
-    emb_src = resolve(emb_spec.name, cache)
-    emb_q = work / f"{emb_src.stem}.int8.onnx"
-    t0 = time.perf_counter()
-    quantize(emb_src, emb_q, emb_cal)
-    out["embedder_quantize_s"] = time.perf_counter() - t0
-    q_embedder = FaceEmbedder(create_backend(emb_q, config.models.backend), emb_spec)
-    from namus_edge.models.aligner import align_arcface
-
-    crops = []
-    for p in par_paths:
-        img = read_image(p)
-        faces = analyzer.detect(img, photo=True)
-        if faces:
-            crops.append(align_arcface(img, faces[0].landmarks))
-    batch = np.stack(crops)
-    e32 = analyzer.embedder.embed(batch)
-    e8 = q_embedder.embed(batch)
-    cos = np.sum(e32 * e8, axis=1)
-    x = model_input(crops[0], emb_spec, emb_spec.contract.size or (112, 112))[None]
-    out["embedder"] = {"model": emb_spec.name, "calibration_faces": len(emb_cal), "parity_faces": len(crops),
-                       "cos_min": float(cos.min()), "cos_p01": float(np.percentile(cos, 1)),
-                       "cos_median": float(np.median(cos)), "share_ge_099": float(np.mean(cos >= 0.99)),
-                       "latency_ms_fp32": _latency_ms(emb_src, x), "latency_ms_int8": _latency_ms(emb_q, x)}
-    log.info("embedder: %s", out["embedder"])
+    # -- embedder: every quantisable op, then convolutions and matrix products only
+    if "embedder" in parts:
+        emb_cal, _ = load_inputs(cal_paths, emb_spec, emb_spec.contract.size or (112, 112), crop="align",
+                                 detector=analyzer.detector)
+        emb_src = resolve(emb_spec.name, cache)
+        crops = []
+        for p in par_paths:
+            img = read_image(p)
+            faces = analyzer.detect(img, photo=True)
+            if faces:
+                crops.append(align_arcface(img, faces[0].landmarks))
+        batch = np.stack(crops)
+        e32 = analyzer.embedder.embed(batch)
+        x = model_input(crops[0], emb_spec, emb_spec.contract.size or (112, 112))[None]
+        out["embedder"] = {"model": emb_spec.name, "calibration_faces": len(emb_cal), "parity_faces": len(crops),
+                           "latency_ms_fp32": _latency_ms(emb_src, x), "variants": {}}
+        for variant, ops in (("all_ops", None), ("conv_matmul", ("Conv", "MatMul"))):
+            emb_q = work / f"{emb_src.stem}.int8.{variant}.onnx"
+            t0 = time.perf_counter()
+            quantize(emb_src, emb_q, emb_cal, ops)
+            q_embedder = FaceEmbedder(create_backend(emb_q, config.models.backend), emb_spec)
+            cos = np.sum(e32 * q_embedder.embed(batch), axis=1)
+            out["embedder"]["variants"][variant] = {
+                "quantize_s": time.perf_counter() - t0, "cos_min": float(cos.min()),
+                "cos_p01": float(np.percentile(cos, 1)), "cos_median": float(np.median(cos)),
+                "share_ge_099": float(np.mean(cos >= 0.99)), "latency_ms_int8": _latency_ms(emb_q, x)}
+            log.info("embedder %s: %s", variant, out["embedder"]["variants"][variant])
 
     # -- detector
+    if "detector" not in parts:
+        return out
     size = tuple(config.detection.input_size)
     ident = sorted((data_dir / "identification").rglob("*.jpg"))[:100]
     det_imgs = [letterbox(read_image(p), size).canvas for p in [*cal_paths[:100], *ident]]
@@ -195,11 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--work", default="/tmp/namus-edge-quantize", help="where the INT8 files are written")
     ap.add_argument("--calibration", type=int, default=200, help="LFW calibration photos")
     ap.add_argument("--parity", type=int, default=300, help="LFW parity photos")
+    ap.add_argument("--parts", default="embedder,detector", help="comma list: embedder, detector")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     info = machine_info()
-    res = study(shared_dir() / "data", Path(args.work), args.calibration, args.parity)
+    res = study(shared_dir() / "data", Path(args.work), args.calibration, args.parity, args.parts.split(","))
     res["machine"] = {**info, "load_avg_end": machine_info()["load_avg"]}
     text = json.dumps(res, indent=1)
     if args.json:
