@@ -23,7 +23,7 @@ class DetectionConfig(StrictModel):
     )
     pad_retry_score: float = Field(0.3, ge=0.0, le=1.0, description="Score threshold of the padded retry.")
     interval: int = Field(
-        3, ge=1, le=30,
+        5, ge=1, le=30,
         description="Video: full-frame detection on every Nth frame per camera (1 = every frame); between full "
         "passes live tracks are re-detected in crops (roi_*) or carried by a motion model (edge/detect_schedule.py).",
     )

@@ -138,14 +138,15 @@ def _pipeline_events(world, analyzer, clip, interval):
 
 @pytest.mark.slow
 def test_detection_interval_keeps_video_events(world, tmp_path, data_dir, model_cache):
-    """Interval on: each enrolled clip gives exactly its one event, on the same track within two frames of the
-    every-frame run; strangers and the real videos give none."""
+    """Default interval (> 1): each enrolled clip gives exactly its one event, on the same track within two frames
+    of the every-frame run; strangers and the real videos give none (at interval 5)."""
+    assert load_config().detection.interval > 1
     analyzer = FaceAnalyzer(load_config(), model_cache)
     for k in (1, 6, 9):
         person = world["people"][k]
         clip = synthesize_clip(cv2.imread(str(world["lfw"][person][1])), tmp_path / f"p{k}.avi", frames=60, seed=k)
         every, _ = _pipeline_events(world, analyzer, clip, 1)
-        interval, stats = _pipeline_events(world, analyzer, clip, 3)
+        interval, stats = _pipeline_events(world, analyzer, clip, load_config().detection.interval)
         assert stats.get("roi", 0) > 0, stats  # the interval really ran between full passes
         assert len(every) == 1 and len(interval) == 1, (every, interval)
         (f1, e1), (f3, e3) = every[0], interval[0]
