@@ -112,8 +112,21 @@ def test_lost_track_and_new_motion_trigger_a_full_pass_at_once(analyzer, photos)
     assert kinds[5] == ("skipped", "")
 
 
-def test_many_tracks_are_carried_by_prediction_and_never_embedded(analyzer, photos, model_cache):
+def test_more_tracks_wanting_faces_than_crops_allowed_get_a_full_pass(analyzer, photos, model_cache):
     config = load_config(overrides=["detection.interval=3", "detection.roi_max_tracks=0"])
+    pipe = Pipeline(config, FaceAnalyzer(config, model_cache, with_age=False), lambda: None, lambda e, c: None)
+    now = datetime.now(timezone.utc)
+    for t in range(6):
+        pipe.process([Frame("cam", t, t / 30, now, _frame(photos, t))])
+    # frames 1-4: the track wants faces (5 kept per track) and no crop is allowed -> full passes, every face embedded;
+    # frame 5: it holds its 5 faces -> carried by prediction
+    assert dict(pipe.schedule.stats) == {"full": 5, "full_start": 1, "full_crowd": 4, "predicted": 1}
+    assert pipe.stats.embedded == 5
+    assert len(pipe.tracker.tracks("cam")) == 1  # one track throughout
+
+
+def test_predicted_faces_are_never_embedded(analyzer, photos, model_cache):
+    config = load_config(overrides=["detection.interval=3", "matching.faces_per_track=1"])
     pipe = Pipeline(config, FaceAnalyzer(config, model_cache, with_age=False), lambda: None, lambda e, c: None,
                     embed_all=True)
     now = datetime.now(timezone.utc)
@@ -121,7 +134,7 @@ def test_many_tracks_are_carried_by_prediction_and_never_embedded(analyzer, phot
         pipe.process([Frame("cam", t, t / 30, now, _frame(photos, t))])
     assert dict(pipe.schedule.stats) == {"full": 2, "full_start": 1, "full_interval": 1, "predicted": 4}
     assert pipe.stats.embedded == 2  # embed_all: every measured face, none of the 4 predicted ones
-    assert len(pipe.tracker.tracks("cam")) == 1  # one track throughout
+    assert len(pipe.tracker.tracks("cam")) == 1
 
 
 def test_motion_model_predicts_constant_velocity_of_box_and_landmarks():
