@@ -20,6 +20,12 @@ Rows (``--impls``):
 * ``pipeline+track``: one frame per call, tracking on (``embed_all=False``: only faces that are new or
   better than what their track holds are embedded);
 * ``pipeline+track+batch``: both (how the service runs).
+* any ``pipeline*`` row with ``@N<k>`` appended (e.g. ``pipeline+track+batch@N1``): that row with
+  ``detection.interval=k`` instead of the configured default (``@N1`` = full-frame detection on every frame, the
+  behaviour before the detection interval). Pipeline rows at interval > 1 run full passes on some frames and
+  re-detect tracked faces in crops on the others (``edge/detect_schedule.py``); the identity check compares
+  the faces embedded on full-pass frames (``min_cos``: same detector run as InsightFace's) and reports the
+  crop-measured ones separately (``min_cos_roi``: a different, full-resolution measurement of the same face).
 * ``whatif-plain``, ``whatif-pipeline+track+batch``: not the shipped code: the same rows with our detector
   patched to resize like InsightFace and build its input with ``cv2.dnn.blobFromImage``
   (:func:`install_insightface_preprocessing`), to show what that change would give. Not run by default.
@@ -282,10 +288,22 @@ def _forbid_network() -> None:
     socket.create_connection = refuse
 
 
-def _config(threads: int) -> Any:
+#: ``--set`` overrides for our rows (not InsightFace's), set by the worker from its command line.
+OUR_OVERRIDES: list[str] = []
+
+
+def _config(threads: int, interval: int | None = None, *, ours: bool = True) -> Any:
     from namus_edge.core.config import load_config
 
-    return load_config(overrides=[f"models.backend.intra_op_threads={threads}", "models.backend.inter_op_threads=1"])
+    extra = [*(OUR_OVERRIDES if ours else []), *([] if interval is None else [f"detection.interval={interval}"])]
+    return load_config(overrides=[f"models.backend.intra_op_threads={threads}", "models.backend.inter_op_threads=1",
+                                  *extra])
+
+
+def split_impl(impl: str) -> tuple[str, int | None]:
+    """``"pipeline+track@N1"`` -> (``"pipeline+track"``, 1); no suffix -> (impl, None)."""
+    base, _, suffix = impl.partition("@N")
+    return base, (int(suffix) if suffix else None)
 
 
 def _age_estimator(config: Any) -> Any:
@@ -347,7 +365,7 @@ def run_insightface(case: Case, data_dir: Path, threads: int, with_age: bool, cl
     from insightface.app import FaceAnalysis
     from insightface.model_zoo import arcface_onnx
 
-    config = _config(threads)
+    config = _config(threads, ours=False)
     tmp = Path(tempfile.mkdtemp(prefix="bench_insightface_"))
     model_dir = insightface_root(config, tmp)
     so = ort.SessionOptions()
@@ -449,7 +467,8 @@ def random_bundle(folder: Path, faces: int, seed: int = 1) -> Path:
 
 
 def run_pipeline(case: Case, data_dir: Path, threads: int, with_age: bool, clock: StageClock, faces: FaceLog,
-                 info: dict[str, Any], *, track: bool, batch: int, bundle: Path) -> tuple[int, float, float]:
+                 info: dict[str, Any], *, track: bool, batch: int, bundle: Path,
+                 interval: int | None = None) -> tuple[int, float, float]:
     """edge.pipeline.Pipeline over the case; returns (frames, wall s, cpu s) of the timed part.
 
     Args:
@@ -457,6 +476,7 @@ def run_pipeline(case: Case, data_dir: Path, threads: int, with_age: bool, clock
             passes the quality gates.
         batch: frames per ``Pipeline.process`` call (faces of those frames share one embed/age/search batch).
         bundle: the bundle searched (see :func:`random_bundle`).
+        interval: ``detection.interval`` (None: the configured default).
     """
     from datetime import datetime, timezone
 
@@ -465,7 +485,7 @@ def run_pipeline(case: Case, data_dir: Path, threads: int, with_age: bool, clock
     from namus_edge.index.bundle import Bundle
     from namus_edge.models.analyzer import FaceAnalyzer
 
-    config = _config(threads)
+    config = _config(threads, interval)
     analyzer = FaceAnalyzer(config, with_age=with_age)
     index = Bundle.load(bundle)
     index.search = clock.wrap("search", index.search)  # type: ignore[method-assign]
@@ -489,7 +509,16 @@ def run_pipeline(case: Case, data_dir: Path, threads: int, with_age: bool, clock
                 faces.add(f, d.bbox, d.landmarks, d.score, v)
         return vecs
 
-    analyzer.detect = clock.wrap("detect", analyzer.detect)  # type: ignore[method-assign]
+    schedule_detect = pipe.schedule.detect
+    crop_frames: list[int] = []  # frames whose faces were measured in crops (not a full pass)
+
+    def detect_logged(camera_id: str, image: np.ndarray, timestamp: float, tracks: Any) -> Any:
+        result = schedule_detect(camera_id, image, timestamp, tracks)
+        if result.kind not in ("full", "tiled"):
+            crop_frames.append(frame_of.get(id(image), -1))
+        return result
+
+    pipe.schedule.detect = clock.wrap("detect", detect_logged)  # type: ignore[method-assign]
     analyzer.prepare = clock.wrap("align", prepare_logged)  # type: ignore[method-assign]
     analyzer.embed = clock.wrap("embed", embed_logged)  # type: ignore[method-assign]
     analyzer.estimate_ages = clock.wrap("age", analyzer.estimate_ages)  # type: ignore[method-assign]
@@ -522,6 +551,8 @@ def run_pipeline(case: Case, data_dir: Path, threads: int, with_age: bool, clock
     pipe.finish_camera("bench")
     info["pipeline"] = {"frames": pipe.stats.frames, "faces": pipe.stats.faces, "embedded": pipe.stats.embedded,
                         "events": len(events), "batch_frames": batch, "embed_all": not track,
+                        "interval": config.detection.interval, "schedule": dict(pipe.schedule.stats),
+                        "crop_frames": sorted(f for f in crop_frames if f >= 0),
                         "bundle_faces": index.ntotal if hasattr(index, "ntotal") else None}
     index.close()
     return n, wall, cpu
@@ -554,6 +585,7 @@ def install_insightface_preprocessing() -> str:
 def worker(args: argparse.Namespace) -> int:
     """Run one (case, impl, threads) and write its result JSON and face log into --out-dir."""
     _forbid_network()
+    OUR_OVERRIDES[:] = args.overrides
     cv2.setNumThreads(args.threads)
     case = all_cases(args.frames)[args.case]
     data_dir = Path(args.data_dir) if args.data_dir else shared_dir() / "data"
@@ -562,7 +594,7 @@ def worker(args: argparse.Namespace) -> int:
     info: dict[str, Any] = {}
     t_load = time.perf_counter()
     with_age = not args.no_age
-    impl = args.impl
+    impl, interval = split_impl(args.impl)
     if impl.startswith("whatif-"):
         info["whatif"] = install_insightface_preprocessing()
         impl = impl.removeprefix("whatif-")
@@ -573,7 +605,7 @@ def worker(args: argparse.Namespace) -> int:
     else:
         n, wall, cpu = run_pipeline(case, data_dir, args.threads, with_age, clock, faces, info,
                                     track="track" in impl, batch=args.batch_frames if "batch" in impl else 1,
-                                    bundle=Path(args.bundle))
+                                    bundle=Path(args.bundle), interval=interval)
     total_s = time.perf_counter() - t_load
     embedded = sum(e is not None for e in faces.emb)
     dim = next((len(e) for e in faces.emb if e is not None), 1)
@@ -603,6 +635,8 @@ def run_job(case: str, impl: str, threads: int, args: argparse.Namespace, out_di
            "--out-dir", str(out_dir), "--bundle", str(out_dir / "bundle")]
     if args.no_age:
         cmd.append("--no-age")
+    for o in args.overrides:
+        cmd += ["--set", o]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
@@ -727,7 +761,7 @@ def parity_diagnostics(case: Case, data_dir: Path, ref: dict[str, np.ndarray], f
 
 TABLE_COLUMNS = ["case", "impl", "threads", "frames", "fps", "ratio", "ms_per_frame", "detect", "align", "embed",
                  "age", "track", "search", "cpu_pct", "cpu_ms", "ratio_cpu", "peak_rss_mb", "embedded", "min_cos",
-                 "max_box_diff_px"]
+                 "max_box_diff_px", "min_cos_roi", "load_avg"]
 
 
 def table_rows(results: Sequence[dict[str, Any]], identity: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -749,7 +783,9 @@ def table_rows(results: Sequence[dict[str, Any]], identity: dict[str, dict[str, 
                      **{k: v for k, v in r["stage_ms"].items()},
                      "ratio": r["fps"] / ref if ref else None, "embedded": r["faces_embedded"],
                      "cpu_ms": cpu_ms, "ratio_cpu": ref_cpu / cpu_ms if ref_cpu and cpu_ms > 0 else None,
-                     "min_cos": ident.get("min_cos"), "max_box_diff_px": ident.get("max_box_diff_px")})
+                     "min_cos": ident.get("min_cos"), "max_box_diff_px": ident.get("max_box_diff_px"),
+                     "min_cos_roi": identity.get(f"{r['case']}|{r['impl']}|{r['threads']}|roi", {}).get("min_cos"),
+                     "load_avg": round(float(r["load_avg"][0]), 1) if r.get("load_avg") else None})
     return rows
 
 
@@ -763,9 +799,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--batch-frames", type=int, default=4,
                     help="+batch rows: frames per Pipeline.process call")
     ap.add_argument("--no-age", action="store_true", help="run without the age model on both sides")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for our rows only (repeatable), e.g. detection.verify_low=0.3")
     ap.add_argument("--parity-frames", type=int, default=5, help="frames per case for the parity diagnostics")
     ap.add_argument("--quick", action="store_true",
-                    help=f"{QUICK_CASE} only, 30 frames, insightface/plain/{VIDEO_IMPL} at 1 thread (< 1 min)")
+                    help=f"{QUICK_CASE} only, 30 frames, insightface/plain/{VIDEO_IMPL} (and @N1) at 1 thread")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of markdown")
     ap.add_argument("--out", default=None, help="also write every number (JSON) to this file")
     ap.add_argument("--data-dir", default=None, help="../shared/data")
@@ -786,7 +824,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.frames = min(args.frames, 30)
         if args.impls == ap.get_default("impls"):
-            args.impls = f"insightface,plain,{VIDEO_IMPL}"
+            args.impls = f"insightface,plain,{VIDEO_IMPL},{VIDEO_IMPL}@N1"
         if args.threads == ap.get_default("threads"):
             args.threads = "1"
         args.parity_frames = min(args.parity_frames, 3)
@@ -794,7 +832,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = args.cases.split(",") if args.cases else ([QUICK_CASE] if args.quick else list(cases_all))
     unknown = [c for c in names if c not in cases_all]
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
-    if unknown or any(i not in IMPLS for i in impls):
+    if unknown or any(split_impl(i)[0] not in IMPLS or (split_impl(i)[1] is not None and "pipeline" not in i)
+                      for i in impls):
         ap.error(f"unknown case or impl; cases: {','.join(cases_all)}; impls: {','.join(IMPLS)}")
     if "insightface" not in impls:
         impls.insert(0, "insightface")  # the reference of every ratio and identity check
@@ -824,7 +863,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for impl in impls[1:]:
                     p = out_dir / f"{case}__{impl}__t{t}.npz"
                     if p.exists():
-                        identity[f"{case}|{impl}|{t}"] = compare_faces(ref, _load(p), all_faces=impl.endswith("plain"))
+                        ours = _load(p)
+                        res = next((r for r in results if r["case"] == case and r["impl"] == impl
+                                    and r["threads"] == t), {})
+                        crop = np.isin(ours["frame"], np.asarray(res.get("pipeline", {}).get("crop_frames", []), int))
+                        identity[f"{case}|{impl}|{t}"] = compare_faces(ref, {k: v[~crop] for k, v in ours.items()},
+                                                                       all_faces=impl.endswith("plain"))
+                        if crop.any():
+                            identity[f"{case}|{impl}|{t}|roi"] = compare_faces(
+                                ref, {k: v[crop] for k, v in ours.items()}, all_faces=False)
                 if t == threads[0] and args.parity_frames > 0:
                     parity[case] = parity_diagnostics(cases_all[case], data_dir, ref, args.parity_frames)
     info["load_avg_end"] = tuple(round(v, 2) for v in os.getloadavg())
@@ -840,6 +887,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary["ratio_impl"] = best
         summary["ratio_vs_insightface"] = quick[best]["ratio"] if best else None
         summary["ratio_plain_vs_insightface"] = quick["plain"]["ratio"] if "plain" in quick else None
+        n1 = f"{VIDEO_IMPL}@N1"
+        summary["ratio_interval1_vs_insightface"] = quick[n1]["ratio"] if n1 in quick else None
         summary["ratio_cpu_vs_insightface"] = quick[best]["ratio_cpu"] if best else None
         summary["fps"] = {k: v["fps"] for k, v in quick.items()}
         summary["identity_plain"] = identity.get(f"{QUICK_CASE}|plain|{threads[0]}")

@@ -3,9 +3,9 @@
 One :class:`Pipeline` serves every camera. :meth:`Pipeline.process` takes a batch of frames
 (from one or several cameras), detects faces per frame, assigns them to tracks, drops faces
 that fail the quality gates, embeds only faces that are new or better than what their track
-already holds (in one batch across all frames and cameras), estimates ages in the same batch,
-searches the index and feeds the decision engine. A confirmed match becomes a
-:class:`~edge.events.MatchEvent` handed to ``emit``.
+already holds (in one batch across all frames and cameras), searches the index, estimates ages
+(one batch) of the faces whose best case reaches the match threshold, and feeds the decision
+engine. A confirmed match becomes a :class:`~edge.events.MatchEvent` handed to ``emit``.
 
 Privacy: a face that matches nothing leaves no trace. Its crop, embedding and scores live only
 in local variables of one :meth:`process` call and in its track's memory (which is dropped
@@ -28,6 +28,7 @@ from namus_edge.core.cases import case_link_for, parse_case_id
 from namus_edge.core.config import Config
 from namus_edge.edge.debug_store import DebugCropStore
 from namus_edge.edge.decision import DecisionEngine, MatchDecision
+from namus_edge.edge.detect_schedule import DetectionSchedule
 from namus_edge.edge.embedding_guard import usable_rows
 from namus_edge.edge.event_v2 import v2_fields
 from namus_edge.edge.events import CaseRef, EventModels, MatchEvent, ModelRef, utc_timestamp
@@ -124,6 +125,7 @@ class Pipeline:
         self.device_id = device_id or config.service.device_id
         self.embed_all = embed_all
         self.tracker = Tracker(config.matching)
+        self.schedule = DetectionSchedule(config.detection, analyzer)
         self._current_index: SearchIndex | None = None
         self._embedder = analyzer.embedder_spec.name
         self.policy = resolve_policy(config.matching, self._embedder, 0)
@@ -185,17 +187,25 @@ class Pipeline:
         candidates: list[_Candidate] = []
         for frame in frames:
             t0 = time.perf_counter()
-            dets = self.analyzer.detect(frame.image)
+            sched = self.schedule.detect(frame.camera_id, frame.image, frame.timestamp,
+                                         self.tracker.tracks(frame.camera_id))
+            dets, measured = sched.detections, sched.measured
             mask = self._masks.get(frame.camera_id)
             if mask is not None and dets:
                 region = mask.get(frame.image.shape)
-                dets = [d for d in dets if region.contains(d.bbox)]
+                inside = [region.contains(d.bbox) for d in dets]
+                dets = [d for d, ok in zip(dets, inside, strict=True) if ok]
+                measured = [m for m, ok in zip(measured, inside, strict=True) if ok]
             t1 = time.perf_counter()
             tracked = self.tracker.update(frame.camera_id, dets, frame.timestamp)
             released += self.static.update(frame.camera_id, [(tf.track.track_id, tf.detection.bbox) for tf in tracked],
                                            frame.timestamp)
+            self.schedule.observe(frame.camera_id, tracked, measured, frame.timestamp,
+                                  self.tracker.tracks(frame.camera_id))
             t2 = time.perf_counter()
             for tf in tracked:
+                if not measured[tf.detection_index]:
+                    continue  # a motion prediction: keeps the track alive, never embedded
                 prepared = self.analyzer.prepare(frame.image, tf.detection)
                 if not prepared.quality.passed:
                     continue
@@ -216,25 +226,29 @@ class Pipeline:
         t0 = time.perf_counter()
         embeddings = self.analyzer.embed(batch)
         t1 = time.perf_counter()
-        ages = self.analyzer.estimate_ages(batch)
-        t2 = time.perf_counter()
         usable = usable_rows(embeddings)
         if not usable.all():  # e.g. an fp16 overflow: drop those faces, never the batch
             self.stats.nonfinite_dropped += int((~usable).sum())
             logger.warning("dropped %d face(s) with a non-finite embedding (%d so far)",
                            int((~usable).sum()), self.stats.nonfinite_dropped)
             candidates = [c for c, ok in zip(candidates, usable, strict=True) if ok]
+            batch = [c.prepared for c in candidates]
             embeddings = embeddings[usable]
-            ages = None if ages is None else ages[usable]
             if not candidates:
-                return 0
+                return self._emit_released(released)
         index = self._current_index
         results = index.search(embeddings, top_k=self.config.matching.top_k) if index is not None else [
             [] for _ in candidates]
+        t2 = time.perf_counter()
+        # age only faces whose best case reaches the threshold: the age check and the event's age read no
+        # other face's (a face without an age passes the check), and a face matching nothing is never aged
+        aged = [i for i, r in enumerate(results) if r and max(h.score for h in r) >= self.threshold]
+        est = self.analyzer.estimate_ages([batch[i] for i in aged]) if aged else None
+        ages = {} if est is None else dict(zip(aged, est.tolist(), strict=True))
         t3 = time.perf_counter()
         self.stats.add("embed", t1 - t0)
-        self.stats.add("age", t2 - t1)
-        self.stats.add("search", t3 - t2)
+        self.stats.add("search", t2 - t1)
+        self.stats.add("age", t3 - t2)
         self.stats.embedded += len(candidates)
         emitted = 0
         folded: dict[int, Any] = {}  # id(new track) -> the lost track it continues
@@ -242,8 +256,9 @@ class Pipeline:
             cand.track = folded.get(id(cand.track), cand.track)
             track = reattach(self.tracker, cand.track, embeddings[i], self.config.matching.track_embed_sim)
             if track is not cand.track:
+                self.schedule.track_folded(track.camera_id, cand.track.track_id, track.track_id)
                 folded[id(cand.track)] = cand.track = track
-            age = None if ages is None else float(ages[i])
+            age = ages.get(i)
             det = cand.prepared.detection
             cand.track.add_face(cand.prepared.quality.score, det.bbox, cand.frame.timestamp, embeddings[i], age)
             decision = self.engine.observe(cand.frame.camera_id, cand.track.track_id, cand.frame.timestamp,
@@ -270,6 +285,7 @@ class Pipeline:
                 released += self.static.end_track(track.camera_id, track.track_id)
             self.engine.end_camera(camera_id)
             self._emit_released(released + self.static.end_camera(camera_id))
+            self.schedule.forget(camera_id)
 
     # -- events ---------------------------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +38,19 @@ class PreparedFace:
     Attributes:
         detection: box and landmarks in image pixels.
         aligned: uint8 (112, 112, 3) BGR ArcFace-aligned crop.
-        age_chip: uint8 (64, 64, 3) BGR chip for the age model.
         quality: quality terms and gate result.
+        image: the uint8 (H, W, 3) BGR frame the face was found in (kept for :attr:`age_chip`).
     """
 
     detection: Detection
     aligned: np.ndarray
-    age_chip: np.ndarray
     quality: QualityReport
+    image: np.ndarray = field(repr=False, compare=False)
+
+    @cached_property
+    def age_chip(self) -> np.ndarray:
+        """uint8 (64, 64, 3) BGR chip for the age model, cut on first use (only faces that get an age pay for it)."""
+        return align_age_chip(self.image, self.detection.landmarks)
 
 
 @dataclass(frozen=True)
@@ -121,10 +127,9 @@ class FaceAnalyzer:
         return self.detector.detect(image_bgr)
 
     def prepare(self, image_bgr: np.ndarray, det: Detection) -> PreparedFace:
-        """Align one detected face and assess its quality (no model runs)."""
+        """Align one detected face and assess its quality (no model runs; the age chip is cut lazily)."""
         aligned = align_arcface(image_bgr, det.landmarks)
-        chip = align_age_chip(image_bgr, det.landmarks)
-        return PreparedFace(det, aligned, chip, assess(det, aligned, self.config.quality))
+        return PreparedFace(det, aligned, assess(det, aligned, self.config.quality), image_bgr)
 
     def embed(self, faces: Sequence[PreparedFace]) -> np.ndarray:
         """Embeddings of prepared faces in one batch: float32 (N, D), L2-normalised."""

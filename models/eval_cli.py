@@ -20,6 +20,7 @@ from namus_edge.core.config import Config
 from namus_edge.core.errors import ImageReadError, NamusEdgeError
 from namus_edge.models.analyzer import FaceAnalyzer
 from namus_edge.models.backends.factory import create_backend
+from namus_edge.models.detect_regions import detect_tiled, detect_verified, merge_detections
 from namus_edge.models.detector import FaceDetector
 from namus_edge.models.evaluation import (
     AGE_GAP_BUCKETS,
@@ -71,6 +72,13 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     d.add_argument("--manifest", required=True, type=Path, help="CSV: path, bboxes_xywh (JSON list)")
     d.add_argument("--root", required=True, type=Path)
     d.add_argument("--dataset", help="evaluate only rows whose `dataset` column equals this (e.g. fddb)")
+    d.add_argument("--tiles", default=None, metavar="COLSxROWS",
+                   help="small-face path: add a pass over COLSxROWS overlapping tiles, merged by NMS (e.g. 2x2; "
+                   "1x1 with --tile-input = one upscaled second pass)")
+    d.add_argument("--tile-input", type=int, default=None, help="square detector input of each tile (multiple of 32)")
+    d.add_argument("--verify-low", type=float, default=None, metavar="SCORE",
+                   help="small-face path: also keep faces scoring in [SCORE, detection.score_threshold) that a "
+                   "re-detection in their full-resolution crop confirms (detection.roi_input, roi_scale)")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=run_detect)
 
@@ -327,6 +335,9 @@ def _render_age(r: dict) -> str:
 def run_detect(args: argparse.Namespace, config: Config) -> int:
     """Handler of ``eval detect``."""
     rows = _filter_dataset(_read_csv(args.manifest, ("path", "bboxes_xywh")), args)
+    grid = _parse_grid(args.tiles) if args.tiles else None
+    if args.tile_input is not None and (args.tile_input <= 0 or args.tile_input % 32):
+        raise EvalInputError(f"--tile-input must be a positive multiple of 32, got {args.tile_input}")
     det_name = config.models.selected()[0]
     spec = get_spec(det_name)
     detector = FaceDetector(create_backend(resolve(det_name, config.models.resolved_cache_dir()),
@@ -353,7 +364,16 @@ def run_detect(args: argparse.Namespace, config: Config) -> int:
             unreadable[r["path"]] = str(exc)
             continue
         n_images += 1
-        dets = detector.detect(image)
+        if args.verify_low is not None:
+            dets = detect_verified(detector, image, args.verify_low, config.detection.roi_input,
+                                   config.detection.roi_scale)
+            if grid is not None:
+                tiled = detect_tiled(detector, image, grid, upscale_to=args.tile_input)
+                dets = merge_detections([dets, tiled], config.detection.nms_threshold, config.detection.max_faces)
+        elif grid is not None:
+            dets = detect_tiled(detector, image, grid, upscale_to=args.tile_input)
+        else:
+            dets = detector.detect(image)
         d = np.asarray([x.bbox for x in dets], np.float64).reshape(-1, 4)
         sc = np.asarray([x.score for x in dets], np.float64)
         all_scores.append(sc)
@@ -375,6 +395,9 @@ def run_detect(args: argparse.Namespace, config: Config) -> int:
         "detector": spec.name,
         "input_size": list(detector.input_size),
         "score_threshold": config.detection.score_threshold,
+        "small_faces": None if grid is None and args.verify_low is None else {
+            "tiles": None if grid is None else list(grid), "tile_input": args.tile_input,
+            "verify_low": args.verify_low, "roi_input": config.detection.roi_input},
         "images": n_images,
         "faces": n_gt,
         "detections": int(scores.size),
@@ -388,6 +411,16 @@ def run_detect(args: argparse.Namespace, config: Config) -> int:
     }
     _emit(_nan_to_none(result), args.json, _render_detect)
     return 0
+
+
+def _parse_grid(text: str) -> tuple[int, int]:
+    try:
+        cols, rows = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise EvalInputError(f"--tiles expects COLSxROWS such as 2x2, got {text!r}") from exc
+    if not (1 <= cols <= 8 and 1 <= rows <= 8):
+        raise EvalInputError(f"--tiles: 1..8 columns and rows, got {text!r}")
+    return cols, rows
 
 
 def _render_detect(r: dict) -> str:

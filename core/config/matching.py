@@ -25,6 +25,40 @@ class DetectionConfig(StrictModel):
         "(SCRFD misses faces filling > ~40% of the frame).",
     )
     pad_retry_score: float = Field(0.3, ge=0.0, le=1.0, description="Score threshold of the padded retry.")
+    interval: int = Field(
+        5, ge=1, le=30,
+        description="Video: full-frame detection on every Nth frame per camera (1 = every frame); between full "
+        "passes live tracks are re-detected in crops (roi_*) or carried by a motion model (edge/detect_schedule.py).",
+    )
+    roi_redetect: bool = Field(
+        True, description="Between full passes, re-detect each live track in a crop of the full-resolution frame."
+    )
+    roi_scale: float = Field(2.0, ge=1.2, le=4.0, description="Crop side over the predicted box's larger side.")
+    roi_input: int = Field(192, ge=64, le=640, description="Square detector input of a crop (multiple of 32).")
+    roi_score_threshold: float = Field(
+        0.3, ge=0.0, le=1.0,
+        description="Score at which a live track is re-found in its crop (the quality gates still apply).",
+    )
+    roi_max_tracks: int = Field(
+        8, ge=0, le=100,
+        description="With more live tracks wanting faces than this, a frame between full passes gets a full pass "
+        "instead of one crop per track (cheaper beyond ~8 crops on CPU).",
+    )
+    motion_trigger: float = Field(
+        0.02, ge=0.0, le=1.0,
+        description="Fraction of the frame outside live tracks that changed since the previous frame above which "
+        "a full pass runs at once (new motion); 1 = never.",
+    )
+    verify_low: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="Small faces (video full passes): also keep faces scoring in [verify_low, score_threshold) that "
+        "a re-detection in their full-resolution crop (roi_input, roi_scale) confirms; null = off.",
+    )
+    tile_every: int = Field(
+        0, ge=0, le=1000,
+        description="Small faces: every Nth full pass per camera also detects on 2x2 full-resolution tiles "
+        "(about 4 more detector runs); 0 = off.",
+    )
 
     @field_validator("input_size")
     @classmethod
@@ -32,6 +66,13 @@ class DetectionConfig(StrictModel):
         w, h = v
         if w <= 0 or h <= 0 or w % 32 or h % 32:
             raise ValueError(f"both sides must be positive multiples of 32, got {w}x{h}")
+        return v
+
+    @field_validator("roi_input")
+    @classmethod
+    def _roi_multiple_of_32(cls, v: int) -> int:
+        if v % 32:
+            raise ValueError(f"must be a multiple of 32, got {v}")
         return v
 
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from namus_edge.core.config.base import StrictModel
 
@@ -65,10 +65,20 @@ AGE_CALIBRATION_UTKFACE: tuple[tuple[float, float], ...] = (
 class ModelsConfig(StrictModel):
     """Which models run, and where their files are cached."""
 
-    set: ModelSet = Field("default", description="Preset: default, licence_clean, or custom (use the names below).")
-    detector: str = Field("det_500m", description="Registry name of the face detector (set: custom).")
-    embedder: str = Field("edgeface_xs", description="Registry name of the face embedder (set: custom).")
-    age: str | None = Field("age_v1", description="Registry name of the age model, or null to skip age.")
+    set: ModelSet = Field(
+        "default",
+        description="Preset: default, licence_clean, or custom (use the names below). Naming a detector/embedder/"
+        "age model other than the preset's without set: custom is an error, never silently ignored.",
+    )
+    detector: str | None = Field(
+        None, description="Registry name of the face detector; null = the preset's (set: custom: the default set's)."
+    )
+    embedder: str | None = Field(
+        None, description="Registry name of the face embedder; null = the preset's (set: custom: the default set's)."
+    )
+    age: str | None = Field(
+        "age_v1", description="Registry name of the age model, or null to skip age (a preset accepts only its own)."
+    )
     cache_dir: str | None = Field(
         None, description=f"Model cache; default ${MODELS_ENV} or ~/.cache/namus-edge/models."
     )
@@ -79,10 +89,30 @@ class ModelsConfig(StrictModel):
     )
     backend: BackendConfig = Field(default_factory=BackendConfig)
 
+    @model_validator(mode="after")
+    def _names_agree_with_preset(self) -> ModelsConfig:
+        """A preset runs its own models: a different name outside ``set: custom`` is an error.
+
+        Failing (rather than switching to ``custom``) keeps a preset a promise: ``licence_clean``
+        can never end up running non-commercial weights because one name was overridden.
+        """
+        if self.set == "custom":
+            return self
+        preset = dict(zip(("detector", "embedder", "age"), MODEL_SETS[self.set], strict=True))
+        for role, wanted in preset.items():
+            given = getattr(self, role)
+            if given is not None and given != wanted:
+                raise ValueError(
+                    f"models.{role}={given} would be ignored: models.set={self.set} runs {role} {wanted}; "
+                    f"add models.set=custom to choose models by name (or drop models.{role})"
+                )
+        return self
+
     def selected(self) -> tuple[str, str, str | None]:
         """Return (detector, embedder, age) registry names after applying the preset."""
         if self.set == "custom":
-            return self.detector, self.embedder, self.age
+            det, emb, _ = MODEL_SETS["default"]
+            return self.detector or det, self.embedder or emb, self.age
         det, emb, age = MODEL_SETS[self.set]
         return det, emb, (age if self.age is not None else None)
 

@@ -95,6 +95,29 @@ def test_presets_select_models():
     assert custom.models.selected() == ("det_2.5g", "edgeface_xs", None)
 
 
+@pytest.mark.parametrize(
+    "overrides, key",
+    [(["models.detector=det_2.5g"], "models.detector=det_2.5g"),
+     (["models.set=licence_clean", "models.embedder=edgeface_xs"], "models.embedder=edgeface_xs"),
+     (["models.set=default", "models.age=other_age"], "models.age=other_age")],
+)
+def test_model_name_outside_custom_set_is_an_error_not_ignored(overrides, key, capsys):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=overrides)
+    assert key in str(err.value) and "models.set=custom" in str(err.value)
+    # the CLI reports it as a bad configuration (exit 2) naming the key
+    assert main(["config", "show", *[a for o in overrides for a in ("--set", o)]]) == 2
+    assert key in capsys.readouterr().err
+
+
+def test_model_names_equal_to_the_preset_and_custom_fallbacks_are_accepted():
+    same = load_config(overrides=["models.set=licence_clean", "models.detector=yunet_dynamic", "models.embedder=sface"])
+    assert same.models.selected() == ("yunet_dynamic", "sface", "age_v1")
+    assert load_config(overrides=["models.age=null"]).models.selected() == ("det_500m", "edgeface_xs", None)
+    only_embedder = load_config(overrides=["models.set=custom", "models.embedder=sface"])
+    assert only_embedder.models.selected() == ("det_500m", "sface", "age_v1")
+
+
 def test_models_cache_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("NAMUS_EDGE_MODELS", str(tmp_path / "env"))
     assert load_config().models.resolved_cache_dir() == tmp_path / "env"

@@ -132,3 +132,77 @@ def test_scan_fails_closed_on_unsigned_or_unverifiable_bundles(world, tmp_path, 
         assert main([*clip, "--set", f"index.bundle={unsigned}", "--set", "index.allow_unsigned=true",
                      "--set", f"service.state_dir={tmp_path}"]) == 0
     assert any("WITHOUT a signature check" in r.getMessage() for r in caplog.records)
+
+
+def _pipeline_events(world, analyzer, clip, interval):
+    """Run the edge pipeline over a clip at a detection interval; [(frame index, event)] and the schedule stats."""
+    from datetime import datetime, timezone
+
+    from namus_edge.edge.frame_queue import Frame
+    from namus_edge.edge.pipeline import Pipeline
+    from namus_edge.index.bundle import Bundle
+
+    config = load_config(overrides=[f"detection.interval={interval}", "matching.age_check.enabled=false"])
+    bundle = Bundle.load(world["bundle"], [world["pub"]])
+    events = []
+    pipe = Pipeline(config, analyzer, lambda: bundle, lambda e, crop: events.append(e))
+    cap = cv2.VideoCapture(str(clip))
+    now = datetime.now(timezone.utc)
+    out = []
+    try:
+        i = 0
+        while True:
+            ok, image = cap.read()
+            if not ok:
+                break
+            if pipe.process([Frame("cam", i, i / 30.0, now, image)]):
+                out.append((i, events[-1]))
+            i += 1
+    finally:
+        cap.release()
+        bundle.close()
+    pipe.finish_camera("cam")
+    return out, dict(pipe.schedule.stats)
+
+
+@pytest.mark.slow
+def test_detection_interval_keeps_video_events(world, tmp_path, data_dir, model_cache):
+    """Default interval (> 1): each enrolled clip gives exactly its one event, on the same track within two frames
+    of the every-frame run; strangers and the real videos give none (at interval 5)."""
+    assert load_config().detection.interval > 1
+    analyzer = FaceAnalyzer(load_config(), model_cache)
+    for k in (1, 6, 9):
+        person = world["people"][k]
+        clip = synthesize_clip(cv2.imread(str(world["lfw"][person][1])), tmp_path / f"p{k}.avi", frames=60, seed=k)
+        every, _ = _pipeline_events(world, analyzer, clip, 1)
+        interval, stats = _pipeline_events(world, analyzer, clip, load_config().detection.interval)
+        assert stats.get("roi", 0) > 0, stats  # the interval really ran between full passes
+        assert len(every) == 1 and len(interval) == 1, (every, interval)
+        (f1, e1), (f3, e3) = every[0], interval[0]
+        assert e1.case.id_formatted == e3.case.id_formatted == f"MP{7000 + k}"
+        assert e3.track_id == e1.track_id and abs(f3 - f1) <= 2
+    others = [synthesize_clip(cv2.imread(str(p)), tmp_path / f"s{i}.avi", frames=36, seed=i)
+              for i, p in enumerate(world["unenrolled"][:2])]
+    others += [data_dir / "video" / "hamilton_short_clip.mp4", data_dir / "video" / "faceapi_bbt_5frames.mp4"]
+    for clip in others:
+        assert _pipeline_events(world, analyzer, clip, 5)[0] == []
+
+
+def test_only_faces_reaching_the_threshold_are_aged(world, tmp_path, model_cache):
+    """Age runs for faces whose best case reaches the threshold (the only ones the age check and events read)."""
+    analyzer = FaceAnalyzer(load_config(), model_cache)
+    aged: list[int] = []
+    estimate = analyzer.estimate_ages
+
+    def counting(faces):
+        aged.append(len(faces))
+        return estimate(faces)
+
+    analyzer.estimate_ages = counting
+    stranger = synthesize_clip(cv2.imread(str(world["unenrolled"][0])), tmp_path / "s.avi", frames=30, seed=3)
+    assert _pipeline_events(world, analyzer, stranger, 3)[0] == []
+    assert aged == []  # a face matching nothing is never aged
+    person = world["people"][2]
+    clip = synthesize_clip(cv2.imread(str(world["lfw"][person][1])), tmp_path / "p.avi", frames=45, seed=2)
+    events, _ = _pipeline_events(world, analyzer, clip, 3)
+    assert len(events) == 1 and events[0][1].estimated_age is not None and sum(aged) >= 3
