@@ -5,7 +5,7 @@ from glob import glob
 from setuptools import find_packages, setup
 
 #: Repository folder of each sub-package: the product keeps its folders, the install has one top-level name.
-LAYERS = ("core", "models", "index", "export", "edge")
+LAYERS = ("core", "models", "index", "export", "training", "edge")
 
 
 def _packages() -> tuple[list[str], dict[str, str]]:

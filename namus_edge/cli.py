@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "namus_edge.models.eval_cli",
     "namus_edge.index.cli",
     "namus_edge.export.cli",
+    "namus_edge.training.cli",
     "namus_edge.install_cli",
 )
 
