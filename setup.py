@@ -31,7 +31,11 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    package_data={name: ["py.typed"] for name in ("namus_edge", *(f"namus_edge.{f}" for f in LAYERS))},
+    package_data={
+        **{name: ["py.typed"] for name in ("namus_edge", *(f"namus_edge.{f}" for f in LAYERS))},
+        # the one model this project trained itself (<= 4 MB, non-commercial): models/weights/
+        "namus_edge.models": ["py.typed", "weights/*.onnx"],
+    },
     install_requires=[
         "numpy>=1.24",
         "onnxruntime>=1.16",
@@ -59,6 +63,9 @@ setup(
         # insightface declares opencv-python, which replaces opencv-python-headless: see docs/benchmarks.md
         "bench": ["insightface>=0.7.3", "psutil>=5.9"],
         "demo": ["scikit-image>=0.21", "amqtt>=0.11"],
+        # `namus-edge train age-sex` only; never imported by the runtime. Install the CPU build
+        # (e.g. torch==2.13.0+cpu, ~190 MB wheel): PyPI's default torch pulls ~3 GB of CUDA wheels.
+        "training": ["torch>=2.1", "onnx>=1.14"],
     },
     data_files=[("share/namus-edge/systemd", sorted(glob("systemd/*"))), ("share/namus-edge", ["config.yaml"])],
     entry_points={"console_scripts": ["namus-edge=namus_edge.cli:main"]},

@@ -164,7 +164,7 @@ def bucket_of(value: float, buckets: Sequence[tuple[str, float, float]]) -> str 
     return None
 
 
-def mae(pred: Sequence[float], true: Sequence[float]) -> float:
+def mae(pred: Sequence[float] | np.ndarray, true: Sequence[float] | np.ndarray) -> float:
     """Mean absolute error."""
     p = np.asarray(pred, np.float64)
     t = np.asarray(true, np.float64)
@@ -227,7 +227,8 @@ SEX_BANDS: tuple[tuple[str, float, float], ...] = (
 )
 
 
-def sex_accuracy(p_male: Sequence[float], male: Sequence[int], ages: Sequence[float]) -> dict[str, float | None]:
+def sex_accuracy(p_male: Sequence[float] | np.ndarray, male: Sequence[int] | np.ndarray,
+                 ages: Sequence[float] | np.ndarray) -> dict[str, float | None]:
     """Fraction of correct sex labels overall and per :data:`SEX_BANDS` band of the true age.
 
     Args:
@@ -256,7 +257,7 @@ def sex_accuracy(p_male: Sequence[float], male: Sequence[int], ages: Sequence[fl
     return out
 
 
-def sex_confidence_for_precision(p_male: Sequence[float], male: Sequence[int],
+def sex_confidence_for_precision(p_male: Sequence[float] | np.ndarray, male: Sequence[int] | np.ndarray,
                                  precision: float = 0.99, min_support: int = 20) -> dict[str, float | None]:
     """Smallest confidence ``max(p, 1 - p)`` at which the sex label reaches ``precision``.
 

@@ -203,7 +203,7 @@ def train(net: AgeSexNet, cut: int, feats: np.ndarray, feats_flip: np.ndarray, a
     for epoch in range(s.epochs):
         t0 = time.monotonic()
         order = rng.permutation(n)
-        flips = rng.random(n) < 0.5
+        flips = np.asarray(rng.random(n) < 0.5)
         total = 0.0
         for start in range(0, n, s.batch_size):
             idx = order[start:start + s.batch_size]
@@ -261,7 +261,8 @@ def export_onnx(net: AgeSexNet, flip: bool, metadata: dict[str, str]) -> bytes:
     """
     dep = Deployed(net, flip).eval()
     buf = io.BytesIO()
-    torch.onnx.export(dep, (torch.zeros(1, 3, 112, 112),), buf, dynamo=False, opset_version=OPSET,
+    torch.onnx.export(dep, (torch.zeros(1, 3, 112, 112),), buf, dynamo=False,  # type: ignore[arg-type]
+                      opset_version=OPSET,
                       input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
                       dynamic_axes={INPUT_NAME: {0: "N"}, "age": {0: "N"}, "p_male": {0: "N"}})
     model = onnx.load_from_string(buf.getvalue())

@@ -79,21 +79,25 @@ def load_backbone(path: Path) -> tuple[nn.Sequential, nn.Linear, nn.BatchNorm1d,
             layers.append(Normalize(sub, float(inits[node.input[1]])))
         elif op == "Conv":
             w = inits[node.input[1]]
-            pads = list(a.get("pads", [0, 0, 0, 0]))  # type: ignore[call-overload]
+            pads = [int(p) for p in a.get("pads", [0, 0, 0, 0])]  # type: ignore[attr-defined]
+            strides = [int(p) for p in a.get("strides", [1, 1])]  # type: ignore[attr-defined]
+            group = int(a.get("group", 1))  # type: ignore[call-overload]
             if pads[:2] != pads[2:]:
                 raise TrainingDataError(f"{path}: asymmetric padding {pads} is not supported")
-            conv = nn.Conv2d(w.shape[1] * int(a.get("group", 1)), w.shape[0], tuple(w.shape[2:]),  # type: ignore[call-overload]
-                             stride=tuple(a.get("strides", [1, 1])), padding=tuple(pads[:2]),  # type: ignore[arg-type]
-                             groups=int(a.get("group", 1)), bias=len(node.input) > 2)  # type: ignore[call-overload]
+            conv = nn.Conv2d(w.shape[1] * group, w.shape[0], (int(w.shape[2]), int(w.shape[3])),
+                             stride=(strides[0], strides[1]), padding=(pads[0], pads[1]),
+                             groups=group, bias=len(node.input) > 2)
             conv.weight.data.copy_(w)
             if conv.bias is not None:
                 conv.bias.data.copy_(inits[node.input[2]])
             target.append(conv)
         elif op == "BatchNormalization":
             g, b, m, v = (inits[n] for n in node.input[1:5])
-            bn: nn.Module = (nn.BatchNorm1d if head else nn.BatchNorm2d)(g.shape[0], eps=float(a.get("epsilon", 1e-5)))  # type: ignore[arg-type]
+            eps = float(a.get("epsilon", 1e-5))  # type: ignore[arg-type]
+            bn = nn.BatchNorm1d(g.shape[0], eps=eps) if head else nn.BatchNorm2d(g.shape[0], eps=eps)
             bn.weight.data.copy_(g)
             bn.bias.data.copy_(b)
+            assert bn.running_mean is not None and bn.running_var is not None
             bn.running_mean.copy_(m)
             bn.running_var.copy_(v)
             target.append(bn)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 from pathlib import Path
 
@@ -53,11 +52,14 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
 
 def run_train_age_sex(args: argparse.Namespace, config: Config) -> int:
     """Handler of ``train age-sex``."""
-    if importlib.util.find_spec("torch") is None:
-        raise TrainingUnavailableError(INSTALL_HINT)
     # imported here, not at the top: torch is optional and must not load for other commands
-    run = importlib.import_module("namus_edge.training.run")
-    agesex = importlib.import_module("namus_edge.training.agesex")
+    try:
+        run = importlib.import_module("namus_edge.training.run")
+        agesex = importlib.import_module("namus_edge.training.agesex")
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":
+            raise
+        raise TrainingUnavailableError(INSTALL_HINT) from None
     for flag in ("epochs", "batch_size", "threads"):
         if getattr(args, flag) < 1:
             raise NamusEdgeError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")

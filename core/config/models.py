@@ -25,6 +25,10 @@ MODEL_SETS: dict[str, tuple[str, str, str]] = {
     "licence_clean": ("yunet_dynamic", "sface", "age_v1"),
 }
 
+#: The sex model each preset selects (fills Face.p_male): the project's own age+sex model
+#: (non-commercial: UTKFace + InsightFace weights) or the CC0 dlib/Cydral classifier.
+SEX_MODEL_SETS: dict[str, str] = {"default": "agesex_utk_v1", "licence_clean": "gender_v1"}
+
 
 class BackendConfig(StrictModel):
     """How ONNX models are executed."""
@@ -69,6 +73,16 @@ class ModelsConfig(StrictModel):
     detector: str = Field("det_500m", description="Registry name of the face detector (set: custom).")
     embedder: str = Field("edgeface_xs", description="Registry name of the face embedder (set: custom).")
     age: str | None = Field("age_v1", description="Registry name of the age model, or null to skip age.")
+    sex: str | None = Field(
+        "agesex_utk_v1",
+        description="Registry name of the sex model (set: custom; a preset picks its own), or null to skip sex "
+        "(Face.p_male stays null).",
+    )
+    age_sex_mix: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="When the sex model also estimates age (agesex_utk_v1): its weight in the reported age, "
+        "the rest from the age model (1 = age-sex model alone). Chosen on validation data, docs/age.md.",
+    )
     cache_dir: str | None = Field(
         None, description=f"Model cache; default ${MODELS_ENV} or ~/.cache/namus-edge/models."
     )
@@ -85,6 +99,12 @@ class ModelsConfig(StrictModel):
             return self.detector, self.embedder, self.age
         det, emb, age = MODEL_SETS[self.set]
         return det, emb, (age if self.age is not None else None)
+
+    def selected_sex(self) -> str | None:
+        """Registry name of the sex model after applying the preset (None: no sex estimate)."""
+        if self.sex is None:
+            return None
+        return self.sex if self.set == "custom" else SEX_MODEL_SETS[self.set]
 
     def resolved_cache_dir(self) -> Path:
         """The model cache directory: config key, else ``$NAMUS_EDGE_MODELS``, else ~/.cache."""
