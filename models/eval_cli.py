@@ -107,7 +107,10 @@ def _analyzer(config: Config, with_age: bool) -> Any:
 
 
 def _largest_face(analyzer: Any, path: Path, *, need_age: bool) -> tuple[Any | None, str | None]:
-    """(face, problem): the largest face of an image as (embedding, age, p_male), or why none."""
+    """(face, problem): the largest face of an image as (embedding, age, p_male), or why none.
+
+    With ``need_age`` the face is not embedded (embedding None): age evaluation does not use it.
+    """
     from namus_edge.models.imagefile import read_image
 
     try:
@@ -118,7 +121,7 @@ def _largest_face(analyzer: Any, path: Path, *, need_age: bool) -> tuple[Any | N
     if not dets:
         return None, "no face"
     prepared = analyzer.prepare(image, dets[0])
-    emb = analyzer.embed([prepared])[0]
+    emb = None if need_age else analyzer.embed([prepared])[0]
     age = p_male = None
     if need_age:
         ages, pm = analyzer.estimate_age_sex([prepared])
