@@ -52,6 +52,7 @@ class TrainSettings:
     weight_decay: float = 1e-4
     l1_weight: float = 0.05
     sex_weight: float = 1.0
+    balance: bool = True
     seed: int = 20250601
     threads: int = 2
 
@@ -113,14 +114,27 @@ def _targets(age: np.ndarray) -> torch.Tensor:
     return torch.from_numpy((age[:, None] > k[None, :]).astype(np.int64))
 
 
+def age_balance_weights(age: np.ndarray) -> np.ndarray:
+    """Per-face weights that make every 5-year age bin (100+ pooled) count equally; mean 1, float32 (N,)."""
+    bins = np.minimum(np.asarray(age) // 5, 20).astype(np.int64)
+    counts = np.bincount(bins, minlength=21).astype(np.float64)
+    w = 1.0 / counts[bins]
+    return (w / w.mean()).astype(np.float32)
+
+
 def _loss(sex_logits: torch.Tensor, pair_logits: torch.Tensor, age: torch.Tensor,
-          pairs: torch.Tensor, male: torch.Tensor, s: TrainSettings) -> torch.Tensor:
-    ordinal = nn.functional.cross_entropy(pair_logits.reshape(-1, 2), pairs.reshape(-1))
+          pairs: torch.Tensor, male: torch.Tensor, weight: torch.Tensor, s: TrainSettings) -> torch.Tensor:
+    ordinal = nn.functional.cross_entropy(pair_logits.reshape(-1, 2), pairs.reshape(-1), reduction="none")
+    ordinal = (ordinal.reshape(-1, AGE_PAIRS).sum(dim=1) * weight).mean() / 10
     expected, _ = decode(sex_logits, pair_logits)
-    l1 = (expected - age).abs().mean()
+    l1 = ((expected - age).abs() * weight).mean()
     known = male >= 0
-    sex = nn.functional.cross_entropy(sex_logits[known], male[known]) if bool(known.any()) else sex_logits.sum() * 0
-    return ordinal * AGE_PAIRS / 10 + s.l1_weight * l1 + s.sex_weight * sex
+    if bool(known.any()):
+        ce = nn.functional.cross_entropy(sex_logits[known], male[known], reduction="none")
+        sex = (ce * weight[known]).sum() / weight[known].sum()
+    else:
+        sex = sex_logits.sum() * 0
+    return ordinal + s.l1_weight * l1 + s.sex_weight * sex
 
 
 #: Where each mode cuts the backbone: the frozen part ends with this ONNX tensor.
@@ -187,6 +201,7 @@ def train(net: AgeSexNet, cut: int, feats: np.ndarray, feats_flip: np.ndarray, a
     n = age.shape[0]
     pairs_all = _targets(age)
     age_t = torch.from_numpy(age.astype(np.float32))
+    weight_t = torch.from_numpy(age_balance_weights(age) if s.balance else np.ones(n, np.float32))
     male_t = torch.from_numpy(male.astype(np.int64))
     suffix = net.features[cut:]
     for p in net.features[:cut].parameters():
@@ -209,7 +224,7 @@ def train(net: AgeSexNet, cut: int, feats: np.ndarray, feats_flip: np.ndarray, a
             idx = order[start:start + s.batch_size]
             x = np.where(flips[idx].reshape((-1,) + (1,) * (feats.ndim - 1)), feats_flip[idx], feats[idx])
             sex_logits, pair_logits = net.head(suffix(torch.from_numpy(x.astype(np.float32))))
-            loss = _loss(sex_logits, pair_logits, age_t[idx], pairs_all[idx], male_t[idx], s)
+            loss = _loss(sex_logits, pair_logits, age_t[idx], pairs_all[idx], male_t[idx], weight_t[idx], s)
             opt.zero_grad()
             loss.backward()
             opt.step()

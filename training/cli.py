@@ -41,7 +41,11 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     a.add_argument("--batch-size", type=int, default=128)
     a.add_argument("--lr", type=float, default=1e-3)
     a.add_argument("--seed", type=int, default=20250601)
+    a.add_argument("--no-balance", dest="balance", action="store_false",
+                   help="train on the natural age mix (default: every 5-year bin weighs the same)")
     a.add_argument("--threads", type=int, default=2, help="torch intra-op threads (results depend on it)")
+    a.add_argument("--workers", type=int, default=1,
+                   help="processes detecting + aligning the crops the first time (same crops as 1)")
     a.add_argument("--val-fraction", type=float, default=0.1, help="validation share of the training pool")
     a.add_argument("--limit", type=int, help="use only the first N labelled rows (quick / reproducibility runs)")
     a.add_argument("--eval-manifest", type=Path, help="evaluation CSV scored (never trained on), e.g. data/age")
@@ -60,16 +64,17 @@ def run_train_age_sex(args: argparse.Namespace, config: Config) -> int:
         if exc.name != "torch":
             raise
         raise TrainingUnavailableError(INSTALL_HINT) from None
-    for flag in ("epochs", "batch_size", "threads"):
+    for flag in ("epochs", "batch_size", "threads", "workers"):
         if getattr(args, flag) < 1:
             raise NamusEdgeError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if not 0 < args.val_fraction < 1:
         raise NamusEdgeError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     settings = agesex.TrainSettings(mode=args.mode, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                    seed=args.seed, threads=args.threads)
+                                    seed=args.seed, threads=args.threads, balance=args.balance)
     inputs = run.RunInputs(manifest=args.manifest, root=args.root, dataset=args.dataset, backbone=args.backbone,
                            work_dir=args.work_dir, out_dir=args.out, name=args.name, val_fraction=args.val_fraction,
-                           limit=args.limit, eval_manifest=args.eval_manifest, eval_root=args.eval_root)
+                           limit=args.limit, eval_manifest=args.eval_manifest, eval_root=args.eval_root,
+                           workers=args.workers)
     report = run.run_age_sex(inputs, settings, config, run.command_line())
     if args.json:
         print(json.dumps(report, indent=2))

@@ -8,6 +8,7 @@ split of the *training* pool, never on the evaluation set; the evaluation manife
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import platform
@@ -32,6 +33,7 @@ from namus_edge.models.evaluation import (
 )
 from namus_edge.training.agesex import (
     TrainSettings,
+    age_balance_weights,
     build,
     cached_features,
     cut_index,
@@ -46,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 #: Weights of the trained model's age in the final age tried on the validation split
 #: (1 = trained model alone, 0.5 = mean with calibrated age-v1).
-MIX_CHOICES = (1.0, 0.5)
+MIX_CHOICES = (1.0, 0.75, 0.5, 0.25)
 #: Faces whose outputs go into the parity fixture.
 PARITY_FACES = 8
 
@@ -66,6 +68,7 @@ class RunInputs:
     limit: int | None = None
     eval_manifest: Path | None = None
     eval_root: Path | None = None
+    workers: int = 1
 
 
 def split(age: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -127,11 +130,12 @@ def _git_commit() -> str:
 def run_age_sex(inputs: RunInputs, settings: TrainSettings, config: Config, command: str) -> dict[str, Any]:
     """Train, choose on validation, export; returns the report (also written to ``out_dir``).
 
-    Writes ``<out_dir>/<name>.onnx``, ``<out_dir>/report.json`` and ``<out_dir>/parity.json``
-    (the torch outputs of the first validation faces, for the ONNX parity test).
+    Writes ``<out_dir>/<name>.onnx``, ``<out_dir>/report.json``, ``<out_dir>/parity.json``
+    (the torch outputs of the first validation faces, for the ONNX parity test) and, with an
+    evaluation manifest, ``<out_dir>/eval_predictions.npz`` (per-face estimates for analysis).
     """
     pool = load_faces(inputs.manifest, inputs.root, inputs.work_dir, config, dataset=inputs.dataset,
-                      limit=inputs.limit)
+                      limit=inputs.limit, workers=inputs.workers)
     tr_idx, va_idx = split(pool.age, inputs.val_fraction, settings.seed)
     tr, va = pool.subset(tr_idx), pool.subset(va_idx)
     logger.info("training pool %d faces: %d train, %d validation", len(pool), len(tr), len(va))
@@ -145,10 +149,13 @@ def run_age_sex(inputs: RunInputs, settings: TrainSettings, config: Config, comm
     v1_va = calibrated_age_v1(va, config)
     choices: dict[str, float] = {}
     best: tuple[float, bool, float] | None = None
+    # criterion: MAE with every 5-year bin weighted equally (the evaluation set is age-stratified,
+    # and missing persons are of every age), not the natural UTKFace mix of young adults
+    bw = age_balance_weights(va.age)
     for flip in (False, True):
         age, _ = predict_features(net, cut, feats[va_idx], feats_flip[va_idx] if flip else None)
         for w in MIX_CHOICES:
-            score = mae(w * age + (1 - w) * v1_va, va.age)
+            score = float(np.average(np.abs(w * age + (1 - w) * v1_va - va.age), weights=bw))
             choices[f"flip={flip},mix={w}"] = score
             if best is None or score < best[0] - 1e-9:
                 best = (score, flip, w)
@@ -163,7 +170,7 @@ def run_age_sex(inputs: RunInputs, settings: TrainSettings, config: Config, comm
                  "faces": len(pool), "train": len(tr), "validation": len(va), "limit": inputs.limit},
         "environment": {"torch": torch.__version__, "python": platform.python_version(), "git_commit": _git_commit()},
         "loss_history": history,
-        "validation": {"choices_mae": choices, "flip": flip, "age_mix": mix,
+        "validation": {"choices_balanced_mae": choices, "flip": flip, "age_mix": mix,
                        "age_model": age_report(va_age, va),
                        "age_mixed": age_report(mix * va_age + (1 - mix) * v1_va, va),
                        "age_v1": age_report(v1_va, va),
@@ -171,11 +178,17 @@ def run_age_sex(inputs: RunInputs, settings: TrainSettings, config: Config, comm
                        "sex_confidence_99": sex_thresholds(va_p, va)},
     }
     if inputs.eval_manifest is not None:
-        ev = load_faces(inputs.eval_manifest, inputs.eval_root or inputs.eval_manifest.parent, inputs.work_dir, config)
+        ev = load_faces(inputs.eval_manifest, inputs.eval_root or inputs.eval_manifest.parent, inputs.work_dir, config,
+                        workers=inputs.workers)
         ev_f, ev_ff = cached_features(inputs.backbone, ev.aligned, settings.mode, inputs.work_dir, ev.manifest_sha256)
         ev_age, ev_p = predict_features(net, cut, ev_f, ev_ff if flip else None)
         v1_ev = calibrated_age_v1(ev, config)
         report["evaluation"] = {}
+        inputs.out_dir.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(buf, paths=ev.paths, dataset=ev.dataset, age=ev.age, male=ev.male, race=ev.race,
+                 age_model=ev_age, p_male=ev_p, age_v1=v1_ev, age_v1_raw=ev.age_v1)
+        write_atomic(inputs.out_dir / "eval_predictions.npz", buf.getvalue())
         for ds in sorted(set(ev.dataset.tolist())):
             sub = ev.subset(ev.dataset == ds)
             m = ev.dataset == ds
