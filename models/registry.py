@@ -74,8 +74,8 @@ class ModelSpec:
 
 
 #: Identity of the bundled age/sex model (models/weights/agesex_utk_v1.onnx, docs/models/agesex_utk_v1.md).
-AGESEX_SHA256 = "0" * 64
-AGESEX_SIZE = 0
+AGESEX_SHA256 = "f48e1ebff4a49396206b5315038028c8dcbec368c17f18ee8e3953e0ad978056"
+AGESEX_SIZE = 1092068
 
 _ARCFACE_NORM = ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5))
 

@@ -79,7 +79,7 @@ class ModelsConfig(StrictModel):
         "(Face.p_male stays null).",
     )
     age_sex_mix: float = Field(
-        0.5, ge=0.0, le=1.0,
+        0.75, ge=0.0, le=1.0,
         description="When the sex model also estimates age (agesex_utk_v1): its weight in the reported age, "
         "the rest from the age model (1 = age-sex model alone). Chosen on validation data, docs/age.md.",
     )

@@ -69,18 +69,18 @@ def test_parity_with_training_run_on_real_faces(data_dir, model_cache):
 
 @pytest.mark.parametrize(("model_set", "sex_model"), [("default", "agesex_utk_v1"), ("licence_clean", "gender_v1")])
 def test_analyzer_fills_p_male_only_for_embedded_faces(model_set, sex_model, model_cache, test_images):
-    cfg = load_config(None, [f"models.set={model_set}", "quality.min_face_px=60"])
-    analyzer = FaceAnalyzer(cfg, model_cache)
+    analyzer = FaceAnalyzer(load_config(None, [f"models.set={model_set}"]), model_cache)
     assert analyzer.model_identities()["sex"].name == sex_model
-    faces = analyzer.analyze(cv2.imread(str(test_images / "obama_2012.jpg")))
-    assert len(faces) == 1 and faces[0].p_male is not None and faces[0].p_male > 0.8  # a man
-    assert faces[0].age is not None and 25 < faces[0].age < 80
-    group = analyzer.analyze(cv2.imread(str(test_images / "solvay_1927.jpg")), gate=True)
-    embedded = [f for f in group if f.has_embedding]
-    skipped = [f for f in group if not f.has_embedding]
-    assert embedded and skipped
-    assert all(f.p_male is not None and 0.0 <= f.p_male <= 1.0 for f in embedded)
-    assert all(f.p_male is None and f.age is None for f in skipped)
+    img = cv2.imread(str(test_images / "obama_2012.jpg"))
+    tiny = cv2.resize(img, None, fx=0.07, fy=0.07, interpolation=cv2.INTER_AREA)  # fails the size gate
+    full, small = analyzer.analyze_batch([img, tiny], gate=True)
+    assert len(full) == 1 and full[0].has_embedding
+    assert full[0].p_male is not None and full[0].p_male > 0.8  # a man
+    assert full[0].age is not None and 25 < full[0].age < 80
+    assert small and not small[0].has_embedding
+    assert small[0].p_male is None and small[0].age is None
+    woman = analyzer.analyze(cv2.imread(str(test_images / "astronaut.jpg")))[0]  # Eileen Collins
+    assert woman.p_male is not None and woman.p_male < 0.5
 
 
 def test_sex_off_leaves_p_male_none(model_cache, test_images):
