@@ -150,7 +150,8 @@ class FaceAnalyzer:
         """(ages float32 (N,) years, p_male float32 (N,)) of prepared faces; each None without its model.
 
         With an age+sex model the age is ``models.age_sex_mix`` of its estimate plus the rest from
-        the age model (age model skipped when the mix is 1).
+        the age model, except below ``models.age_sex_mix_min_age`` (age model alone; the age model
+        is skipped when the mix is 1).
         """
         if not faces:
             empty = np.zeros((0,), np.float32)
@@ -160,7 +161,8 @@ class FaceAnalyzer:
         mix = self.config.models.age_sex_mix
         skip_age = sex is not None and sex.age is not None and mix >= 1.0
         ages = None if self.age is None or skip_age else self.age.estimate(np.stack([f.age_chip for f in faces]))
-        return mix_ages(ages, None if sex is None else sex.age, mix), None if sex is None else sex.p_male
+        return (mix_ages(ages, None if sex is None else sex.age, mix, self.config.models.age_sex_mix_min_age),
+                None if sex is None else sex.p_male)
 
     # -- one-call API --------------------------------------------------------------------------
 

@@ -100,13 +100,16 @@ class SexEstimator:
         return SexEstimate(p_male, np.concatenate(a_parts) if a_parts else None)
 
 
-def mix_ages(age_model: np.ndarray | None, age_sex_model: np.ndarray | None, weight: float) -> np.ndarray | None:
+def mix_ages(age_model: np.ndarray | None, age_sex_model: np.ndarray | None, weight: float,
+             min_age: float = 0.0) -> np.ndarray | None:
     """The reported age: ``weight * age_sex_model + (1 - weight) * age_model`` (either alone when one is None).
 
     Args:
         age_model: float32 (N,) years from the age model (calibrated), or None.
         age_sex_model: float32 (N,) years from an age+sex model, or None.
         weight: in [0, 1], the age+sex model's share.
+        min_age: faces the age model puts below this age keep the age model's estimate alone
+            (age-v1 is the better child model, docs/age.md).
 
     Returns:
         float32 (N,) years, or None when neither estimate exists.
@@ -115,4 +118,5 @@ def mix_ages(age_model: np.ndarray | None, age_sex_model: np.ndarray | None, wei
         return age_model
     if age_model is None:
         return age_sex_model.astype(np.float32)
-    return (weight * age_sex_model + (1.0 - weight) * age_model).astype(np.float32)
+    mixed = weight * age_sex_model + (1.0 - weight) * age_model
+    return np.where(age_model < min_age, age_model, mixed).astype(np.float32)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -276,10 +277,12 @@ def export_onnx(net: AgeSexNet, flip: bool, metadata: dict[str, str]) -> bytes:
     """
     dep = Deployed(net, flip).eval()
     buf = io.BytesIO()
-    torch.onnx.export(dep, (torch.zeros(1, 3, 112, 112),), buf, dynamo=False,  # type: ignore[arg-type]
-                      opset_version=OPSET,
-                      input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                      dynamic_axes={INPUT_NAME: {0: "N"}, "age": {0: "N"}, "p_male": {0: "N"}})
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(dep, (torch.zeros(1, 3, 112, 112),), buf, dynamo=False,  # type: ignore[arg-type]
+                          opset_version=OPSET,
+                          input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                          dynamic_axes={INPUT_NAME: {0: "N"}, "age": {0: "N"}, "p_male": {0: "N"}})
     model = onnx.load_from_string(buf.getvalue())
     model.producer_name = "namus-edge train age-sex"
     model.doc_string = metadata.get("description", "")

@@ -31,6 +31,7 @@ from namus_edge.models.evaluation import (
     sex_accuracy,
     sex_confidence_for_precision,
 )
+from namus_edge.models.sex import mix_ages
 from namus_edge.training.agesex import (
     TrainSettings,
     age_balance_weights,
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 #: Weights of the trained model's age in the final age tried on the validation split
 #: (1 = trained model alone, 0.5 = mean with calibrated age-v1).
 MIX_CHOICES = (1.0, 0.75, 0.5, 0.25)
+#: Ages (by calibrated age-v1) below which age-v1 alone is kept, tried on the validation split.
+MIN_AGE_CHOICES = (0.0, 13.0, 16.0, 20.0)
 #: Faces whose outputs go into the parity fixture.
 PARITY_FACES = 8
 
@@ -111,6 +114,12 @@ def sex_thresholds(p_male: np.ndarray, faces: FaceSet, precision: float = 0.99) 
     return out
 
 
+def _mixed(age_v1: np.ndarray, age: np.ndarray, mix: float, min_age: float) -> np.ndarray:
+    out = mix_ages(age_v1, age, mix, min_age)
+    assert out is not None
+    return out
+
+
 def _round(x: Any) -> Any:
     if isinstance(x, dict):
         return {k: _round(v) for k, v in x.items()}
@@ -148,19 +157,22 @@ def run_age_sex(inputs: RunInputs, settings: TrainSettings, config: Config, comm
     # choices on validation
     v1_va = calibrated_age_v1(va, config)
     choices: dict[str, float] = {}
-    best: tuple[float, bool, float] | None = None
+    best: tuple[float, bool, float, float] | None = None
     # criterion: MAE with every 5-year bin weighted equally (the evaluation set is age-stratified,
     # and missing persons are of every age), not the natural UTKFace mix of young adults
     bw = age_balance_weights(va.age)
     for flip in (False, True):
         age, _ = predict_features(net, cut, feats[va_idx], feats_flip[va_idx] if flip else None)
         for w in MIX_CHOICES:
-            score = float(np.average(np.abs(w * age + (1 - w) * v1_va - va.age), weights=bw))
-            choices[f"flip={flip},mix={w}"] = score
-            if best is None or score < best[0] - 1e-9:
-                best = (score, flip, w)
+            for lo in MIN_AGE_CHOICES:
+                est = mix_ages(v1_va, age, w, lo)
+                assert est is not None
+                score = float(np.average(np.abs(est - va.age), weights=bw))
+                choices[f"flip={flip},mix={w},min_age={lo}"] = score
+                if best is None or score < best[0] - 1e-9:
+                    best = (score, flip, w, lo)
     assert best is not None
-    _, flip, mix = best
+    _, flip, mix, min_age = best
     va_age, va_p = predict_features(net, cut, feats[va_idx], feats_flip[va_idx] if flip else None)
     report: dict[str, Any] = {
         "name": inputs.name,
@@ -170,9 +182,9 @@ def run_age_sex(inputs: RunInputs, settings: TrainSettings, config: Config, comm
                  "faces": len(pool), "train": len(tr), "validation": len(va), "limit": inputs.limit},
         "environment": {"torch": torch.__version__, "python": platform.python_version(), "git_commit": _git_commit()},
         "loss_history": history,
-        "validation": {"choices_balanced_mae": choices, "flip": flip, "age_mix": mix,
+        "validation": {"choices_balanced_mae": choices, "flip": flip, "age_mix": mix, "age_mix_min_age": min_age,
                        "age_model": age_report(va_age, va),
-                       "age_mixed": age_report(mix * va_age + (1 - mix) * v1_va, va),
+                       "age_mixed": age_report(_mixed(v1_va, va_age, mix, min_age), va),
                        "age_v1": age_report(v1_va, va),
                        "sex_accuracy": sex_accuracy(va_p, va.male, va.age),
                        "sex_confidence_99": sex_thresholds(va_p, va)},
@@ -194,7 +206,7 @@ def run_age_sex(inputs: RunInputs, settings: TrainSettings, config: Config, comm
             m = ev.dataset == ds
             report["evaluation"][ds or "all"] = {
                 "age_model": age_report(ev_age[m], sub),
-                "age_mixed": age_report(mix * ev_age[m] + (1 - mix) * v1_ev[m], sub),
+                "age_mixed": age_report(_mixed(v1_ev[m], ev_age[m], mix, min_age), sub),
                 "age_v1": age_report(v1_ev[m], sub),
                 "age_v1_raw": age_report(sub.age_v1, sub),
                 "sex_accuracy": sex_accuracy(ev_p[m], sub.male, sub.age),
@@ -209,6 +221,7 @@ def run_age_sex(inputs: RunInputs, settings: TrainSettings, config: Config, comm
         "command": command,
         "flip": str(flip),
         "age_mix": str(mix),
+        "age_mix_min_age": str(min_age),
         "git_commit": report["environment"]["git_commit"],
     }
     model_bytes = export_onnx(net, flip, metadata)

@@ -83,6 +83,11 @@ class ModelsConfig(StrictModel):
         description="When the sex model also estimates age (agesex_utk_v1): its weight in the reported age, "
         "the rest from the age model (1 = age-sex model alone). Chosen on validation data, docs/age.md.",
     )
+    age_sex_mix_min_age: float = Field(
+        16.0, ge=0.0, le=100.0,
+        description="Faces the age model puts below this age keep its estimate alone (no mixing): age-v1 is "
+        "the better child model. Chosen on validation data, docs/age.md.",
+    )
     cache_dir: str | None = Field(
         None, description=f"Model cache; default ${MODELS_ENV} or ~/.cache/namus-edge/models."
     )
