@@ -74,8 +74,8 @@ class ModelSpec:
 
 
 #: Identity of the bundled age/sex model (models/weights/agesex_utk_v1.onnx, docs/models/agesex_utk_v1.md).
-AGESEX_SHA256 = "f48e1ebff4a49396206b5315038028c8dcbec368c17f18ee8e3953e0ad978056"
-AGESEX_SIZE = 1092068
+AGESEX_SHA256 = "cef21f7420c08a08862961a23301e7dc5911c1626d31ae51835e2ce405eb1f04"
+AGESEX_SIZE = 1092093
 
 _ARCFACE_NORM = ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5))
 
