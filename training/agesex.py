@@ -46,7 +46,7 @@ class TrainSettings:
     """Hyper-parameters of one run (all recorded in the model card)."""
 
     mode: str = "last1"
-    epochs: int = 30
+    epochs: int = 8
     batch_size: int = 128
     lr: float = 1e-3
     backbone_lr_scale: float = 0.3

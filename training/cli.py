@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     a.add_argument("--name", default="agesex_utk_v1", help="model name (file <name>.onnx)")
     a.add_argument("--mode", choices=["head", "last1", "last2"], default="last1",
                    help="what is trained: the head, or also the last one / two backbone blocks")
-    a.add_argument("--epochs", type=int, default=30)
+    a.add_argument("--epochs", type=int, default=8)
     a.add_argument("--batch-size", type=int, default=128)
     a.add_argument("--lr", type=float, default=1e-3)
     a.add_argument("--seed", type=int, default=20250601)
