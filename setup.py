@@ -5,7 +5,7 @@ from glob import glob
 from setuptools import find_packages, setup
 
 #: Repository folder of each sub-package: the product keeps its folders, the install has one top-level name.
-LAYERS = ("core", "models", "index", "export", "edge", "review")
+LAYERS = ("core", "models", "index", "export", "training", "edge", "review")
 
 #: The reviewer console (namus_edge.review): web app, storage, migrations.
 REVIEW_DEPS = [
@@ -47,6 +47,8 @@ setup(
     package_data={
         **{name: ["py.typed"] for name in ("namus_edge", *(f"namus_edge.{f}" for f in LAYERS))},
         "namus_edge.review": ["py.typed", "templates/*.html", "static/*"],
+        # the one model this project trained itself (<= 4 MB, non-commercial): models/weights/
+        "namus_edge.models": ["py.typed", "weights/*.onnx"],
     },
     install_requires=[
         "numpy>=1.24",
@@ -81,6 +83,9 @@ setup(
         # insightface declares opencv-python, which replaces opencv-python-headless: see docs/benchmarks.md
         "bench": ["insightface>=0.7.3", "psutil>=5.9"],
         "demo": ["scikit-image>=0.21", "amqtt>=0.11"],
+        # `namus-edge train age-sex` only; never imported by the runtime. Install the CPU build
+        # (e.g. torch==2.13.0+cpu, ~190 MB wheel): PyPI's default torch pulls ~3 GB of CUDA wheels.
+        "training": ["torch>=2.1", "onnx>=1.14"],
     },
     data_files=[("share/namus-edge/systemd", sorted(glob("systemd/*"))), ("share/namus-edge", ["config.yaml"])],
     entry_points={"console_scripts": ["namus-edge=namus_edge.cli:main"]},

@@ -240,11 +240,13 @@ class Pipeline:
         results = index.search(embeddings, top_k=self.config.matching.top_k) if index is not None else [
             [] for _ in candidates]
         t2 = time.perf_counter()
-        # age only faces whose best case reaches the threshold: the age check and the event's age read no
-        # other face's (a face without an age passes the check), and a face matching nothing is never aged
+        # age and sex only for faces whose best case reaches the threshold: the age and sex checks and the
+        # event read no other face's (a face without them passes the checks), and a face matching nothing
+        # is never aged or sexed
         aged = [i for i, r in enumerate(results) if r and max(h.score for h in r) >= self.threshold]
-        est = self.analyzer.estimate_ages([batch[i] for i in aged]) if aged else None
+        est, est_sex = self.analyzer.estimate_age_sex([batch[i] for i in aged]) if aged else (None, None)
         ages = {} if est is None else dict(zip(aged, est.tolist(), strict=True))
+        p_males = {} if est_sex is None else dict(zip(aged, est_sex.tolist(), strict=True))
         t3 = time.perf_counter()
         self.stats.add("embed", t1 - t0)
         self.stats.add("search", t2 - t1)
@@ -262,7 +264,8 @@ class Pipeline:
             det = cand.prepared.detection
             cand.track.add_face(cand.prepared.quality.score, det.bbox, cand.frame.timestamp, embeddings[i], age)
             decision = self.engine.observe(cand.frame.camera_id, cand.track.track_id, cand.frame.timestamp,
-                                           cand.prepared.quality.score, det.area, age, results[i], bbox=det.bbox)
+                                           cand.prepared.quality.score, det.area, age, results[i], bbox=det.bbox,
+                                           p_male=p_males.get(i))
             if decision is not None and index is not None:
                 released += self.static.submit(decision.camera_id, decision.track_id, decision.id_formatted,
                                                det.bbox, cand.frame.timestamp, (decision, cand, index))

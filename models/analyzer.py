@@ -1,7 +1,7 @@
-"""FaceAnalyzer: detection, alignment, quality, embedding and age behind one object.
+"""FaceAnalyzer: detection, alignment, quality, embedding, age and sex behind one object.
 
 ``FaceAnalyzer(config).analyze(image_bgr)`` is the simple API. The video pipeline uses the
-steps separately (:meth:`detect`, :meth:`prepare`, :meth:`embed`, :meth:`estimate_ages`) so it
+steps separately (:meth:`detect`, :meth:`prepare`, :meth:`embed`, :meth:`estimate_age_sex`) so it
 can track faces first and embed only new or better ones, batched across faces and cameras.
 
 Loading verifies each model file's sha256 against the registry and warms the models up; it
@@ -27,6 +27,7 @@ from namus_edge.models.embedder import FaceEmbedder
 from namus_edge.models.face import Detection, Face, QualityReport
 from namus_edge.models.quality import assess
 from namus_edge.models.registry import ModelSpec, get_spec, resolve
+from namus_edge.models.sex import SexEstimator, mix_ages
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class FaceAnalyzer:
     Args:
         config: the validated configuration (models, detection, quality sections).
         cache_dir: model cache; default ``config.models.resolved_cache_dir()``.
-        with_age: load the age model (when one is configured).
+        with_age: load the age and sex models (when configured; ``models.age``, ``models.sex``).
     """
 
     def __init__(self, config: Config, cache_dir: Path | None = None, *, with_age: bool = True) -> None:
@@ -89,12 +90,19 @@ class FaceAnalyzer:
             self.age = AgeEstimator(create_backend(resolve(age_name, cache), bcfg), self.age_spec,
                                     flip=config.models.age_flip,
                                     calibration=_calibration(config.models.age_calibration))
+        self.sex: SexEstimator | None = None
+        sex_name = config.models.selected_sex()
+        if with_age and sex_name is not None:
+            self.sex = SexEstimator(create_backend(resolve(sex_name, cache), bcfg), get_spec(sex_name),
+                                    max_batch=config.service.batch_max_faces)
         runs = bcfg.warmup_runs
         if runs:
             self.detector.warmup(runs)
             self.embedder.warmup(runs)
             if self.age is not None:
                 self.age.warmup(runs)
+            if self.sex is not None:
+                self.sex.warmup(runs)
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -111,6 +119,8 @@ class FaceAnalyzer:
         }
         if self.age is not None and self.age_spec is not None:
             out["age"] = LoadedModel(self.age_spec.name, self.age_spec.sha256, self.age.backend.engine)
+        if self.sex is not None:
+            out["sex"] = LoadedModel(self.sex.spec.name, self.sex.spec.sha256, self.sex.backend.engine)
         return out
 
     # -- steps -------------------------------------------------------------------------------
@@ -139,11 +149,25 @@ class FaceAnalyzer:
 
     def estimate_ages(self, faces: Sequence[PreparedFace]) -> np.ndarray | None:
         """Ages in years of prepared faces in one batch: float32 (N,), or None without an age model."""
-        if self.age is None:
-            return None
+        return self.estimate_age_sex(faces)[0]
+
+    def estimate_age_sex(self, faces: Sequence[PreparedFace]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(ages float32 (N,) years, p_male float32 (N,)) of prepared faces; each None without its model.
+
+        With an age+sex model the age is ``models.age_sex_mix`` of its estimate plus the rest from
+        the age model, except below ``models.age_sex_mix_min_age`` (age model alone; the age model
+        is skipped when the mix is 1).
+        """
         if not faces:
-            return np.zeros((0,), np.float32)
-        return self.age.estimate(np.stack([f.age_chip for f in faces]))
+            empty = np.zeros((0,), np.float32)
+            return (empty if self.age or self.sex else None), (empty if self.sex else None)
+        sex = None if self.sex is None else self.sex.estimate(np.stack([f.aligned for f in faces]),
+                                                               np.stack([f.age_chip for f in faces]))
+        mix = self.config.models.age_sex_mix
+        skip_age = sex is not None and sex.age is not None and mix >= 1.0
+        ages = None if self.age is None or skip_age else self.age.estimate(np.stack([f.age_chip for f in faces]))
+        return (mix_ages(ages, None if sex is None else sex.age, mix, self.config.models.age_sex_mix_min_age),
+                None if sex is None else sex.p_male)
 
     # -- one-call API --------------------------------------------------------------------------
 
@@ -153,7 +177,7 @@ class FaceAnalyzer:
         Args:
             image_bgr: uint8 (H, W, 3) BGR.
             photo: still photo: retry on a padded canvas when no face is found.
-            gate: skip embedding (empty embedding, age None) for faces failing the quality gates.
+            gate: skip embedding (empty embedding, age and p_male None) for faces failing the quality gates.
 
         Returns:
             Faces, largest first.
@@ -168,19 +192,20 @@ class FaceAnalyzer:
         ]
         flat = [(i, p) for i, faces in enumerate(prepared) for p in faces if p.quality.passed or not gate]
         emb = self.embed([p for _, p in flat])
-        ages = self.estimate_ages([p for _, p in flat])
-        results: dict[int, tuple[np.ndarray, float | None]] = {}
+        ages, p_male = self.estimate_age_sex([p for _, p in flat])
+        results: dict[int, tuple[np.ndarray, float | None, float | None]] = {}
         for k, (_, p) in enumerate(flat):
-            results[id(p)] = (emb[k], None if ages is None else float(ages[k]))
+            results[id(p)] = (emb[k], None if ages is None else float(ages[k]),
+                              None if p_male is None else float(p_male[k]))
         empty = np.zeros((0,), np.float32)
         out: list[list[Face]] = []
         for faces in prepared:
             row = []
             for p in faces:
-                vec, age = results.get(id(p), (empty, None))
+                vec, age, pm = results.get(id(p), (empty, None, None))
                 d = p.detection
                 row.append(Face(bbox=d.bbox, landmarks=d.landmarks, det_score=d.score, quality=p.quality.score,
-                                embedding=vec, age=age, quality_report=p.quality))
+                                embedding=vec, age=age, quality_report=p.quality, p_male=pm))
             out.append(row)
         return out
 

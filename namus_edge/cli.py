@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "namus_edge.export.cli",
     "namus_edge.demo_cli",
     "namus_edge.review.cli",
+    "namus_edge.training.cli",
     "namus_edge.install_cli",
 )
 

@@ -29,6 +29,7 @@ from namus_edge.core.config.models import (
     AGE_CALIBRATION_UTKFACE,
     MODEL_SETS,
     MODELS_ENV,
+    SEX_MODEL_SETS,
     BackendConfig,
     ModelsConfig,
 )
@@ -38,7 +39,7 @@ from namus_edge.core.config.service import ServiceConfig
 from namus_edge.core.config.tree import Config
 
 __all__ = [
-    "AGE_CALIBRATION_UTKFACE", "MODELS_ENV", "MODEL_SETS",
+    "AGE_CALIBRATION_UTKFACE", "MODELS_ENV", "MODEL_SETS", "SEX_MODEL_SETS",
     "AgeCheckConfig", "BackendConfig", "CameraConfig", "Config", "ConfigError", "DetectionConfig",
     "IndexConfig", "MatchingConfig", "ModelsConfig", "MqttConfig", "NamusApiConfig", "QualityConfig",
     "HomeAssistantConfig", "RetentionConfig", "ReviewConfig", "ServiceConfig", "SexCheckConfig",

@@ -114,8 +114,8 @@ class SexCheckConfig(StrictModel):
         0.95, ge=0.5, le=1.0, description="Estimates below this confidence, max(p_male, 1 - p_male), never reject."
     )
     min_age: float = Field(
-        13.0, ge=0, le=120, description="Faces estimated younger than this are never rejected on sex "
-        "(unreliable for children)."
+        18.0, ge=0, le=120, description="Faces estimated younger than this are never rejected on sex: no "
+        "confidence reached 99 % precision for children or teenagers (docs/age.md)."
     )
 
 

@@ -25,6 +25,10 @@ MODEL_SETS: dict[str, tuple[str, str, str]] = {
     "licence_clean": ("yunet_dynamic", "sface", "age_v1"),
 }
 
+#: The sex model each preset selects (fills Face.p_male): the project's own age+sex model
+#: (non-commercial: UTKFace + InsightFace weights) or the CC0 dlib/Cydral classifier.
+SEX_MODEL_SETS: dict[str, str] = {"default": "agesex_utk_v1", "licence_clean": "gender_v1"}
+
 
 class BackendConfig(StrictModel):
     """How ONNX models are executed."""
@@ -79,6 +83,21 @@ class ModelsConfig(StrictModel):
     age: str | None = Field(
         "age_v1", description="Registry name of the age model, or null to skip age (a preset accepts only its own)."
     )
+    sex: str | None = Field(
+        "auto",
+        description="Sex model (fills Face.p_male): auto = the preset's (default: agesex_utk_v1, licence_clean: "
+        "gender_v1), a registry name (set: custom only), or null to skip sex.",
+    )
+    age_sex_mix: float = Field(
+        0.75, ge=0.0, le=1.0,
+        description="When the sex model also estimates age (agesex_utk_v1): its weight in the reported age, "
+        "the rest from the age model (1 = age-sex model alone). Chosen on validation data, docs/age.md.",
+    )
+    age_sex_mix_min_age: float = Field(
+        16.0, ge=0.0, le=100.0,
+        description="Faces the age model puts below this age keep its estimate alone (no mixing): age-v1 is "
+        "the better child model. Chosen on validation data, docs/age.md.",
+    )
     cache_dir: str | None = Field(
         None, description=f"Model cache; default ${MODELS_ENV} or ~/.cache/namus-edge/models."
     )
@@ -106,6 +125,12 @@ class ModelsConfig(StrictModel):
                     f"models.{role}={given} would be ignored: models.set={self.set} runs {role} {wanted}; "
                     f"add models.set=custom to choose models by name (or drop models.{role})"
                 )
+        wanted_sex = SEX_MODEL_SETS[self.set]
+        if self.sex not in (None, "auto", wanted_sex):
+            raise ValueError(
+                f"models.sex={self.sex} would be ignored: models.set={self.set} runs sex {wanted_sex}; "
+                "add models.set=custom to choose models by name (or use models.sex=auto / null)"
+            )
         return self
 
     def selected(self) -> tuple[str, str, str | None]:
@@ -115,6 +140,14 @@ class ModelsConfig(StrictModel):
             return self.detector or det, self.embedder or emb, self.age
         det, emb, age = MODEL_SETS[self.set]
         return det, emb, (age if self.age is not None else None)
+
+    def selected_sex(self) -> str | None:
+        """Registry name of the sex model after applying the preset (None: no sex estimate)."""
+        if self.sex is None:
+            return None
+        if self.sex == "auto":
+            return SEX_MODEL_SETS["default" if self.set == "custom" else self.set]
+        return self.sex
 
     def resolved_cache_dir(self) -> Path:
         """The model cache directory: config key, else ``$NAMUS_EDGE_MODELS``, else ~/.cache."""

@@ -192,13 +192,13 @@ def test_only_faces_reaching_the_threshold_are_aged(world, tmp_path, model_cache
     """Age runs for faces whose best case reaches the threshold (the only ones the age check and events read)."""
     analyzer = FaceAnalyzer(load_config(), model_cache)
     aged: list[int] = []
-    estimate = analyzer.estimate_ages
+    estimate = analyzer.estimate_age_sex
 
     def counting(faces):
         aged.append(len(faces))
         return estimate(faces)
 
-    analyzer.estimate_ages = counting
+    analyzer.estimate_age_sex = counting
     stranger = synthesize_clip(cv2.imread(str(world["unenrolled"][0])), tmp_path / "s.avi", frames=30, seed=3)
     assert _pipeline_events(world, analyzer, stranger, 3)[0] == []
     assert aged == []  # a face matching nothing is never aged
@@ -206,3 +206,4 @@ def test_only_faces_reaching_the_threshold_are_aged(world, tmp_path, model_cache
     clip = synthesize_clip(cv2.imread(str(world["lfw"][person][1])), tmp_path / "p.avi", frames=45, seed=2)
     events, _ = _pipeline_events(world, analyzer, clip, 3)
     assert len(events) == 1 and events[0][1].estimated_age is not None and sum(aged) >= 3
+    assert events[0][1].estimated_sex is not None  # the sex model ran for the matched face (v2 event)

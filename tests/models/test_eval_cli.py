@@ -68,6 +68,34 @@ def test_age_json_contract(tmp_path, data_dir, capsys, model_cache, monkeypatch)
     assert 0 < out["mae"] < 15
     assert set(out["by_gender"]) == {"male", "female"} or set(out["by_gender"]) <= {"male", "female"}
     assert out["no_face"]["images"] == 0
+    # sex: the default set's own age+sex model; bands by true age (no 13-17 row picked: null)
+    assert out["sex_model"] == "agesex_utk_v1"
+    acc = out["sex_accuracy"]
+    assert set(acc) == {"overall", "0-12", "13-17", "adult"}
+    assert acc["13-17"] is None
+    assert all(0.0 <= acc[k] <= 1.0 for k in ("overall", "0-12", "adult"))
+    assert acc["adult"] >= 0.7  # 10 labelled adults
+    labelled = [r for r in pick if r["gender"] in ("male", "female")]
+    assert acc["overall"] * len(labelled) == pytest.approx(round(acc["overall"] * len(labelled)))
+    assert set(out["sex_confidence_99"]) == {"0-12", "13-17", "adult"}
+    assert sum(v["count"] for v in out["by_gender_race"].values()) == len(labelled)
+
+
+def test_age_json_licence_clean_uses_gender_v1(tmp_path, data_dir, capsys, model_cache, monkeypatch):
+    monkeypatch.setenv("NAMUS_EDGE_MODELS", str(model_cache))
+    with open(data_dir / "age" / "manifest.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["dataset"] == "utkface" and int(r["age"]) >= 25][:6]
+    man = tmp_path / "age.csv"
+    with man.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert main(["eval", "age", "--manifest", str(man), "--root", str(data_dir / "age"), "--json",
+                 "--set", "models.set=licence_clean"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["sex_model"] == "gender_v1" and out["age_sex_mix"] is None
+    assert out["sex_accuracy"]["0-12"] is None and out["sex_accuracy"]["13-17"] is None
+    assert out["sex_accuracy"]["adult"] == out["sex_accuracy"]["overall"] >= 0.5
 
 
 def test_detect_json_contract(tmp_path, data_dir, capsys, model_cache, monkeypatch):

@@ -49,6 +49,8 @@ def http_root(tmp_path):
 def test_registry_matches_shared_models_md(shared_dir):
     text = (shared_dir / "models" / "MODELS.md").read_text(encoding="utf-8")
     for spec in REGISTRY.values():
+        if spec.bundled:  # trained here; its identity is checked in tests/models/test_sex.py
+            continue
         assert spec.sha256 in text, spec.name
         assert spec.filename in text, spec.name
         assert f"{spec.size:,}" in text, spec.name

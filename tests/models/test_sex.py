@@ -1,0 +1,120 @@
+"""Sex estimates: the bundled age+sex model (sha256, parity with its training run), gender-v1, metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from namus_edge.core.config import load_config
+from namus_edge.core.fsutil import sha256_file
+from namus_edge.models.analyzer import FaceAnalyzer
+from namus_edge.models.evaluation import sex_accuracy, sex_confidence_for_precision
+from namus_edge.models.fetch import fetch_models
+from namus_edge.models.imagefile import read_image
+from namus_edge.models.registry import BUNDLED_DIR, REGISTRY, check_file, resolve
+from namus_edge.models.sex import mix_ages
+
+PARITY = Path(__file__).parent / "data" / "agesex_parity.json"
+SPEC = REGISTRY["agesex_utk_v1"]
+
+
+def test_bundled_model_matches_registry_and_is_found_without_a_cache(tmp_path):
+    path = BUNDLED_DIR / SPEC.filename
+    assert path.is_file(), f"{path} must ship with the package"
+    assert path.stat().st_size == SPEC.size <= 4 * 1024 * 1024
+    assert sha256_file(path) == SPEC.sha256
+    empty = tmp_path / "cache"
+    assert check_file(SPEC, empty)[0] == "present"
+    assert resolve(SPEC.name, empty) == path
+    # `models fetch` needs no source for it; an existing cache copy takes precedence
+    report = fetch_models(str(tmp_path / "no-mirror"), empty, [SPEC.name])
+    assert report.present == [SPEC.name] and not report.failed
+    empty.mkdir()
+    (empty / SPEC.filename).write_bytes(b"not the model")
+    assert check_file(SPEC, empty)[0] == "corrupt"
+
+
+def test_bundled_model_metadata_and_opset():
+    model = onnx.load(str(BUNDLED_DIR / SPEC.filename))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert "non-commercial" in meta["licence"]
+    assert len(meta["training_manifest_sha256"]) == 64
+    assert meta["command"].startswith("namus-edge train age-sex")
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) <= 17
+    assert [o.name for o in model.graph.output] == ["age", "p_male"]
+    assert not SPEC.commercial_use
+
+
+def test_parity_with_training_run_on_real_faces(data_dir, model_cache):
+    """The committed ONNX on runtime crops of real UTKFace photos == the PyTorch outputs the training run saved."""
+    fixture = json.loads(PARITY.read_text())
+    assert fixture["model_sha256"] == SPEC.sha256
+    analyzer = FaceAnalyzer(load_config(), model_cache)
+    assert analyzer.sex is not None and analyzer.sex.spec.name == SPEC.name
+    root = data_dir / "identification"
+    assert len(fixture["faces"]) >= 5
+    for face in fixture["faces"]:
+        image = read_image(root / face["path"])
+        prepared = analyzer.prepare(image, analyzer.detect(image, photo=True)[0])
+        est = analyzer.sex.estimate(prepared.aligned[None], prepared.age_chip[None])
+        assert est.age is not None
+        assert float(est.age[0]) == pytest.approx(face["age"], abs=0.02), face["path"]
+        assert float(est.p_male[0]) == pytest.approx(face["p_male"], abs=1e-3), face["path"]
+
+
+@pytest.mark.parametrize(("model_set", "sex_model"), [("default", "agesex_utk_v1"), ("licence_clean", "gender_v1")])
+def test_analyzer_fills_p_male_only_for_embedded_faces(model_set, sex_model, model_cache, test_images):
+    analyzer = FaceAnalyzer(load_config(None, [f"models.set={model_set}"]), model_cache)
+    assert analyzer.model_identities()["sex"].name == sex_model
+    img = cv2.imread(str(test_images / "obama_2012.jpg"))
+    tiny = cv2.resize(img, None, fx=0.07, fy=0.07, interpolation=cv2.INTER_AREA)  # fails the size gate
+    full, small = analyzer.analyze_batch([img, tiny], gate=True)
+    assert len(full) == 1 and full[0].has_embedding
+    assert full[0].p_male is not None and full[0].p_male > 0.8  # a man
+    assert full[0].age is not None and 25 < full[0].age < 80
+    assert small and not small[0].has_embedding
+    assert small[0].p_male is None and small[0].age is None
+    woman = analyzer.analyze(cv2.imread(str(test_images / "astronaut.jpg")))[0]  # Eileen Collins
+    assert woman.p_male is not None and woman.p_male < 0.5
+
+
+def test_sex_off_leaves_p_male_none(model_cache, test_images):
+    analyzer = FaceAnalyzer(load_config(None, ["models.sex=null"]), model_cache)
+    assert analyzer.sex is None
+    face = analyzer.analyze(cv2.imread(str(test_images / "obama_2012.jpg")))[0]
+    assert face.p_male is None and face.age is not None
+
+
+def test_sex_accuracy_bands():
+    p = [0.9, 0.2, 0.6, 0.4, 0.7, 0.1]
+    y = [1, 0, 0, 1, -1, 0]
+    age = [30, 40, 5, 8, 15, 16]
+    acc = sex_accuracy(p, y, age)
+    assert acc == {"overall": pytest.approx(3 / 5), "0-12": 0.0, "13-17": 1.0, "adult": 1.0}
+    assert sex_accuracy([], [], []) == {"overall": None, "0-12": None, "13-17": None, "adult": None}
+    with pytest.raises(ValueError, match="equal-length"):
+        sex_accuracy([0.5], [1, 0], [3])
+
+
+def test_sex_confidence_for_precision():
+    # 30 confident right answers, then 10 less confident of which 5 wrong
+    p = np.concatenate([np.full(30, 0.99), np.linspace(0.6, 0.7, 10)])
+    y = np.concatenate([np.ones(30), np.r_[np.ones(5), np.zeros(5)]]).astype(int)
+    res = sex_confidence_for_precision(p, y, precision=0.99, min_support=20)
+    assert res["threshold"] == pytest.approx(0.99) and res["support"] == 30
+    assert res["coverage"] == pytest.approx(30 / 40) and res["precision"] == 1.0
+    assert sex_confidence_for_precision(p[30:], y[30:], 0.99, 20)["threshold"] is None
+
+
+def test_mix_ages():
+    a, b = np.array([10.0, 40.0], np.float32), np.array([20.0, 20.0], np.float32)
+    assert mix_ages(a, b, 0.5).tolist() == [15.0, 30.0]
+    assert mix_ages(a, b, 1.0).tolist() == [20.0, 20.0]
+    assert mix_ages(a, None, 0.5) is a
+    assert mix_ages(None, b, 0.5).tolist() == [20.0, 20.0]
+    assert mix_ages(None, None, 0.5) is None

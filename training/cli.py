@@ -1,0 +1,89 @@
+"""``namus-edge train age-sex``: the reproducible training entry point.
+
+This module only builds the parser; the handler imports the PyTorch code when it runs, so the
+CLI works without the ``training`` extra and says how to install it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+
+from namus_edge.core.config import Config
+from namus_edge.core.errors import NamusEdgeError
+
+INSTALL_HINT = 'training needs PyTorch: pip install "namus-edge[training]"'
+
+
+class TrainingUnavailableError(NamusEdgeError):
+    """The ``training`` extra (PyTorch) is not installed."""
+
+
+def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    """Add the ``train`` command group."""
+    p = sub.add_parser("train", help="train the project's own models (needs the training extra)", parents=[parent])
+    tsub = p.add_subparsers(dest="train_command", metavar="MODEL")
+    tsub.required = True
+    a = tsub.add_parser("age-sex", help="fine-tune the 2018 gender-age backbone on ArcFace-aligned crops",
+                        parents=[parent])
+    a.add_argument("--manifest", required=True, type=Path, help="training CSV: path, age [, gender, race, dataset]")
+    a.add_argument("--root", required=True, type=Path, help="folder the manifest paths are relative to")
+    a.add_argument("--dataset", help="use only rows whose dataset column equals this (e.g. utkface)")
+    a.add_argument("--backbone", required=True, type=Path, help="genderage_2018_112.onnx (MODELS.md 2c)")
+    a.add_argument("--out", required=True, type=Path, help="output folder (model, report.json, parity.json)")
+    a.add_argument("--work-dir", required=True, type=Path, help="cache of aligned crops (reused across runs)")
+    a.add_argument("--name", default="agesex_utk_v1", help="model name (file <name>.onnx)")
+    a.add_argument("--mode", choices=["head", "last1", "last2"], default="last1",
+                   help="what is trained: the head, or also the last one / two backbone blocks")
+    a.add_argument("--epochs", type=int, default=8)
+    a.add_argument("--batch-size", type=int, default=128)
+    a.add_argument("--lr", type=float, default=1e-3)
+    a.add_argument("--seed", type=int, default=20250601)
+    a.add_argument("--no-balance", dest="balance", action="store_false",
+                   help="train on the natural age mix (default: every 5-year bin weighs the same)")
+    a.add_argument("--threads", type=int, default=2, help="torch intra-op threads (results depend on it)")
+    a.add_argument("--workers", type=int, default=1,
+                   help="processes detecting + aligning the crops the first time (same crops as 1)")
+    a.add_argument("--val-fraction", type=float, default=0.1, help="validation share of the training pool")
+    a.add_argument("--limit", type=int, help="use only the first N labelled rows (quick / reproducibility runs)")
+    a.add_argument("--eval-manifest", type=Path, help="evaluation CSV scored (never trained on), e.g. data/age")
+    a.add_argument("--eval-root", type=Path)
+    a.add_argument("--json", action="store_true", help="print the report as JSON")
+    a.set_defaults(func=run_train_age_sex)
+
+
+def run_train_age_sex(args: argparse.Namespace, config: Config) -> int:
+    """Handler of ``train age-sex``."""
+    # imported here, not at the top: torch is optional and must not load for other commands
+    try:
+        run = importlib.import_module("namus_edge.training.run")
+        agesex = importlib.import_module("namus_edge.training.agesex")
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":
+            raise
+        raise TrainingUnavailableError(INSTALL_HINT) from None
+    for flag in ("epochs", "batch_size", "threads", "workers"):
+        if getattr(args, flag) < 1:
+            raise NamusEdgeError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if not 0 < args.val_fraction < 1:
+        raise NamusEdgeError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    settings = agesex.TrainSettings(mode=args.mode, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                    seed=args.seed, threads=args.threads, balance=args.balance)
+    inputs = run.RunInputs(manifest=args.manifest, root=args.root, dataset=args.dataset, backbone=args.backbone,
+                           work_dir=args.work_dir, out_dir=args.out, name=args.name, val_fraction=args.val_fraction,
+                           limit=args.limit, eval_manifest=args.eval_manifest, eval_root=args.eval_root,
+                           workers=args.workers)
+    report = run.run_age_sex(inputs, settings, config, run.command_line())
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        v = report["validation"]
+        print(f"{report['model']['path']}: {report['model']['bytes']} bytes, sha256 {report['model']['sha256']}")
+        print(f"validation ({report['data']['validation']} faces): age MAE model {v['age_model']['mae']}, "
+              f"mixed {v['age_mixed']['mae']} (flip={v['flip']}, mix={v['age_mix']}); sex accuracy {v['sex_accuracy']}")
+        for ds, e in report.get("evaluation", {}).items():
+            print(f"evaluation {ds}: age MAE model {e['age_model']['mae']}, mixed {e['age_mixed']['mae']}, "
+                  f"age-v1 {e['age_v1']['mae']}; sex accuracy {e['sex_accuracy']}")
+    return 0
