@@ -56,9 +56,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tests.namus_factory import SyntheticCase, fgnet_identities, lfw_identities, write_prepager
 
 from bench.common import machine_info, machine_markdown, markdown_table
+
+# the NamUs-format case writer lives with the test helpers (tests/namus_edge_testing), not in the package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from namus_edge_testing.namus_factory import (
+    SyntheticCase,
+    fgnet_identities,
+    lfw_identities,
+    write_prepager,
+)
+
 from namus_edge.core.config import Config, load_config
 from namus_edge.core.errors import ImageReadError
 from namus_edge.models.evaluation import AGE_GAP_BUCKETS, bucket_of, verification_metrics

@@ -14,11 +14,11 @@ import time
 
 import pytest
 import yaml
+from namus_edge_testing.mjpeg import MjpegServer
 from namus_edge_testing.mosquitto import Collector
 
 from namus_edge.index.publish import Announcement, announce, publish_bundle
 from namus_edge.index.sync import sync_once
-from tests.edge.test_sources import MjpegServer
 
 
 class NotifySocket:

@@ -31,6 +31,7 @@ from pathlib import Path
 import cv2
 import pytest
 import yaml
+from namus_edge_testing.mjpeg import MjpegServer
 from namus_edge_testing.mosquitto import Collector
 from namus_edge_testing.namus_factory import lfw_identities
 from namus_edge_testing.rtsp import RtspCamera
@@ -42,7 +43,6 @@ from namus_edge.index.manifest import ModelIdentity
 from namus_edge.index.signing import generate_keypair
 from namus_edge.models.analyzer import FaceAnalyzer
 from namus_edge.models.registry import get_spec
-from tests.edge.test_sources import MjpegServer
 
 REPO = Path(__file__).resolve().parents[2]
 #: Stated bound on RSS growth between warm-up and the end of the soak.

@@ -1,7 +1,7 @@
 """A real mosquitto broker for tests, plus a real paho subscriber that collects messages.
 
 Usage from any test folder (the fixtures are registered in tests/edge/conftest.py; another
-folder re-exports them with ``from tests.mosquitto import mosquitto, mosquitto_factory  # noqa: F401``
+folder re-exports them with ``from namus_edge_testing.mosquitto import mosquitto, mosquitto_factory  # noqa: F401``
 in its conftest.py)::
 
     def test_x(mosquitto_factory):

@@ -8,13 +8,12 @@ import os
 from pathlib import Path
 
 import pytest
+from namus_edge_testing.review import drawn_face, make_event
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
-
-from tests.review.conftest import drawn_face, make_event
 
 CHROMIUM = os.environ.get("NAMUS_EDGE_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("NAMUS_EDGE_CHROMEDRIVER", "/usr/bin/chromedriver")

@@ -6,8 +6,7 @@ import json
 
 import httpx
 from namus_edge_testing.mosquitto import Collector
-
-from tests.review.conftest import csrf_of, jpeg_bytes, login, make_event, mqtt_publish, wait_until
+from namus_edge_testing.review import csrf_of, jpeg_bytes, login, make_event, mqtt_publish, wait_until
 
 PW = "correct horse battery"
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from namus_edge_testing.mosquitto import Collector
 from namus_edge_testing.namus_factory import SyntheticCase, lfw_identities, write_prepager
+from namus_edge_testing.review import mqtt_publish, wait_until
 
 from namus_edge.cli import main
 from namus_edge.core.config import Config, load_config
@@ -21,7 +22,6 @@ from namus_edge.edge.service import EdgeService
 from namus_edge.index.build import build_bundle
 from namus_edge.index.signing import generate_keypair
 from namus_edge.models.analyzer import FaceAnalyzer
-from tests.review.conftest import mqtt_publish, wait_until
 
 N_CASES = 8
 PW = "correct horse battery"

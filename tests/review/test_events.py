@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from namus_edge_testing.review import make_event
 
 from namus_edge.edge.events import EventError
 from namus_edge.review.events import parse_event
 from namus_edge.review.metrics import band, compute
-from tests.review.conftest import make_event
 
 
 def test_v1_gets_contract_defaults_and_v2_is_read():

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from namus_edge_testing.review import jpeg_bytes, make_event
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from namus_edge.review.events import parse_event
 from namus_edge.review.store import Store, StoreError, crop_sha256
-from tests.review.conftest import jpeg_bytes, make_event
 
 
 class Clock:
