@@ -207,19 +207,6 @@ class Tracker:
         self._closed.extend(gone)
         return gone
 
-    def expire(self, timestamp: float) -> list[Track]:
-        """Close every camera's tracks unseen for more than ``track_max_age_s`` at ``timestamp``.
-
-        For cameras that stopped delivering frames; ``update`` already expires its own camera.
-
-        Returns:
-            The tracks closed now (also queued for :meth:`pop_closed`).
-        """
-        closed: list[Track] = []
-        for cam in list(self._tracks):
-            closed += self._close(cam, now=timestamp)
-        return closed
-
     def close_camera(self, camera_id: str) -> list[Track]:
         """Close all tracks of a camera (end of stream). Returns them (also queued for :meth:`pop_closed`)."""
         return self._close(camera_id)
