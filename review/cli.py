@@ -4,10 +4,30 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from namus_edge.core.config import Config
+from namus_edge.core.extras import require_extra
 from namus_edge.core.secrets import read_mqtt_password
-from namus_edge.review.service import ReviewService, open_store
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+#: What the console needs beyond the base install (the ``review`` extra).
+REVIEW_MODULES = ("fastapi", "uvicorn", "jinja2", "sqlalchemy", "alembic", "argon2")
+
+
+def _service_module() -> ModuleType:
+    """``namus_edge.review.service``, after checking the ``review`` extra (one line naming it when missing).
+
+    Imported when a review command runs, not when the CLI builds its parser: ``namus-edge --help``
+    and the device commands work on a base install without the console's web stack.
+    """
+    for module in REVIEW_MODULES:
+        require_extra(module, "review", "namus-edge review")
+    from namus_edge.review import service
+
+    return service
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -34,7 +54,7 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
-    service = ReviewService(config, read_mqtt_password(config.mqtt))
+    service = _service_module().ReviewService(config, read_mqtt_password(config.mqtt))
     service.start()
     service.serve()
     return 0
@@ -42,7 +62,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
 
 def _user_add(args: argparse.Namespace, config: Config) -> int:
     password = sys.stdin.readline().rstrip("\r\n")
-    store = open_store(config)
+    store = _service_module().open_store(config)
     try:
         user = store.add_user(args.name, args.role, password)
     finally:
@@ -52,7 +72,7 @@ def _user_add(args: argparse.Namespace, config: Config) -> int:
 
 
 def _token_create(args: argparse.Namespace, config: Config) -> int:
-    store = open_store(config)
+    store = _service_module().open_store(config)
     try:
         print(store.create_token(args.user))
     finally:

@@ -27,11 +27,13 @@ def test_require_extra_does_not_mask_an_import_error_inside_an_installed_module(
 @pytest.mark.parametrize(("blocked", "argv", "extra"), [
     ("onnx", ["export", "onnx", "--model", "age_v1"], "export"),
     ("skimage", ["demo", "--frames", "5"], "demo"),
+    ("uvicorn", ["review", "serve"], "review"),
 ])
 def test_cli_without_an_extra_prints_one_line(blocked, argv, extra, monkeypatch, capsys, tmp_path) -> None:
     monkeypatch.setitem(sys.modules, blocked, None)
     monkeypatch.setitem(sys.modules, f"{blocked}.data", None)
-    extra_args = ["--out", str(tmp_path / "out")] if argv[0] == "export" else ["--workdir", str(tmp_path)]
+    extra_args = {"export": ["--out", str(tmp_path / "out")], "demo": ["--workdir", str(tmp_path)],
+                  "review": ["--set", f"review.database_url=sqlite:///{tmp_path / 'r.db'}"]}[argv[0]]
     rc = main([*argv, *extra_args])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
