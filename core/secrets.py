@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from namus_edge.core.config import MqttConfig
+from namus_edge.core.config import MqttConfig, TlsConfig
 from namus_edge.core.errors import NamusEdgeError
 
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
@@ -90,3 +90,27 @@ def read_mqtt_password(cfg: MqttConfig, environ: Mapping[str, str] | None = None
         if value:
             return _strip_newline(value) or None
     return None
+
+
+def mqtt_tls_files(tls: TlsConfig) -> dict[str, str | None]:
+    """The CA, certificate and key files of ``mqtt.tls`` as paths, each checked to exist.
+
+    ``key_file`` may name a systemd credential (resolved in ``$CREDENTIALS_DIRECTORY``).
+
+    Returns:
+        ``{"ca_file", "cert_file", "key_file"}`` -> path string, or ``None`` where not configured.
+
+    Raises:
+        SecretError: naming ``mqtt.tls.<key>`` when a configured file does not exist.
+    """
+    paths: dict[str, str | None] = {}
+    for key in ("ca_file", "cert_file", "key_file"):
+        value = getattr(tls, key)
+        if value is None:
+            paths[key] = None
+            continue
+        path = resolve_credential_path(value) if key == "key_file" else Path(value).expanduser()
+        if not path.is_file():
+            raise SecretError(f"mqtt.tls.{key}: {path} does not exist or is not a file")
+        paths[key] = str(path)
+    return paths

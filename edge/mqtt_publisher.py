@@ -36,7 +36,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -45,7 +44,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from namus_edge.core.config import MqttConfig
 from namus_edge.core.errors import NamusEdgeError
-from namus_edge.core.secrets import resolve_credential_path
+from namus_edge.core.secrets import SecretError, mqtt_tls_files
 from namus_edge.core.topics import announce_topic
 from namus_edge.edge.events import MatchEvent
 from namus_edge.edge.outbox import Outbox, OutboxError
@@ -208,16 +207,10 @@ class MqttPublisher:
 
     def _configure_tls(self) -> None:
         tls = self._cfg.tls
-        paths: dict[str, str | None] = {}
-        for key in ("ca_file", "cert_file", "key_file"):
-            value = getattr(tls, key)
-            if value is None:
-                paths[key] = None
-                continue
-            path = resolve_credential_path(value) if key == "key_file" else Path(value).expanduser()
-            if not path.is_file():
-                raise MqttError(f"mqtt.tls.{key}: {path} does not exist or is not a file")
-            paths[key] = str(path)
+        try:
+            paths = mqtt_tls_files(tls)
+        except SecretError as exc:
+            raise MqttError(str(exc)) from exc
         try:
             self._client.tls_set(
                 ca_certs=paths["ca_file"],

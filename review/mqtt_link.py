@@ -15,14 +15,13 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from namus_edge.core.config import MqttConfig
 from namus_edge.core.errors import NamusEdgeError
-from namus_edge.core.secrets import resolve_credential_path
+from namus_edge.core.secrets import SecretError, mqtt_tls_files
 
 logger = logging.getLogger(__name__)
 
@@ -76,16 +75,10 @@ class MqttLink:
 
     def _configure_tls(self) -> None:
         tls = self.cfg.tls
-        paths: dict[str, str | None] = {}
-        for key in ("ca_file", "cert_file", "key_file"):
-            value = getattr(tls, key)
-            if value is None:
-                paths[key] = None
-                continue
-            path = resolve_credential_path(value) if key == "key_file" else Path(value).expanduser()
-            if not path.is_file():
-                raise MqttLinkError(f"mqtt.tls.{key}: {path} does not exist or is not a file")
-            paths[key] = str(path)
+        try:
+            paths = mqtt_tls_files(tls)
+        except SecretError as exc:
+            raise MqttLinkError(str(exc)) from exc
         self.client.tls_set(ca_certs=paths["ca_file"], certfile=paths["cert_file"], keyfile=paths["key_file"],
                             cert_reqs=ssl.CERT_REQUIRED)
         self.client.tls_insecure_set(tls.insecure)

@@ -5,18 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from datetime import date
 
 import cv2
 import faiss
 import pytest
 from namus_edge_testing.mosquitto import Collector
-from namus_edge_testing.namus_factory import SyntheticCase, lfw_identities, write_prepager
+from namus_edge_testing.namus_factory import enrolled_lfw_bundle
 
 from namus_edge.cli import main
 from namus_edge.core.config import load_config
 from namus_edge.demo import synthesize_clip
-from namus_edge.index.build import build_bundle
 from namus_edge.index.signing import generate_keypair
 from namus_edge.models.analyzer import FaceAnalyzer
 from namus_edge.models.registry import match_threshold
@@ -27,19 +25,10 @@ N_CASES = 12
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, data_dir, model_cache):
     """A signed bundle of N_CASES LFW people (first photo enrolled) and their other photos."""
-    root = tmp_path_factory.mktemp("scan")
-    lfw = lfw_identities(data_dir)
-    people = [k for k, v in lfw.items() if len(v) >= 3][:N_CASES]
-    cases = [SyntheticCase("MP", 7000 + i, n.split(":")[1], "Test", [lfw[n][0]], age_at_last=None)
-             for i, n in enumerate(people)]
-    write_prepager(root / "src", cases)
-    key, pub = generate_keypair(root / "op.key")
-    config = load_config()
-    analyzer = FaceAnalyzer(config, model_cache, with_age=False)
-    build_bundle(config, str(root / "src"), root / "bundle", key, analyzer=analyzer, today=date(2026, 11, 23))
+    w = enrolled_lfw_bundle(tmp_path_factory.mktemp("scan"), data_dir, model_cache, N_CASES)
+    lfw = w["lfw"]
     unenrolled = [v[0] for k, v in lfw.items() if len(v) == 1][:3]
-    return {"root": root, "bundle": root / "bundle", "pub": pub, "lfw": lfw, "people": people,
-            "unenrolled": unenrolled}
+    return {**w, "unenrolled": unenrolled}
 
 
 def _sets(world, tmp_path, *extra):

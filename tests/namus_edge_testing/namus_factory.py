@@ -15,6 +15,7 @@ import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SET_NAMES = {"MP": "MissingPersons", "UP": "UnidentifiedPersons", "UCP": "UnclaimedPersons"}
 
@@ -147,3 +148,30 @@ def samples_with_crops(shared: Path, dst: Path) -> Path:
                 d.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(crop, d / f"{rec['id']}-{img['files']['original']['storageKey']}.jpg")
     return dst
+
+
+def enrolled_lfw_bundle(root: Path, data_dir: Path, model_cache: Path, n_cases: int) -> dict[str, Any]:
+    """A signed bundle of ``n_cases`` LFW people with >= 3 photos, each enrolled with its first photo.
+
+    Cases are ``MP7000`` + i; the other photos of each person are left for probes.
+
+    Returns:
+        ``{"root", "bundle", "key", "pub", "lfw", "people"}``.
+    """
+    from datetime import date
+
+    from namus_edge.core.config import load_config
+    from namus_edge.index.build import build_bundle
+    from namus_edge.index.signing import generate_keypair
+    from namus_edge.models.analyzer import FaceAnalyzer
+
+    lfw = lfw_identities(data_dir)
+    people = [k for k, v in lfw.items() if len(v) >= 3][:n_cases]
+    cases = [SyntheticCase("MP", 7000 + i, n.split(":")[1], "Test", [lfw[n][0]], age_at_last=None)
+             for i, n in enumerate(people)]
+    write_prepager(root / "src", cases)
+    key, pub = generate_keypair(root / "op.key")
+    config = load_config()
+    analyzer = FaceAnalyzer(config, model_cache, with_age=False)
+    build_bundle(config, str(root / "src"), root / "bundle", key, analyzer=analyzer, today=date(2026, 11, 23))
+    return {"root": root, "bundle": root / "bundle", "key": key, "pub": pub, "lfw": lfw, "people": people}

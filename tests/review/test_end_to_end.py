@@ -5,23 +5,19 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import date
 
 import cv2
 import faiss
 import httpx
 import pytest
 from namus_edge_testing.mosquitto import Collector
-from namus_edge_testing.namus_factory import SyntheticCase, lfw_identities, write_prepager
+from namus_edge_testing.namus_factory import enrolled_lfw_bundle
 from namus_edge_testing.review import mqtt_publish, wait_until
 
 from namus_edge.cli import main
-from namus_edge.core.config import Config, load_config
+from namus_edge.core.config import Config
 from namus_edge.demo import synthesize_clip
 from namus_edge.edge.service import EdgeService
-from namus_edge.index.build import build_bundle
-from namus_edge.index.signing import generate_keypair
-from namus_edge.models.analyzer import FaceAnalyzer
 
 N_CASES = 8
 PW = "correct horse battery"
@@ -30,18 +26,9 @@ PW = "correct horse battery"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, data_dir, model_cache):
     """A signed bundle of N_CASES LFW people (first photo enrolled) and a clip of person 4's second photo."""
-    root = tmp_path_factory.mktemp("e2e")
-    lfw = lfw_identities(data_dir)
-    people = [k for k, v in lfw.items() if len(v) >= 3][:N_CASES]
-    cases = [SyntheticCase("MP", 7000 + i, n.split(":")[1], "Test", [lfw[n][0]], age_at_last=None)
-             for i, n in enumerate(people)]
-    write_prepager(root / "src", cases)
-    key, pub = generate_keypair(root / "op.key")
-    config = load_config()
-    analyzer = FaceAnalyzer(config, model_cache, with_age=False)
-    build_bundle(config, str(root / "src"), root / "bundle", key, analyzer=analyzer, today=date(2026, 11, 23))
-    clip = synthesize_clip(cv2.imread(str(lfw[people[4]][1])), root / "clip.avi", frames=75)
-    return {"bundle": root / "bundle", "pub": pub, "clip": clip}
+    w = enrolled_lfw_bundle(tmp_path_factory.mktemp("e2e"), data_dir, model_cache, N_CASES)
+    clip = synthesize_clip(cv2.imread(str(w["lfw"][w["people"][4]][1])), w["root"] / "clip.avi", frames=75)
+    return {"bundle": w["bundle"], "pub": w["pub"], "clip": clip}
 
 
 def _device_sets(world, tmp_path, broker, *extra):
