@@ -1,4 +1,8 @@
-"""``namus-edge index build``: registered into the ``index`` group by index/cli.py."""
+"""``namus-edge index build``: registered into the ``index`` group by index/cli.py.
+
+Handlers import the modules that load OpenCV, FAISS or onnxruntime when they run: every
+``namus-edge`` command builds this parser, and ``config show`` or ``--help`` should not pay for them.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ from datetime import date
 from pathlib import Path
 
 from namus_edge.core.config import Config
-from namus_edge.index.build import BuildError, build_bundle
 
 
 def register(index_sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -27,6 +30,8 @@ def register(index_sub: argparse._SubParsersAction, parent: argparse.ArgumentPar
 
 
 def _build(args: argparse.Namespace, config: Config) -> int:
+    from namus_edge.index.build import BuildError, build_bundle
+
 
     sets = None
     if args.case_sets:

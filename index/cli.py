@@ -3,6 +3,9 @@
 keygen, verify, info, diff and search live here; ``index build`` (index/build_cli.py) and
 ``index publish`` / ``index sync`` (index/fleet_cli.py) register themselves into the same group
 when those modules are installed.
+
+Handlers import the modules that load OpenCV, FAISS or onnxruntime when they run: every
+``namus-edge`` command builds this parser, and ``config show`` or ``--help`` should not pay for them.
 """
 
 from __future__ import annotations
@@ -19,13 +22,8 @@ from typing import Any
 
 from namus_edge.core.config import Config
 from namus_edge.core.errors import NamusEdgeError
-from namus_edge.index.bundle import Bundle
-from namus_edge.index.bundle_diff import diff_bundles
 from namus_edge.index.manifest import read_manifest, verify_bundle
 from namus_edge.index.signing import generate_keypair, key_id
-from namus_edge.index.sync import expected_model_from_config
-from namus_edge.models.analyzer import FaceAnalyzer
-from namus_edge.models.imagefile import read_image
 from namus_edge.models.policy import judge, resolve_policy
 from namus_edge.models.registry import match_threshold
 
@@ -193,6 +191,8 @@ def _human(n: float) -> str:
 
 
 def _diff(args: argparse.Namespace, config: Config) -> int:
+    from namus_edge.index.bundle import Bundle
+    from namus_edge.index.bundle_diff import diff_bundles
 
     with Bundle.load(args.old) as old, Bundle.load(args.new) as new:
         diff = diff_bundles(old, new)
@@ -263,15 +263,19 @@ def _search_document(bundle_matches: Sequence[tuple[Path, int, Sequence[Any]]], 
 def _search(args: argparse.Namespace, config: Config) -> int:
     import numpy as np
 
+    from namus_edge.index.bundle import Bundle
+    from namus_edge.index.sync import expected_model_from_config
+    from namus_edge.models.analyzer import FaceAnalyzer
+    from namus_edge.models.imagefile import read_image
 
     top_k = args.top if args.top is not None else config.matching.top_k
     if top_k < 1:
         raise SearchInputError(f"--top must be >= 1, got {top_k}")
     paths = _query_paths(args)
     _check_exist(paths)
-    expected = expected_model_from_config(config)
     if args.alert:
         return _search_alert(args, config, paths, top_k)
+    expected = expected_model_from_config(config)
     threshold = match_threshold(config)
     with Bundle.load(args.bundle, pubkeys=_pubkeys(args, config), expected_model=expected) as bundle:
         analyzer = FaceAnalyzer(config, with_age=False)

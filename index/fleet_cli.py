@@ -1,6 +1,9 @@
 """``namus-edge index publish`` and ``namus-edge index sync``: moving signed bundles to the fleet.
 
 Registered into the ``index`` command group by :mod:`index.cli` (``register(index_sub, parent)``).
+
+Handlers import the modules that load OpenCV, FAISS or onnxruntime when they run: every
+``namus-edge`` command builds this parser, and ``config show`` or ``--help`` should not pay for them.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from namus_edge.core.errors import NamusEdgeError
 from namus_edge.core.secrets import read_mqtt_password
 from namus_edge.index.cli import add_pubkey_option, pinned_pubkeys
 from namus_edge.index.publish import Announcement, announce, latest_url, publish_bundle
-from namus_edge.index.sync import SyncError, expected_model_from_config, sync_once
 
 
 def register(index_sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -84,6 +86,8 @@ def publish_command(args: argparse.Namespace, config: Config) -> int:
 
 def sync_command(args: argparse.Namespace, config: Config) -> int:
     """Handler of ``index sync``: exit 0 when updated or unchanged, 1 when refused or rolled back."""
+    from namus_edge.index.sync import SyncError, expected_model_from_config, sync_once
+
     url = args.url or config.sync.url
     if not url:
         raise SyncError("no bundle URL: pass --url or set sync.url")

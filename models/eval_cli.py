@@ -1,6 +1,9 @@
 """``namus-edge eval verify|age|detect``: accuracy of the configured models on labelled data.
 
 Later checks depend on exactly these flags and JSON keys: keep them stable.
+
+Handlers import the modules that load OpenCV and onnxruntime when they run: every ``namus-edge``
+command builds this parser, and ``config show`` or ``--help`` should not pay for them.
 """
 
 from __future__ import annotations
@@ -18,10 +21,6 @@ import numpy as np
 
 from namus_edge.core.config import Config
 from namus_edge.core.errors import ImageReadError, NamusEdgeError
-from namus_edge.models.analyzer import FaceAnalyzer
-from namus_edge.models.backends.factory import create_backend
-from namus_edge.models.detect_regions import detect_tiled, detect_verified, merge_detections
-from namus_edge.models.detector import FaceDetector
 from namus_edge.models.evaluation import (
     AGE_GAP_BUCKETS,
     AGE_GROUPS,
@@ -34,7 +33,6 @@ from namus_edge.models.evaluation import (
     sex_confidence_for_precision,
     verification_metrics,
 )
-from namus_edge.models.imagefile import read_image
 from namus_edge.models.registry import get_spec, resolve
 
 logger = logging.getLogger(__name__)
@@ -131,6 +129,8 @@ def _filter_dataset(rows: list[dict[str, str]], args: argparse.Namespace) -> lis
 
 
 def _analyzer(config: Config, with_age: bool) -> Any:
+    from namus_edge.models.analyzer import FaceAnalyzer
+
 
     return FaceAnalyzer(config, with_age=with_age)
 
@@ -140,6 +140,8 @@ def _largest_face(analyzer: Any, path: Path, *, need_age: bool) -> tuple[Any | N
 
     With ``need_age`` the face is not embedded (embedding None): age evaluation does not use it.
     """
+    from namus_edge.models.imagefile import read_image
+
     try:
         image = read_image(path)
     except ImageReadError as exc:
@@ -365,6 +367,11 @@ def _render_age(r: dict) -> str:
 
 def run_detect(args: argparse.Namespace, config: Config) -> int:
     """Handler of ``eval detect``."""
+    from namus_edge.models.backends.factory import create_backend
+    from namus_edge.models.detect_regions import detect_tiled, detect_verified, merge_detections
+    from namus_edge.models.detector import FaceDetector
+    from namus_edge.models.imagefile import read_image
+
     rows = _filter_dataset(_read_csv(args.manifest, ("path", "bboxes_xywh")), args)
     grid = _parse_grid(args.tiles) if args.tiles else None
     if args.tile_input is not None and (args.tile_input <= 0 or args.tile_input % 32):
