@@ -4,11 +4,19 @@ Embedding ~14k photos costs 10-20 CPU minutes; the cache makes every re-run take
 entry holds what the evaluation needs of the **largest** face of one photo (the ``index search``
 rule, padded retry on): its embedding, estimated age, box area, quality and ``p_male``.
 
-Layout: ``<root>/<key>/shard-*.npz``, where ``key`` is a hash of the detector and embedder sha256
-(and the age model's, when one runs) plus the detection settings, so a different model never
-reads another model's vectors. Inside, entries are keyed by the photo's absolute path, its
-``mtime_ns`` and size: an edited photo is embedded again. Shards are written atomically every
-``flush_every`` photos, so an interrupted run keeps its work.
+Two tiers, so that changing the age or sex model does not detect and embed every photo again:
+
+* **faces**: ``<root>/<key>/shard-*.npz``, where ``key`` hashes the detector and embedder sha256
+  plus the settings that change what a still photo yields (the still-photo detection settings
+  and the quality settings). An entry holds the embedding, box, landmarks, detector score, area
+  and quality.
+* **attributes**: ``<root>/<key>/attrs-<akey>/shard-*.npz``, where ``akey`` hashes the age and
+  sex models' sha256 and the ``models`` settings. An entry holds age and ``p_male``, computed
+  from the photo and the cached landmarks (no detection, no embedding: a few ms per photo).
+
+Inside, entries are keyed by the photo's absolute path, its ``mtime_ns`` and size: an edited
+photo is embedded again. Shards are written atomically every ``flush_every`` photos, so an
+interrupted run keeps its work.
 
 The cache holds biometric templates of evaluation photos only (labelled research data); it is
 never used for camera faces.
@@ -21,7 +29,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +37,18 @@ import numpy as np
 
 from namus_edge.core.errors import ImageReadError
 from namus_edge.models.analyzer import FaceAnalyzer
+from namus_edge.models.face import Detection
 from namus_edge.models.imagefile import read_image
 
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "NAMUS_EDGE_EMBED_CACHE"
-FORMAT = 1
+FORMAT = 2
+#: Detection settings that change what a still photo yields (the video-only ones do not).
+STILL_DETECTION_FIELDS = ("input_size", "score_threshold", "nms_threshold", "max_faces", "pad_retry",
+                          "pad_retry_score")
+
+_Key = tuple[str, int, int]
 
 
 def default_cache_root() -> Path:
@@ -43,13 +57,27 @@ def default_cache_root() -> Path:
     return Path(env).expanduser() if env else Path("~/.cache/namus-edge/embeddings").expanduser()
 
 
+def _digest(blob: Mapping[str, object]) -> str:
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:24]
+
+
 def model_key(analyzer: FaceAnalyzer) -> str:
-    """Cache folder name: 24 hex digits over the model sha256s and the detection settings."""
+    """Faces-tier folder name: embedder name + 24 hex digits over detector/embedder sha256 and settings."""
     ids = analyzer.model_identities()
-    parts = {role: m.sha256 for role, m in sorted(ids.items())}
     det = analyzer.config.detection.model_dump(mode="json")
-    blob = json.dumps({"format": FORMAT, "models": parts, "detection": det}, sort_keys=True)
-    return f"{ids['embedder'].name}-{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
+    blob = {"format": FORMAT, "detector": ids["detector"].sha256, "embedder": ids["embedder"].sha256,
+            "detection": {k: det[k] for k in STILL_DETECTION_FIELDS},
+            "quality": analyzer.config.quality.model_dump(mode="json")}
+    return f"{ids['embedder'].name}-{_digest(blob)}"
+
+
+def attribute_key(analyzer: FaceAnalyzer) -> str:
+    """Attributes-tier folder name: 24 hex digits over the age/sex model sha256 and ``models`` settings."""
+    ids = analyzer.model_identities()
+    blob = {"format": FORMAT, "models": {role: m.sha256 for role, m in sorted(ids.items())
+                                         if role not in ("detector", "embedder")},
+            "settings": analyzer.config.models.model_dump(mode="json", exclude={"backend"})}
+    return f"attrs-{_digest(blob)}"
 
 
 @dataclass(frozen=True)
@@ -73,7 +101,24 @@ class PhotoFace:
     problem: str = ""
 
 
-def _stat_key(path: Path) -> tuple[str, int, int]:
+@dataclass(frozen=True)
+class _Found:
+    """Faces-tier entry: the largest face's embedding and detection (NaN-filled without a face)."""
+
+    embedding: np.ndarray  # (D,) float32
+    bbox: np.ndarray  # (4,) float32 x1, y1, x2, y2 pixels
+    landmarks: np.ndarray  # (5, 2) float32 pixels
+    score: float
+    area: float
+    quality: float
+    problem: str
+
+    @property
+    def has_face(self) -> bool:
+        return bool(np.all(np.isfinite(self.embedding)))
+
+
+def _stat_key(path: Path) -> _Key:
     st = path.stat()
     return str(path.resolve()), int(st.st_mtime_ns), int(st.st_size)
 
@@ -82,82 +127,102 @@ def _opt(x: float) -> float | None:
     return None if not np.isfinite(x) else float(x)
 
 
+def _write_shard(folder: Path, keys: Sequence[_Key], **arrays: np.ndarray) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"shard-{uuid.uuid4().hex}.npz"
+    tmp = final.with_suffix(".tmp.npz")
+    np.savez(tmp, paths=np.array([k[0] for k in keys]), mtime_ns=np.array([k[1] for k in keys], np.int64),
+             size=np.array([k[2] for k in keys], np.int64), **arrays)
+    os.replace(tmp, final)
+
+
+def _read_shards(folder: Path, fields: Sequence[str]) -> list[tuple[list[_Key], dict[str, np.ndarray]]]:
+    out = []
+    for shard in sorted(folder.glob("shard-*.npz")):
+        try:
+            with np.load(shard, allow_pickle=False) as z:
+                keys = [(str(p), int(m), int(s)) for p, m, s in zip(z["paths"], z["mtime_ns"], z["size"], strict=True)]
+                out.append((keys, {f: z[f] for f in fields}))
+        except (OSError, KeyError, ValueError) as exc:
+            logger.warning("embedding cache: ignoring unreadable shard %s (%s)", shard, exc)
+    return out
+
+
 class EmbeddingCache:
-    """Largest-face embeddings of photos, computed once per model and photo version.
+    """Largest-face embeddings (and age, sex) of photos, computed once per model and photo version.
 
     Args:
-        analyzer: the loaded models (their sha256s pick the cache folder).
+        analyzer: the loaded models (their sha256s pick the cache folders).
         root: cache root (default :func:`default_cache_root`).
-        flush_every: write a shard after this many newly embedded photos.
+        flush_every: write a shard after this many newly computed photos.
     """
 
     def __init__(self, analyzer: FaceAnalyzer, root: Path | None = None, flush_every: int = 500) -> None:
         self.analyzer = analyzer
         self.dir = (root or default_cache_root()) / model_key(analyzer)
+        self.attr_dir = self.dir / attribute_key(analyzer)
         self.flush_every = flush_every
-        self._entries: dict[tuple[str, int, int], PhotoFace] = {}
-        self._pending: dict[tuple[str, int, int], PhotoFace] = {}
+        self._faces: dict[_Key, _Found] = {}
+        self._attrs: dict[_Key, tuple[float | None, float | None]] = {}
+        self._new_faces: dict[_Key, _Found] = {}
+        self._new_attrs: dict[_Key, tuple[float | None, float | None]] = {}
         self._load()
 
     def _load(self) -> None:
-        if not self.dir.is_dir():
-            return
-        for shard in sorted(self.dir.glob("shard-*.npz")):
-            try:
-                with np.load(shard, allow_pickle=False) as z:
-                    paths, mt, sz = z["paths"], z["mtime_ns"], z["size"]
-                    emb, age, area, qual, pm, prob = (z["embedding"], z["age"], z["area"], z["quality"],
-                                                      z["p_male"], z["problem"])
-            except (OSError, KeyError, ValueError) as exc:
-                logger.warning("embedding cache: ignoring unreadable shard %s (%s)", shard, exc)
-                continue
-            for i in range(len(paths)):
-                vec = emb[i]
-                has = bool(np.all(np.isfinite(vec)))
-                self._entries[(str(paths[i]), int(mt[i]), int(sz[i]))] = PhotoFace(
-                    vec.astype(np.float32) if has else None, _opt(age[i]), float(area[i]), float(qual[i]),
-                    _opt(pm[i]), str(prob[i]))
+        for keys, z in _read_shards(self.dir, ("embedding", "bbox", "landmarks", "score", "area", "quality",
+                                               "problem")):
+            for i, k in enumerate(keys):
+                self._faces[k] = _Found(z["embedding"][i].astype(np.float32), z["bbox"][i], z["landmarks"][i],
+                                        float(z["score"][i]), float(z["area"][i]), float(z["quality"][i]),
+                                        str(z["problem"][i]))
+        for keys, z in _read_shards(self.attr_dir, ("age", "p_male")):
+            for i, k in enumerate(keys):
+                self._attrs[k] = (_opt(z["age"][i]), _opt(z["p_male"][i]))
 
     def __len__(self) -> int:
-        return len(self._entries) + len(self._pending)
+        return len(self._faces) + len(self._new_faces)
 
     def flush(self) -> None:
-        """Write the photos embedded since the last flush as one new shard (atomic rename)."""
-        if not self._pending:
-            return
+        """Write the photos computed since the last flush as new shards (atomic rename)."""
+        if self._new_faces:
+            keys = list(self._new_faces)
+            vals = [self._new_faces[k] for k in keys]
+            _write_shard(self.dir, keys, embedding=np.stack([v.embedding for v in vals]),
+                         bbox=np.stack([v.bbox for v in vals]), landmarks=np.stack([v.landmarks for v in vals]),
+                         score=np.array([v.score for v in vals], np.float32),
+                         area=np.array([v.area for v in vals], np.float32),
+                         quality=np.array([v.quality for v in vals], np.float32),
+                         problem=np.array([v.problem for v in vals]))
+            self._faces.update(self._new_faces)
+            self._new_faces.clear()
+        if self._new_attrs:
+            keys = list(self._new_attrs)
+            ages = np.array([np.nan if a is None else a for a, _ in self._new_attrs.values()], np.float32)
+            pm = np.array([np.nan if p is None else p for _, p in self._new_attrs.values()], np.float32)
+            _write_shard(self.attr_dir, keys, age=ages, p_male=pm)
+            self._attrs.update(self._new_attrs)
+            self._new_attrs.clear()
+
+    def _detect_embed(self, image: np.ndarray | None, problem: str) -> _Found:
         dim = self.analyzer.dim
-        keys = list(self._pending)
-        vals = [self._pending[k] for k in keys]
-        emb = np.full((len(vals), dim), np.nan, np.float32)
-        for i, v in enumerate(vals):
-            if v.embedding is not None:
-                emb[i] = v.embedding
+        nan = _Found(np.full(dim, np.nan, np.float32), np.full(4, np.nan, np.float32),
+                     np.full((5, 2), np.nan, np.float32), float("nan"), 0.0, 0.0, problem)
+        if image is None:
+            return nan
+        dets = self.analyzer.detect(image, photo=True)
+        if not dets:
+            return _Found(nan.embedding, nan.bbox, nan.landmarks, nan.score, 0.0, 0.0, "no face")
+        prepared = [self.analyzer.prepare(image, d) for d in dets]
+        p = max(prepared, key=lambda x: x.detection.area)
+        emb = self.analyzer.embed([p])[0].astype(np.float32)
+        d = p.detection
+        return _Found(emb, d.bbox.astype(np.float32), d.landmarks.astype(np.float32), float(d.score),
+                      float(d.area), float(p.quality.score), "")
 
-        def arr(xs: Sequence[float | None]) -> np.ndarray:
-            return np.array([np.nan if x is None else x for x in xs], np.float32)
-
-        self.dir.mkdir(parents=True, exist_ok=True)
-        final = self.dir / f"shard-{uuid.uuid4().hex}.npz"
-        tmp = final.with_suffix(".tmp.npz")
-        np.savez(tmp, paths=np.array([k[0] for k in keys]), mtime_ns=np.array([k[1] for k in keys], np.int64),
-                 size=np.array([k[2] for k in keys], np.int64), embedding=emb,
-                 age=arr([v.age for v in vals]), area=arr([v.area for v in vals]),
-                 quality=arr([v.quality for v in vals]), p_male=arr([v.p_male for v in vals]),
-                 problem=np.array([v.problem for v in vals]))
-        os.replace(tmp, final)
-        self._entries.update(self._pending)
-        self._pending.clear()
-
-    def _compute(self, path: Path) -> PhotoFace:
-        try:
-            image = read_image(path)
-        except ImageReadError as exc:
-            return PhotoFace(None, None, 0.0, 0.0, None, f"unreadable: {exc}")
-        faces = [f for f in self.analyzer.analyze(image, photo=True) if f.has_embedding]
-        if not faces:
-            return PhotoFace(None, None, 0.0, 0.0, None, "no face")
-        f = max(faces, key=lambda x: x.area)
-        return PhotoFace(f.embedding.astype(np.float32), f.age, f.area, float(f.quality), f.p_male)
+    def _age_sex(self, image: np.ndarray, found: _Found) -> tuple[float | None, float | None]:
+        det = Detection(found.bbox.astype(np.float32), found.landmarks.astype(np.float32), found.score)
+        ages, p_male = self.analyzer.estimate_age_sex([self.analyzer.prepare(image, det)])
+        return (None if ages is None else float(ages[0]), None if p_male is None else float(p_male[0]))
 
     def get_many(self, paths: Sequence[Path], progress: Callable[[int, int], None] | None = None
                  ) -> list[PhotoFace]:
@@ -167,23 +232,36 @@ class EmbeddingCache:
             FileNotFoundError: a path does not exist (named in the message).
         """
         out: list[PhotoFace] = []
-        done = 0
+        embedded = aged = 0
         for i, path in enumerate(paths):
             try:
                 key = _stat_key(Path(path))
             except FileNotFoundError:
                 raise FileNotFoundError(f"{path}: no such image") from None
-            hit = self._entries.get(key) or self._pending.get(key)
-            if hit is None:
-                hit = self._compute(Path(path))
-                self._pending[key] = hit
-                done += 1
-                if len(self._pending) >= self.flush_every:
-                    self.flush()
-            out.append(hit)
+            found = self._faces.get(key) or self._new_faces.get(key)
+            attrs = self._attrs.get(key) or self._new_attrs.get(key)
+            image: np.ndarray | None = None
+            if found is None or (attrs is None and found.has_face):
+                try:
+                    image = read_image(Path(path))
+                except ImageReadError as exc:
+                    found = found or self._detect_embed(None, f"unreadable: {exc}")
+            if found is None:
+                found = self._detect_embed(image, "")
+                self._new_faces[key] = found
+                embedded += 1
+            if attrs is None:
+                attrs = self._age_sex(image, found) if (found.has_face and image is not None) else (None, None)
+                self._new_attrs[key] = attrs
+                aged += 1
+            if len(self._new_faces) >= self.flush_every or len(self._new_attrs) >= self.flush_every:
+                self.flush()
+            out.append(PhotoFace(found.embedding if found.has_face else None, attrs[0], found.area, found.quality,
+                                 attrs[1], found.problem))
             if progress is not None:
                 progress(i + 1, len(paths))
         self.flush()
-        if done:
-            logger.info("embedding cache %s: %d photos embedded, %d from cache", self.dir, done, len(paths) - done)
+        if embedded or aged:
+            logger.info("embedding cache %s: %d photos embedded, %d given age/sex, %d from cache", self.dir,
+                        embedded, aged, len(paths) - max(embedded, aged))
         return out

@@ -585,6 +585,13 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
     result["top_nonmated"] = [{"score": round(float(last.top[i]), 4), "probe": str(probes_u[i].path),
                                "gallery": last.best_key[i], "alert": last.alert[i] is not None}
                               for i in nm_idx[:60]]
+    # every false alert and every mated search whose rank-1 case is wrong, for review by eye
+    result["false_alerts"] = [{"score": round(float(last.top[i]), 4), "probe": str(probes_u[i].path),
+                               "gallery": last.best_key[i]} for i in nm_idx if last.alert[i] is not None]
+    result["mated_rank1_errors"] = [{"score": round(float(last.top[i]), 4), "probe": str(probes_u[i].path),
+                                     "gallery": last.best_key[i], "mate_rank": last.rank[i]}
+                                    for i in range(len(probes_u)) if mated[i] and last.rank[i] != 1
+                                    and np.isfinite(last.top[i])]
 
     # ---- predicted sizes: the policy's thresholds at N, FPIR from the report-half tails, FNIR measured
     full = outcomes[gallery_sizes[-1]]

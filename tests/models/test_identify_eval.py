@@ -13,7 +13,8 @@ from namus_edge.cli import main
 from namus_edge.models.identify_eval import IdentifyInputError, half_of, read_rows
 
 TOP_KEYS = {"models", "policy_config", "split", "data", "tail", "by_gallery_size", "predicted", "prediction_check",
-            "by_age_gap", "bias", "top_nonmated", "by_group"}
+            "by_age_gap", "bias", "top_nonmated", "by_group",
+            "false_alerts", "mated_rank1_errors"}
 SIZE_KEYS = {"gallery_size", "measured", "rule", "threshold", "child_threshold", "nonmated", "false_alerts", "fpir",
              "mated", "fnir", "mated_wrong_alert", "rank1", "rank5", "nonmated_rejections", "mated_rejections",
              "face_only"}

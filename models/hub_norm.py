@@ -1,0 +1,122 @@
+"""Per-face hub normalisation: how strongly each gallery face attracts faces of other people.
+
+Some gallery photos (blurry, small, young children, heavy make-up, scans) score high against
+many unrelated faces: they are *hubs*, and a fixed threshold lets them raise most of the false
+alerts. A face's **hub value** is the mean of its ``k`` highest cosine similarities to faces of
+*other* cases of the same gallery (faces of one case are mated, not impostors); its **offset**
+is the hub value minus the gallery's median hub value. A search then thresholds
+``similarity - offset``: a hub face needs a higher similarity to alert, a face that attracts no
+one a lower one. The offsets are computed when a bundle is built and travel in the bundle
+(:mod:`namus_edge.index.bundle_writer`); the threshold on the normalised score comes from the
+embedder's normalised impostor tail (registry ``hub_impostor_tail``), measured by
+``namus-edge eval identify`` (docs/accuracy.md section 6).
+
+Cost: one pass of the gallery against itself, ``N x N x D`` multiply-adds in chunks (55,000
+faces of 512 floats: ~1.5e12, about a minute on a few CPU cores at build time); memory
+``chunk x N`` floats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Neighbours averaged per face (measured: docs/accuracy.md section 6).
+HUB_K = 50
+#: Rows of the gallery compared with the whole gallery at once.
+CHUNK = 1024
+
+
+@dataclass(frozen=True)
+class HubNeighbours:
+    """Each gallery face's best-scoring faces of other groups (cases or identities).
+
+    Attributes:
+        scores: float32 (N, M) cosine similarities, best first; ``-inf`` pads rows with fewer than
+            ``M`` other-group faces.
+        groups: int64 (N, M) group code of each neighbour (``-1`` for padding).
+        k: how many neighbours a hub value averages (``M >= k``; the extra columns let
+            :meth:`values` drop a group and still average ``k``).
+    """
+
+    scores: np.ndarray
+    groups: np.ndarray
+    k: int
+
+    def values(self, drop_group: int | None = None) -> np.ndarray:
+        """Hub values, float32 (N,): mean of the ``k`` best finite scores, optionally ignoring one group.
+
+        Rows with no finite score get 0.
+        """
+        s = self.scores
+        if drop_group is not None:
+            s = np.where(self.groups == drop_group, -np.inf, s)
+            s = -np.sort(-s, axis=1)
+        top = s[:, : self.k]
+        finite = np.isfinite(top)
+        n = finite.sum(axis=1)
+        total = np.where(finite, top, 0.0).sum(axis=1)
+        return np.where(n > 0, total / np.maximum(n, 1), 0.0).astype(np.float32)
+
+
+def group_codes(groups: Sequence[str]) -> np.ndarray:
+    """int64 (N,) code per row, equal codes for equal group names (first-seen order)."""
+    codes: dict[str, int] = {}
+    return np.array([codes.setdefault(g, len(codes)) for g in groups], np.int64)
+
+
+def hub_neighbours(embeddings: np.ndarray, groups: np.ndarray, k: int = HUB_K, extra: int = 0) -> HubNeighbours:
+    """The ``k + extra`` best other-group scores of every row.
+
+    Args:
+        embeddings: float32 (N, D) L2-normalised.
+        groups: int64 (N,) group code per row (see :func:`group_codes`); rows of one group are
+            never each other's neighbours.
+        k: neighbours per hub value.
+        extra: additional neighbours kept so that a group can later be dropped
+            (:meth:`HubNeighbours.values`).
+
+    Raises:
+        ValueError: shapes disagree, or ``k`` < 1.
+    """
+    emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if emb.ndim != 2 or len(groups) != len(emb):
+        raise ValueError(f"embeddings must be (N, D) with N = len(groups) = {len(groups)}, got {emb.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n = len(emb)
+    m = min(k + extra, max(n - 1, 1))
+    scores = np.full((n, m), -np.inf, np.float32)
+    nb_groups = np.full((n, m), -1, np.int64)
+    for s in range(0, n, CHUNK):
+        sims = emb[s:s + CHUNK] @ emb.T
+        sims[groups[s:s + CHUNK][:, None] == groups[None, :]] = -np.inf
+        cols = min(m, n)
+        part = np.argpartition(-sims, cols - 1, axis=1)[:, :cols] if cols < n else np.tile(np.arange(n), (len(sims), 1))
+        psc = np.take_along_axis(sims, part, axis=1)
+        order = np.argsort(-psc, axis=1)
+        part = np.take_along_axis(part, order, axis=1)[:, :m]
+        psc = np.take_along_axis(psc, order, axis=1)[:, :m]
+        scores[s:s + len(sims), : psc.shape[1]] = psc
+        nb_groups[s:s + len(sims), : part.shape[1]] = np.where(np.isfinite(psc), groups[part], -1)
+    return HubNeighbours(scores, nb_groups, k)
+
+
+def hub_offsets(embeddings: np.ndarray, groups: Sequence[str], k: int = HUB_K) -> np.ndarray:
+    """Offset of every gallery face: its hub value minus the gallery's median hub value.
+
+    Args:
+        embeddings: float32 (N, D) L2-normalised gallery embeddings.
+        groups: the case (``id_formatted``) of each row.
+        k: neighbours averaged (:data:`HUB_K`).
+
+    Returns:
+        float32 (N,); zeros for a gallery with fewer than two cases.
+    """
+    codes = group_codes(groups)
+    if len(set(codes.tolist())) < 2:
+        return np.zeros(len(codes), np.float32)
+    values = hub_neighbours(embeddings, codes, k).values()
+    return (values - np.float32(np.median(values))).astype(np.float32)
