@@ -91,6 +91,8 @@ class ResolvedPolicy:
         far_per_pair: the per-pair false-accept rate the threshold corresponds to (target rule only).
         child_threshold: the threshold for faces estimated younger than :data:`CHILD_FACE_AGE`
             (target rule with a measured child tail), else ``None`` (the same threshold for all).
+        hub_norm: the thresholds apply to hub-normalised scores (similarity minus the gallery
+            face's hub offset) and come from the embedder's normalised tails.
     """
 
     rule: str
@@ -99,6 +101,7 @@ class ResolvedPolicy:
     target_fpir: float | None
     far_per_pair: float | None = None
     child_threshold: float | None = None
+    hub_norm: bool = False
 
     def threshold_for(self, estimated_age: float | None) -> float:
         """The threshold for a face of this estimated age (an unknown age gets the stricter one)."""
@@ -115,11 +118,17 @@ class ResolvedPolicy:
         """
         return {"rule": self.rule, "threshold": round(self.threshold, 4), "gallery_size": self.gallery_size,
                 "target_fpir": self.target_fpir,
-                "child_threshold": None if self.child_threshold is None else round(self.child_threshold, 4)}
+                "child_threshold": None if self.child_threshold is None else round(self.child_threshold, 4),
+                "hub_norm": self.hub_norm}
 
 
-def resolve_policy(matching: MatchingConfig, embedder: str, gallery_size: int) -> ResolvedPolicy:
+def resolve_policy(matching: MatchingConfig, embedder: str, gallery_size: int, *,
+                   hub_norm: bool = False) -> ResolvedPolicy:
     """The threshold for a gallery of ``gallery_size`` faces (see the module docstring).
+
+    With ``hub_norm`` (the gallery carries hub offsets) and normalised tails measured for the
+    embedder, the thresholds come from those tails (``ResolvedPolicy.hub_norm``); otherwise from
+    the raw tails.
 
     Raises:
         ConfigError: no threshold is configured and the embedder has neither a tail nor a default.
@@ -128,13 +137,16 @@ def resolve_policy(matching: MatchingConfig, embedder: str, gallery_size: int) -
     if matching.threshold is not None:
         return ResolvedPolicy("fixed_threshold", float(matching.threshold), n, None)
     spec = get_spec(embedder)
-    if matching.target_fpir is not None and spec.impostor_tail is not None:
+    use_hub = hub_norm and spec.hub_impostor_tail is not None
+    tail, child_tail = ((spec.hub_impostor_tail, spec.hub_child_impostor_tail) if use_hub
+                        else (spec.impostor_tail, spec.child_impostor_tail))
+    if matching.target_fpir is not None and tail is not None:
         far = far_for_fpir(matching.target_fpir, max(1, n))
-        t = min(max(spec.impostor_tail.threshold_for_far(far), matching.min_threshold), 1.0)
+        t = min(max(tail.threshold_for_far(far), matching.min_threshold), 1.0)
         tc = None
-        if spec.child_impostor_tail is not None:
-            tc = float(min(max(spec.child_impostor_tail.threshold_for_far(far), matching.min_threshold), 1.0))
-        return ResolvedPolicy("target_fpir", float(t), n, float(matching.target_fpir), far, tc)
+        if child_tail is not None:
+            tc = float(min(max(child_tail.threshold_for_far(far), matching.min_threshold), 1.0))
+        return ResolvedPolicy("target_fpir", float(t), n, float(matching.target_fpir), far, tc, use_hub)
     if spec.match_threshold is None:
         raise ConfigError(f"matching.threshold: set it explicitly; embedder {spec.name} has no measured "
                           "impostor tail and no default threshold")

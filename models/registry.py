@@ -73,6 +73,10 @@ class ModelSpec:
     impostor_tail: ImpostorTail | None = None
     #: Embedders: the same for probe faces of children (estimated < 13 y, models/policy.py).
     child_impostor_tail: ImpostorTail | None = None
+    #: Embedders: the same two tails of hub-normalised scores (similarity minus the gallery face's
+    #: hub offset, :mod:`namus_edge.models.hub_norm`), used when the bundle carries offsets.
+    hub_impostor_tail: ImpostorTail | None = None
+    hub_child_impostor_tail: ImpostorTail | None = None
     notes: str = ""
     extra: dict[str, str] = field(default_factory=dict)
     #: The file ships in the package (:data:`BUNDLED_DIR`): found there when the cache lacks it.

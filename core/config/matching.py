@@ -162,6 +162,12 @@ class MatchingConfig(StrictModel):
         0.36, ge=-1.0, le=1.0, description="Floor of the threshold derived from target_fpir (small galleries: "
         "below 0.36 the per-pair false-accept rate on LFW rises above ~1e-4, docs/accuracy.md)."
     )
+    hub_norm: bool = Field(
+        True, description="Score each search hit as similarity minus the bundle face's hub offset (how strongly "
+        "that photo attracts other people's faces, computed at build time) and take the threshold from the "
+        "embedder's normalised impostor tail. Applies only when the bundle carries offsets and the embedder has "
+        "a normalised tail; otherwise raw similarity (docs/accuracy.md section 6)."
+    )
     margin: float = Field(0.05, ge=0.0, le=2.0, description="Required lead of the best case over the second best.")
     top_k: int = Field(5, ge=1, le=100, description="Cases retrieved per face.")
     confirm_frames: int = Field(3, ge=1, le=1000, description="Frames of a track that must agree before an event.")
