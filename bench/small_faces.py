@@ -19,9 +19,13 @@ same halves). On the fitting half the rule with the highest recall at IoU 0.4 am
 precision at IoU 0.5 >= ``--min-precision`` is chosen (ties: higher precision, then the cheaper verifier);
 it is reported on the other half. Each seed is run both ways. Benchmarks measure; they never assert.
 
+``--timing REPS`` instead times one 1080p full pass against one verification crop (what each borderline
+face costs), interleaved in one process.
+
 Usage::
 
     nice -n 10 python -m bench.small_faces --seeds 0,1,2,3,4 --json /tmp/small_faces.json
+    nice -n 10 python -m bench.small_faces --timing 30
 """
 
 from __future__ import annotations
@@ -210,6 +214,48 @@ def halves(n: int, seed: int) -> tuple[list[int], list[int]]:
     return sorted(order[: n // 2].tolist()), sorted(order[n // 2:].tolist())
 
 
+def timing(reps: int) -> list[dict[str, Any]]:
+    """Median ms of one full pass on a 1080p frame and of one verification crop, interleaved in one process.
+
+    The frame is an FDDB photo resized to 1920x1080; the crop is the 3x square around its largest face. Rows:
+    det_500m full pass at ``detection.input_size``, and each verifier on the crop at 192 and 256, plain and
+    with the mirror (two runs), as :func:`models.detect_regions.crop_evidence` does.
+    """
+    import cv2
+
+    from namus_edge.core.config import load_config
+    from namus_edge.models.backends.factory import create_backend
+    from namus_edge.models.detect_regions import VerifyRule, crop_evidence
+    from namus_edge.models.detector import FaceDetector
+    from namus_edge.models.imagefile import read_image
+    from namus_edge.models.registry import get_spec, resolve
+
+    config = load_config()
+    models = config.models.resolved_cache_dir()
+    dets = {name: FaceDetector(create_backend(resolve(name, models), config.models.backend), get_spec(name),
+                               config.detection) for name in VERIFIERS}
+    full = dets[config.models.selected()[0]]
+    frame = cv2.resize(read_image(shared_dir() / "data" / "detection" / "fddb" / "2002_08_11_img_258.jpg"),
+                       (1920, 1080))
+    box = max(full.detect(frame), key=lambda d: d.area).bbox
+    jobs: dict[str, Any] = {"full pass det_500m @640 (1080p frame)": lambda: full.detect(frame)}
+    for name, size, flip in itertools.product(VERIFIERS, INPUTS, (False, True)):
+        rule = VerifyRule(0.2, size, 3.0, flip=flip)
+        jobs[f"crop {name} @{size}{' + mirror' if flip else ''}"] = (
+            lambda d=dets[name], r=rule: crop_evidence(d, frame, box, r))
+    times: dict[str, list[float]] = {k: [] for k in jobs}
+    for job in jobs.values():
+        job()  # warm-up
+    for _ in range(reps):
+        for k, job in jobs.items():
+            t0 = time.perf_counter()
+            job()
+            times[k].append((time.perf_counter() - t0) * 1000)
+    ref = float(np.median(times[next(iter(jobs))]))
+    return [{"run": k, "median ms": float(np.median(v)), "of a full pass": float(np.median(v)) / ref}
+            for k, v in times.items()]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", type=Path, default=None,
@@ -218,9 +264,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0", help="comma list of split seeds (default 0)")
     ap.add_argument("--min-precision", type=float, default=0.85,
                     help="precision@0.5 a fitted rule must keep on the fitting half (default 0.85)")
+    ap.add_argument("--timing", type=int, default=0, metavar="REPS",
+                    help="only time a 1080p full pass against one verification crop, REPS interleaved runs each")
     ap.add_argument("--json", type=Path, help="write the report here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.timing:
+        trows = timing(args.timing)
+        print(f"load {load_average()}\n" + markdown_table(trows, ["run", "median ms", "of a full pass"]))
+        if args.json:
+            args.json.write_text(json.dumps({"timing": trows, "load": load_average()}, indent=1))
+        return 0
     images = gather(args.root or shared_dir() / "data" / "detection", args.cache)
     settings = grid()
     log.info("%d images, %d settings; load %s", len(images), len(settings), load_average())

@@ -223,7 +223,7 @@ class DetectionSchedule:
             dets = detect_tiled(self.analyzer.detector, image_bgr, (2, 2))
         elif self.cfg.verify_low is not None:
             dets = detect_verified(self.analyzer.detector, image_bgr, VerifyRule.from_config(self.cfg),
-                                   self.analyzer.verifier)
+                                   self.analyzer.verifier())
         else:
             dets = self.analyzer.detect(image_bgr)
         return self._count(ScheduledDetections(dets, [True] * len(dets), kind, reason))

@@ -61,7 +61,7 @@ def test_verification_in_crops_recovers_borderline_faces_without_false_ones(data
 
 
 def test_larger_verifier_finds_more_borderline_faces(data_dir, analyzer):
-    assert analyzer.verifier is not None and analyzer.verifier.spec.name == "det_2.5g"
+    assert analyzer.verifier().spec.name == "det_2.5g"
     assert analyzer.model_identities()["verifier"].name == "det_2.5g"
     rule = VerifyRule.from_config(analyzer.config.detection)
     assert (rule.low, rule.scale, rule.full_weight, rule.threshold) == (0.2, 3.0, 0.25, 0.375)
@@ -70,7 +70,7 @@ def test_larger_verifier_finds_more_borderline_faces(data_dir, analyzer):
     extra = 0
     for image, gts in _annotations(data_dir / "detection", BORDERLINE):
         plain = analyzer.detect(image)
-        new = detect_verified(analyzer.detector, image, rule, analyzer.verifier)
+        new = detect_verified(analyzer.detector, image, rule, analyzer.verifier())
         found["plain"] += _found(gts, plain)
         found["own"] += _found(gts, detect_verified(analyzer.detector, image, own_rule))
         found["det_2.5g"] += _found(gts, new)
@@ -96,7 +96,7 @@ def test_mirrored_crop_maps_back_onto_the_face(data_dir, analyzer):
     # same landmark order (left eye, right eye, nose, left mouth, right mouth in image terms)
     assert float(np.abs(direct.landmarks - back.landmarks).max()) < 0.25 * iod
     # flip-averaged evidence of a clear face is high and its detection is the unmirrored crop's
-    score, det = crop_evidence(analyzer.verifier, image, face.bbox, VerifyRule(0.2, flip=True))
+    score, det = crop_evidence(analyzer.verifier(), image, face.bbox, VerifyRule(0.2, flip=True))
     assert score > 0.6 and det is not None
     assert iou_matrix(det.bbox[None], face.bbox[None])[0, 0] > 0.5
 
