@@ -8,7 +8,8 @@ measures, on the FDDB images of ``detection/manifest.csv``:
 * the verifier (``det_500m`` itself or the larger ``det_2.5g``), the crop side (2x or 3x the box), the crop
   input (192 or 256), with or without mirror averaging (:func:`models.detect_regions.crop_evidence`);
 * the rule: the crop score alone against a threshold, or ``w * full + (1 - w) * crop`` against a threshold;
-* the low full-pass score sent to verification (0.2 or 0.3).
+* the low full-pass score sent to verification (0.2 or 0.3);
+* as the baseline, no crop at all: the full pass alone at a lower score threshold, fitted the same way.
 
 Per image it caches the full pass at the lowest ``low`` and every candidate's crop evidence for every
 verifier setting (``--cache``, default /tmp, never in the repository), then replays the rules exactly as
@@ -53,7 +54,7 @@ VERIFIERS = ("det_500m", "det_2.5g")
 SCALES = (2.0, 3.0)
 INPUTS = (192, 256)
 #: Relative cost of one crop run (verifier GFLOPs x input area), for tie-breaks only.
-COST = {"det_500m": 0.5, "det_2.5g": 2.5}
+COST = {"det_500m": 0.5, "det_2.5g": 2.5, "none": 0.0}
 BUCKETS = (("<32", 0.0, 31.999), ("32-63", 32.0, 63.999), ("64-127", 64.0, 127.999), ("128+", 128.0, 1e9))
 
 
@@ -73,6 +74,8 @@ class Setting:
         return COST[self.verifier] * self.input_size**2 * (2 if self.flip else 1)
 
     def label(self) -> str:
+        if self.verifier == "none":
+            return f"full pass alone, score >= {self.threshold:g}"
         rule = (f"crop >= {self.threshold:g}" if self.full_weight == 0 else
                 f"{self.full_weight:g} * full + {1 - self.full_weight:g} * crop >= {self.threshold:g}")
         return (f"{self.verifier} x{self.scale:g} @{self.input_size}{' flip' if self.flip else ''}, "
@@ -140,9 +143,14 @@ def _apply(img: dict[str, Any], s: Setting | None, nms_thr: float, max_faces: in
     boxes = [b for b, _ in img["kept"]]
     scores = [sc for _, sc in img["kept"]]
     if s is not None:
-        key = _crop_key(s.verifier, s.scale, s.input_size, s.flip)
+        key = "" if s.verifier == "none" else _crop_key(s.verifier, s.scale, s.input_size, s.flip)
         for c in img["candidates"]:
             if c["score"] < s.low:
+                continue
+            if s.verifier == "none":  # a lower full-pass score threshold, no crop
+                if c["score"] >= s.threshold:
+                    boxes.append(c["bbox"])
+                    scores.append(c["score"])
                 continue
             crop, box = c["evidence"][key]
             combined = s.full_weight * c["score"] + (1 - s.full_weight) * crop
@@ -191,6 +199,11 @@ def grid() -> list[Setting]:
         for w in (0.25, 0.5):
             out += [replace(base, full_weight=w, threshold=round(float(t), 3)) for t in np.arange(0.30, 0.601, 0.025)]
     return out
+
+
+def threshold_grid() -> list[Setting]:
+    """The baseline: the full pass alone at a lower score threshold (0.2 .. 0.5)."""
+    return [Setting("none", 0.0, 0, False, 0.2, 1.0, round(float(t), 3)) for t in np.arange(0.2, 0.501, 0.025)]
 
 
 def fit(images: list[dict[str, Any]], settings: list[Setting], min_precision: float) -> tuple[Setting, dict[str, Any]]:
@@ -283,11 +296,13 @@ def main(argv: list[str] | None = None) -> int:
         a, b = halves(len(images), seed)
         for fit_name, fit_idx, rep_name, rep_idx in (("a", a, "b", b), ("b", b, "a", a)):
             chosen, on_fit = fit([images[i] for i in fit_idx], settings, args.min_precision)
+            thr, thr_fit = fit([images[i] for i in fit_idx], threshold_grid(), args.min_precision)
             held = [images[i] for i in rep_idx]
-            for what, s in (("plain pass", None), ("fitted rule", chosen)):
+            for what, s, f in (("plain pass", None, None), ("fitted threshold", thr, thr_fit),
+                               ("fitted rule", chosen, on_fit)):
                 r = evaluate(held, s)
                 rows.append({"seed": seed, "fit": fit_name, "report": rep_name, "path": what,
-                             "setting": "-" if s is None else s.label(), "fit recall": on_fit["recall"] if s else None,
+                             "setting": "-" if s is None else s.label(), "fit recall": f["recall"] if f else None,
                              **{k: r[k] for k in ("faces", "found", "recall", "precision", "ap", "32-63")}})
             log.info("seed %d fit %s: %s", seed, fit_name, chosen.label())
     cols = ["seed", "fit", "report", "path", "setting", "fit recall", "faces", "found", "recall", "precision", "ap",
