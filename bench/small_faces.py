@@ -238,7 +238,7 @@ def timing(reps: int) -> list[dict[str, Any]]:
 
     from namus_edge.core.config import load_config
     from namus_edge.models.backends.factory import create_backend
-    from namus_edge.models.detect_regions import VerifyRule, crop_evidence
+    from namus_edge.models.detect_regions import VerifyRule, crop_evidence, detect_verified
     from namus_edge.models.detector import FaceDetector
     from namus_edge.models.imagefile import read_image
     from namus_edge.models.registry import get_spec, resolve
@@ -256,6 +256,20 @@ def timing(reps: int) -> list[dict[str, Any]]:
         rule = VerifyRule(0.2, size, 3.0, flip=flip)
         jobs[f"crop {name} @{size}{' + mirror' if flip else ''}"] = (
             lambda d=dets[name], r=rule: crop_evidence(d, frame, box, r))
+    # a 1080p frame with six LFW photos 90 px wide: det_500m scores their faces 0.17-0.48 (far faces)
+    far = np.full((1080, 1920, 3), (60, 70, 80), np.uint8)
+    by_id: dict[str, list[str]] = {}
+    for r in csv.DictReader((shared_dir() / "data" / "verification" / "manifest.csv").open(newline="")):
+        if r["dataset"] == "lfw":
+            by_id.setdefault(r["identity"], []).append(r["path"])
+    for k, path in enumerate(min(by_id[i]) for i in sorted(by_id)[:6]):
+        far[400:490, 100 + 300 * k:190 + 300 * k] = cv2.resize(
+            read_image(shared_dir() / "data" / "verification" / path), (90, 90), interpolation=cv2.INTER_AREA)
+    rule = VerifyRule.from_config(config.detection, 0.2)
+    n_cand = sum(1 for d in full.detect(far, score_threshold=0.2) if d.score < config.detection.score_threshold)
+    jobs[f"full pass, 1080p frame with six 90-px faces ({n_cand} borderline)"] = lambda: full.detect(far)
+    jobs["same + verification (default rule, det_2.5g crops)"] = (
+        lambda: detect_verified(full, far, rule, dets["det_2.5g"]))
     times: dict[str, list[float]] = {k: [] for k in jobs}
     for job in jobs.values():
         job()  # warm-up

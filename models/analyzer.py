@@ -131,8 +131,11 @@ class FaceAnalyzer:
         return out
 
     def verifier(self) -> FaceDetector:
-        """The detector scoring small-face verification crops (``models.verifier``; the full-frame detector when
-        it names none). Loaded with the analyzer when ``detection.verify_low`` is set, else on first call."""
+        """The detector scoring small-face verification crops (``models.verifier``).
+
+        The full-frame detector itself when ``models.verifier`` names none. Loaded with the analyzer when
+        ``detection.verify_low`` is set, else on first call.
+        """
         if self._verifier is None:
             name = self.config.models.selected_verifier()
             if name in (None, self.detector_spec.name):

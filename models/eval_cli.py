@@ -85,6 +85,9 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
                    help="small-face path: also keep faces scoring in [SCORE, detection.score_threshold) that "
                    "models.verifier confirms in their full-resolution crop (detection.verify_*, roi_input); "
                    "default detection.verify_low (off when null)")
+    d.add_argument("--canvas", default=None, metavar="WxH",
+                   help="far-face check: place each image at native resolution in the middle of a WxH grey frame "
+                   "(e.g. 1920x1080: its faces keep their pixels, the full pass sees them 3x smaller)")
     d.add_argument("--split", default=None, metavar="HALF:SEED",
                    help="evaluate only one seeded half of the images (HALF a or b), e.g. a:0 to fit parameters "
                    "on half a and b:0 to report on the other")
@@ -382,6 +385,7 @@ def run_detect(args: argparse.Namespace, config: Config) -> int:
     if args.split:
         rows = _half(rows, args.split)
     grid = _parse_grid(args.tiles) if args.tiles else None
+    canvas = _parse_size(args.canvas) if args.canvas else None
     if args.tile_input is not None and (args.tile_input <= 0 or args.tile_input % 32):
         raise EvalInputError(f"--tile-input must be a positive multiple of 32, got {args.tile_input}")
     det_name = config.models.selected()[0]
@@ -413,6 +417,9 @@ def run_detect(args: argparse.Namespace, config: Config) -> int:
         except ImageReadError as exc:
             unreadable[r["path"]] = str(exc)
             continue
+        if canvas is not None:
+            image, (dx, dy) = _on_canvas(image, canvas, r["path"])
+            gts += [dx, dy, dx, dy]
         n_images += 1
         if rule is not None:
             dets = detect_verified(detector, image, rule, verifier)
@@ -445,6 +452,7 @@ def run_detect(args: argparse.Namespace, config: Config) -> int:
         "input_size": list(detector.input_size),
         "score_threshold": config.detection.score_threshold,
         "split": args.split,
+        "canvas": None if canvas is None else list(canvas),
         "small_faces": None if grid is None and rule is None else {
             "tiles": None if grid is None else list(grid), "tile_input": args.tile_input,
             "verify": None if rule is None else {**dataclasses.asdict(rule), "verifier": ver_name or det_name}},
@@ -473,6 +481,33 @@ def _half(rows: list[dict[str, str]], spec: str) -> list[dict[str, str]]:
     return [rows[i] for i in sorted(chosen.tolist())]
 
 
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise EvalInputError(f"--canvas expects WIDTHxHEIGHT such as 1920x1080, got {text!r}") from exc
+    if not (32 <= w <= 8192 and 32 <= h <= 8192):
+        raise EvalInputError(f"--canvas: sides 32..8192, got {text!r}")
+    return w, h
+
+
+#: Grey of the --canvas frame (BGR).
+CANVAS_GREY = (114, 114, 114)
+
+
+def _on_canvas(image: np.ndarray, size: tuple[int, int], name: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """``image`` (uint8 H, W, 3 BGR) pasted unscaled in the middle of a grey ``size`` (W, H) frame, and its offset."""
+    w, h = size
+    ih, iw = image.shape[:2]
+    if ih > h or iw > w:
+        raise EvalInputError(f"--canvas {w}x{h}: image {name} is {iw}x{ih}, larger than the canvas")
+    out = np.empty((h, w, 3), np.uint8)
+    out[:] = CANVAS_GREY
+    dx, dy = (w - iw) // 2, (h - ih) // 2
+    out[dy:dy + ih, dx:dx + iw] = image
+    return out, (dx, dy)
+
+
 def _parse_grid(text: str) -> tuple[int, int]:
     try:
         cols, rows = (int(v) for v in text.lower().split("x"))
@@ -498,6 +533,8 @@ def _render_detect(r: dict) -> str:
                      f"{ver['threshold']}{' (flip-averaged)' if ver['flip'] else ''}")
     if r.get("split"):
         lines.insert(1, f"images: half {r['split']} only")
+    if r.get("canvas"):
+        lines.insert(1, f"each image unscaled in the middle of a {r['canvas'][0]}x{r['canvas'][1]} grey frame")
     for k, v in r["by_size"].items():
         lines.append(f"{k:<12}{v['faces']:>7}{_f(v['recall']['0.4']):>8}{_f(v['recall']['0.5']):>8}")
     return "\n".join(lines)

@@ -140,6 +140,13 @@ def test_detect_split_halves_and_verification(tmp_path, data_dir, capsys, model_
     assert json.loads(capsys.readouterr().out) == outs["a:3"]
     assert main([*base, "--split", "c:3"]) == 1
     assert "--split expects a:SEED or b:SEED" in capsys.readouterr().err
+    # far-face check: the same images unscaled in a 1080p frame; annotations move with them, faces get harder
+    assert main([*base, "--split", "a:3", "--canvas", "1920x1080"]) == 0
+    far = json.loads(capsys.readouterr().out)
+    assert far["canvas"] == [1920, 1080] and far["faces"] == outs["a:3"]["faces"]
+    assert 0 < far["recall"]["0.4"] <= outs["a:3"]["recall"]["0.4"]
+    assert main([*base, "--canvas", "200x200"]) == 1
+    assert "larger than the canvas" in capsys.readouterr().err
 
 
 def test_eval_missing_column_is_clear(tmp_path, capsys):
