@@ -53,10 +53,12 @@ class DetectionConfig(StrictModel):
         None, ge=0.0, le=1.0,
         description="Small faces (video full passes, eval detect): faces the full pass scores in [verify_low, "
         "score_threshold) are re-detected in a full-resolution crop by models.verifier and kept when the combined "
-        "evidence (verify_full_weight, verify_threshold) is enough; null = off.",
+        "evidence (verify_full_weight, verify_threshold) is enough; null = off, 0.2 = the fitted setting "
+        "(docs/accuracy.md 2b).",
     )
     verify_scale: float = Field(
-        3.0, ge=1.2, le=4.0, description="Verification crop side over the candidate box's larger side."
+        3.0, ge=1.2, le=4.0,
+        description="Verification crop side over the candidate box's larger side (detected at a roi_input square).",
     )
     verify_full_weight: float = Field(
         0.25, ge=0.0, le=1.0,
