@@ -11,6 +11,7 @@ import onnx
 import pytest
 
 from namus_edge.core.config import load_config
+from namus_edge.core.errors import ModelError
 from namus_edge.core.fsutil import sha256_file
 from namus_edge.models.analyzer import FaceAnalyzer
 from namus_edge.models.evaluation import sex_accuracy, sex_confidence_for_precision
@@ -55,22 +56,25 @@ def test_parity_with_training_run_on_real_faces(data_dir, model_cache):
     fixture = json.loads(PARITY.read_text())
     assert fixture["model_sha256"] == SPEC.sha256
     analyzer = FaceAnalyzer(load_config(), model_cache)
-    assert analyzer.sex is not None and analyzer.sex.spec.name == SPEC.name
+    assert analyzer.age2 is not None and analyzer.age2.spec.name == SPEC.name
     root = data_dir / "identification"
     assert len(fixture["faces"]) >= 5
     for face in fixture["faces"]:
         image = read_image(root / face["path"])
         prepared = analyzer.prepare(image, analyzer.detect(image, photo=True)[0])
-        est = analyzer.sex.estimate(prepared.aligned[None], prepared.age_chip[None])
+        est = analyzer.age2.estimate(prepared.aligned[None], prepared.age_chip[None])
         assert est.age is not None
         assert float(est.age[0]) == pytest.approx(face["age"], abs=0.02), face["path"]
         assert float(est.p_male[0]) == pytest.approx(face["p_male"], abs=1e-3), face["path"]
 
 
-@pytest.mark.parametrize(("model_set", "sex_model"), [("default", "agesex_utk_v1"), ("licence_clean", "gender_v1")])
-def test_analyzer_fills_p_male_only_for_embedded_faces(model_set, sex_model, model_cache, test_images):
+@pytest.mark.parametrize(("model_set", "sex_model", "age2_model"),
+                         [("default", "gender_v1", "agesex_utk_v1"), ("licence_clean", "gender_v1", None)])
+def test_analyzer_fills_p_male_only_for_embedded_faces(model_set, sex_model, age2_model, model_cache, test_images):
     analyzer = FaceAnalyzer(load_config(None, [f"models.set={model_set}"]), model_cache)
-    assert analyzer.model_identities()["sex"].name == sex_model
+    ids = analyzer.model_identities()
+    assert ids["sex"].name == sex_model
+    assert (ids["age2"].name if "age2" in ids else None) == age2_model
     img = cv2.imread(str(test_images / "obama_2012.jpg"))
     tiny = cv2.resize(img, None, fx=0.07, fy=0.07, interpolation=cv2.INTER_AREA)  # fails the size gate
     full, small = analyzer.analyze_batch([img, tiny], gate=True)
@@ -85,9 +89,45 @@ def test_analyzer_fills_p_male_only_for_embedded_faces(model_set, sex_model, mod
 
 def test_sex_off_leaves_p_male_none(model_cache, test_images):
     analyzer = FaceAnalyzer(load_config(None, ["models.sex=null"]), model_cache)
-    assert analyzer.sex is None
+    assert analyzer.sex is None and analyzer.age2 is not None
     face = analyzer.analyze(cv2.imread(str(test_images / "obama_2012.jpg")))[0]
     assert face.p_male is None and face.age is not None
+
+
+def test_sex_and_second_age_come_from_their_own_models(model_cache, test_images):
+    """p_male is gender_v1's, the age mixes agesex_utk_v1 in; age2=null leaves age-v1's age alone."""
+    img = cv2.imread(str(test_images / "obama_2012.jpg"))
+    both = FaceAnalyzer(load_config(), model_cache)
+    assert both.sex is not None and both.age2 is not None and both.age is not None
+    prepared = both.prepare(img, both.detect(img, photo=True)[0])
+    ages, p_male = both.estimate_age_sex([prepared])
+    assert ages is not None and p_male is not None
+    chips = prepared.aligned[None], prepared.age_chip[None]
+    gender = both.sex.estimate(*chips)
+    assert gender.age is None and float(p_male[0]) == pytest.approx(float(gender.p_male[0]))
+    own = both.age2.estimate(*chips)
+    v1 = float(both.age.estimate(prepared.age_chip[None])[0])
+    assert own.age is not None and v1 >= 16  # an adult: the mix applies
+    assert float(ages[0]) == pytest.approx(0.75 * float(own.age[0]) + 0.25 * v1, abs=1e-4)
+    assert float(own.p_male[0]) != pytest.approx(float(p_male[0]), abs=1e-6)  # not the age model's sex
+    alone = FaceAnalyzer(load_config(None, ["models.age2=null"]), model_cache)
+    assert alone.age2 is None and "age2" not in alone.model_identities()
+    ages_alone, p_alone = alone.estimate_age_sex([prepared])
+    assert ages_alone is not None and float(ages_alone[0]) == pytest.approx(v1, abs=1e-4)
+    assert p_alone is not None and float(p_alone[0]) == pytest.approx(float(p_male[0]))
+
+
+def test_one_model_for_sex_and_second_age_runs_once(model_cache):
+    cfg = load_config(None, ["models.set=custom", "models.sex=agesex_utk_v1", "models.age2=agesex_utk_v1"])
+    analyzer = FaceAnalyzer(cfg, model_cache)
+    assert analyzer.age2 is analyzer.sex and analyzer.sex is not None
+    assert analyzer.model_identities()["sex"].name == analyzer.model_identities()["age2"].name == SPEC.name
+
+
+def test_second_age_model_must_estimate_age(model_cache):
+    cfg = load_config(None, ["models.set=custom", "models.age2=gender_v1"])
+    with pytest.raises(ModelError, match=r"models.age2=gender_v1 is a sex model"):
+        FaceAnalyzer(cfg, model_cache)
 
 
 def test_sex_accuracy_bands():
