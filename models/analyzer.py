@@ -102,6 +102,10 @@ class FaceAnalyzer:
             if age2_spec.role != "age_sex":
                 raise ModelError(f"models.age2={age2_name} is a {age2_spec.role} model; "
                                  "models.age2 needs an age_sex model (e.g. agesex_utk_v1)")
+            needs = age2_spec.extra.get("embedder")
+            if needs and needs != emb_name:
+                raise ModelError(f"models.age2={age2_name} reads {needs} embeddings, but the embedder is {emb_name}; "
+                                 f"use {needs} or another models.age2")
             if self.sex is not None and age2_name == sex_name:
                 self.age2 = self.sex  # one model fills both: run it once
             else:
@@ -167,22 +171,31 @@ class FaceAnalyzer:
         """Ages in years of prepared faces in one batch: float32 (N,), or None without an age model."""
         return self.estimate_age_sex(faces)[0]
 
-    def estimate_age_sex(self, faces: Sequence[PreparedFace]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def estimate_age_sex(self, faces: Sequence[PreparedFace], embeddings: np.ndarray | None = None,
+                         ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(ages float32 (N,) years, p_male float32 (N,)) of prepared faces; each None without its model.
 
         ``p_male`` comes from ``models.sex``. With a second age model (``models.age2``) the age is
         ``models.age_sex_mix`` of its estimate plus the rest from the age model, except below
         ``models.age_sex_mix_min_age`` (age model alone; the age model is skipped when the mix is 1).
+
+        Args:
+            faces: N prepared faces.
+            embeddings: float32 (N, D) their embeddings (:meth:`embed`), when already computed; a
+                model that reads embeddings gets them computed here otherwise.
         """
         if not faces:
             empty = np.zeros((0,), np.float32)
             return (empty if self.age or self.age2 else None), (empty if self.sex else None)
         aligned = np.stack([f.aligned for f in faces])
         chips = np.stack([f.age_chip for f in faces])
-        sex = None if self.sex is None else self.sex.estimate(aligned, chips)
+        if embeddings is None and any(m is not None and m.needs_embedding for m in (self.sex, self.age2)):
+            embeddings = self.embed(faces)
+        sex = None if self.sex is None else self.sex.estimate(aligned, chips, embeddings)
         age2 = None
         if self.age2 is not None:
-            age2 = (sex if self.age2 is self.sex and sex is not None else self.age2.estimate(aligned, chips)).age
+            age2 = (sex if self.age2 is self.sex and sex is not None
+                    else self.age2.estimate(aligned, chips, embeddings)).age
         mix = self.config.models.age_sex_mix
         skip_age = age2 is not None and mix >= 1.0
         ages = None if self.age is None or skip_age else self.age.estimate(chips)
@@ -212,7 +225,7 @@ class FaceAnalyzer:
         ]
         flat = [(i, p) for i, faces in enumerate(prepared) for p in faces if p.quality.passed or not gate]
         emb = self.embed([p for _, p in flat])
-        ages, p_male = self.estimate_age_sex([p for _, p in flat])
+        ages, p_male = self.estimate_age_sex([p for _, p in flat], emb)
         results: dict[int, tuple[np.ndarray, float | None, float | None]] = {}
         for k, (_, p) in enumerate(flat):
             results[id(p)] = (emb[k], None if ages is None else float(ages[k]),

@@ -31,9 +31,9 @@ MODEL_SETS: dict[str, tuple[str, str, str]] = {
 SEX_MODEL_SETS: dict[str, str] = {"default": "gender_v1", "licence_clean": "gender_v1"}
 
 #: The second age model each preset selects (mixed into the reported age, ``models.age_sex_mix``):
-#: the project's own age+sex model (non-commercial: UTKFace + InsightFace weights) in the default
-#: set; none in the licence-clean set.
-AGE2_MODEL_SETS: dict[str, str | None] = {"default": "agesex_utk_v1", "licence_clean": None}
+#: the project's own age model (agesex_utk_v1 + an age head over the EdgeFace-XS embedding;
+#: non-commercial: UTKFace + InsightFace weights) in the default set; none in the licence-clean set.
+AGE2_MODEL_SETS: dict[str, str | None] = {"default": "agesex_utk_v2", "licence_clean": None}
 
 
 class BackendConfig(StrictModel):
@@ -96,9 +96,9 @@ class ModelsConfig(StrictModel):
     )
     age2: str | None = Field(
         "auto",
-        description="Second age model (an age_sex model, e.g. agesex_utk_v1), mixed into the reported age with "
-        "weight age_sex_mix; it never fills p_male (that is models.sex): auto = the preset's (default: "
-        "agesex_utk_v1, licence_clean: none), a registry name (set: custom only), or null for the age model alone.",
+        description="Second age model (an age_sex model: agesex_utk_v2, agesex_utk_v1), mixed into the reported age "
+        "with weight age_sex_mix; it never fills p_male (that is models.sex): auto = the preset's (default: "
+        "agesex_utk_v2, licence_clean: none), a registry name (set: custom only), or null for the age model alone.",
     )
     age_sex_mix: float = Field(
         0.75, ge=0.0, le=1.0,

@@ -70,7 +70,7 @@ def test_age_json_contract(tmp_path, data_dir, capsys, model_cache, monkeypatch)
     assert out["no_face"]["images"] == 0
     # sex from gender_v1, the second age from the project's own age+sex model; sex bands by true age
     # (no 13-17 row picked: null)
-    assert out["sex_model"] == "gender_v1" and out["age2_model"] == "agesex_utk_v1"
+    assert out["sex_model"] == "gender_v1" and out["age2_model"] == "agesex_utk_v2"
     assert out["age_sex_mix"] == 0.75
     acc = out["sex_accuracy"]
     assert set(acc) == {"overall", "0-12", "13-17", "adult"}
