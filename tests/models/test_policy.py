@@ -92,11 +92,11 @@ def test_embedder_without_tail_or_default_needs_a_threshold(monkeypatch) -> None
         ([Hit("MP1", 0.50), Hit("MP1", 0.48, "k2"), Hit("MP3", 0.30)], None, None, "alert", "MP1"),
         ([Hit("MP1", 0.50)], 31.0, None, "alert", "MP1"),
         ([Hit("MP1", 0.50)], 70.0, None, "age", None),
-        ([Hit("MP1", 0.50)], 31.0, 0.99, "sex", None),  # a confident male estimate vs a female case
-        ([Hit("MP1", 0.50)], 31.0, 0.90, "alert", "MP1"),  # not confident enough to reject
-        ([Hit("MP1", 0.50)], 31.0, 0.01, "alert", "MP1"),  # agrees
-        ([Hit("MP3", 0.50)], 31.0, 0.99, "alert", "MP3"),  # case sex unknown
-        ([Hit("MP2", 0.50)], 8.0, 0.01, "alert", "MP2"),  # a child: sex never rejects
+        ([Hit("MP1", 0.50)], 31.0, 0.999, "sex", None),  # a confident male estimate vs a female case
+        ([Hit("MP1", 0.50)], 31.0, 0.99, "alert", "MP1"),  # not confident enough to reject (< 0.9965)
+        ([Hit("MP1", 0.50)], 31.0, 0.001, "alert", "MP1"),  # agrees
+        ([Hit("MP3", 0.50)], 31.0, 0.999, "alert", "MP3"),  # case sex unknown
+        ([Hit("MP2", 0.50)], 8.0, 0.001, "alert", "MP2"),  # a child: sex never rejects
     ],
 )
 def test_verdict_reasons(hits, age, p_male, reason, alert) -> None:
@@ -108,9 +108,9 @@ def test_verdict_reasons(hits, age, p_male, reason, alert) -> None:
 def test_sex_check_is_a_no_op_without_p_male_or_when_disabled() -> None:
     on, off = cfg().sex_check, cfg(sex_check={"enabled": False}).sex_check
     assert sex_plausible(None, 30.0, CASES["MP1"], on)
-    assert not sex_plausible(0.99, 30.0, CASES["MP1"], on)
-    assert sex_plausible(0.99, 30.0, CASES["MP1"], off)
-    assert sex_plausible(0.99, None, {"sex": "Unknown"}, on)
+    assert not sex_plausible(0.999, 30.0, CASES["MP1"], on)
+    assert sex_plausible(0.999, 30.0, CASES["MP1"], off)
+    assert sex_plausible(0.999, None, {"sex": "Unknown"}, on)
     assert estimated_sex(0.5) == ("male", 0.5) and estimated_sex(0.2) == ("female", 0.8)
     assert estimated_sex(None) is None and estimated_sex(math.nan) is None
 
