@@ -73,6 +73,12 @@ class ModelSpec:
     impostor_tail: ImpostorTail | None = None
     #: Embedders: the same for probe faces of children (estimated < 13 y, models/policy.py).
     child_impostor_tail: ImpostorTail | None = None
+    #: Embedders: the impostor tail of hub-normalised scores (similarity minus the gallery face's
+    #: hub offset, models/hub_norm.py), used instead of ``impostor_tail`` when the bundle carries
+    #: offsets and ``matching.hub_norm`` is on (models/policy.py); ``None``: not measured.
+    hub_impostor_tail: ImpostorTail | None = None
+    #: Embedders: the same for probe faces of children (replaces ``child_impostor_tail``).
+    hub_child_impostor_tail: ImpostorTail | None = None
     notes: str = ""
     extra: dict[str, str] = field(default_factory=dict)
     #: The file ships in the package (:data:`BUNDLED_DIR`): found there when the cache lacks it.

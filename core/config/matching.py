@@ -162,6 +162,12 @@ class MatchingConfig(StrictModel):
         0.36, ge=-1.0, le=1.0, description="Floor of the threshold derived from target_fpir (small galleries: "
         "below 0.36 the per-pair false-accept rate on LFW rises above ~1e-4, docs/accuracy.md)."
     )
+    hub_norm: bool = Field(
+        True,
+        description="Score each gallery face as similarity minus its hub offset (how strongly it attracts faces "
+        "of other cases, stored in the bundle) when the bundle carries offsets and the embedder has a measured "
+        "normalised impostor tail (target_fpir rule only); otherwise raw cosine similarity (docs/accuracy.md).",
+    )
     margin: float = Field(0.05, ge=0.0, le=2.0, description="Required lead of the best case over the second best.")
     top_k: int = Field(5, ge=1, le=100, description="Cases retrieved per face.")
     confirm_frames: int = Field(3, ge=1, le=1000, description="Frames of a track that must agree before an event.")
