@@ -69,7 +69,7 @@ def test_threshold_grows_with_gallery_size_and_explicit_threshold_wins(monkeypat
     assert big.threshold > small.threshold
     assert fpir_from_far(TAIL.far_at(big.threshold), 1_000_000) == pytest.approx(0.01, rel=1e-6)
     assert small.to_dict() == {"rule": "target_fpir", "threshold": round(small.threshold, 4), "gallery_size": 1000,
-                               "target_fpir": 0.01, "child_threshold": None}
+                               "target_fpir": 0.01, "child_threshold": None, "hub_norm": False}
     assert resolve_policy(cfg(target_fpir=0.01, min_threshold=0.45), "edgeface_xs", 10).threshold == 0.45
     fixed = resolve_policy(cfg(threshold=0.37, target_fpir=0.01), "edgeface_xs", 1_000_000)
     assert (fixed.rule, fixed.threshold, fixed.target_fpir) == ("fixed_threshold", 0.37, None)
