@@ -320,3 +320,51 @@ def test_search_alert_cli_reports_score_and_similarity(world, model_cache, capsy
     assert main([a for a in argv if a != "--json"]) == 0  # the text output names both numbers
     text = capsys.readouterr().out
     assert "hub-normalised scores" in text and "similarity" in text
+
+
+def test_edge_pipeline_decides_on_normalised_scores(world, tmp_path, model_cache, monkeypatch):
+    """A clip of an enrolled person through the device pipeline, with normalised tails for its embedder."""
+    from datetime import datetime, timezone
+
+    import cv2
+
+    from namus_edge.demo import synthesize_clip
+    from namus_edge.edge.frame_queue import Frame
+    from namus_edge.edge.pipeline import Pipeline
+
+    spec = _hub_spec()
+    monkeypatch.setattr(policy_mod, "get_spec", lambda name: spec if name == spec.name else get_spec(name))
+    config = load_config(overrides=["matching.age_check.enabled=false", "matching.min_threshold=0",
+                                    "detection.interval=3"])
+    probe = world["mated"][0][3]
+    clip = synthesize_clip(cv2.imread(str(probe)), tmp_path / "p.avi", frames=45, seed=3)
+    analyzer = FaceAnalyzer(config, model_cache)
+    events = []
+    with Bundle.load(world["bundle"], [world["pub"]]) as bundle:
+        pipe = Pipeline(config, analyzer, lambda: bundle, lambda e, crop: events.append(e))
+        assert not pipe.policy.hub_norm  # no bundle seen yet
+        cap = cv2.VideoCapture(str(clip))
+        now = datetime.now(timezone.utc)
+        try:
+            i = 0
+            while True:
+                ok, image = cap.read()
+                if not ok:
+                    break
+                pipe.process([Frame("cam", i, i / 30.0, now, image)])
+                i += 1
+        finally:
+            cap.release()
+        pipe.finish_camera("cam")
+        assert pipe.policy.hub_norm and pipe.policy.gallery_size == bundle.ntotal
+        offsets, keys = bundle.hub_offsets(), {f["image_key"]: f["face_id"] for f in bundle.faces()}
+    assert offsets is not None
+    assert len(events) == 1, events
+    data = json.loads(events[0].to_json())
+    schema = json.loads(re.findall(r"```json\n(.*?)```", EVENTS_DOC.read_text(), flags=re.S)[0])
+    jsonschema.validate(data, schema)
+    assert data["case"]["id_formatted"] == world["mated_cases"][3]
+    assert data["policy"]["hub_norm"] is True and data["policy"]["threshold"] == round(pipe.policy.threshold, 4)
+    first = data["candidates"][0]
+    assert first["score"] == pytest.approx(first["similarity"] - offsets[keys[first["image_key"]]], abs=2e-4)
+    assert first["score"] >= data["policy"]["threshold"]
