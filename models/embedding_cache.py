@@ -131,8 +131,10 @@ def _write_shard(folder: Path, keys: Sequence[_Key], **arrays: np.ndarray) -> No
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"shard-{uuid.uuid4().hex}.npz"
     tmp = final.with_suffix(".tmp.npz")
-    np.savez(tmp, paths=np.array([k[0] for k in keys]), mtime_ns=np.array([k[1] for k in keys], np.int64),
-             size=np.array([k[2] for k in keys], np.int64), **arrays)
+    named: dict[str, np.ndarray] = {"paths": np.array([k[0] for k in keys]),
+                                    "mtime_ns": np.array([k[1] for k in keys], np.int64),
+                                    "size": np.array([k[2] for k in keys], np.int64), **arrays}
+    np.savez(tmp, **named)  # type: ignore[arg-type]  # numpy's stub types **kwds as the allow_pickle flag
     os.replace(tmp, final)
 
 

@@ -99,7 +99,9 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     i.add_argument("--sizes", default="1000,3000,10000", help="measured gallery sizes besides all (comma list)")
     i.add_argument("--cache-dir", type=Path, help="embedding cache root (default $NAMUS_EDGE_EMBED_CACHE or "
                    "~/.cache/namus-edge/embeddings)")
-    i.add_argument("--hub-norm", action="store_true", help="also measure per-face hub score normalisation")
+    i.add_argument("--hub-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="score searches with per-face hub offsets, as a bundle built with offsets does, and measure "
+                   "the normalised tails (default: matching.hub_norm when the embedder has a normalised tail)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=run_identify_cmd)
 
@@ -488,8 +490,12 @@ def run_identify_cmd(args: argparse.Namespace, config: Config) -> int:
     gallery = ie.read_rows(args.gallery, args.root)
     probes = ie.read_rows(args.probes, args.root)
     excl = ie.read_exclusions(args.exclude, args.root) if args.exclude else None
+    hub = args.hub_norm
+    if hub is None:
+        embedder = config.models.selected()[1]
+        hub = config.matching.hub_norm and get_spec(embedder).hub_impostor_tail is not None
     result = ie.run_identify(config, gallery, probes, seed=args.seed, exclusions=excl, cache_root=args.cache_dir,
-                             sizes=sizes, hub_norm=args.hub_norm)
+                             sizes=sizes, hub_norm=hub)
     _emit(result, args.json, _render_identify)
     return 0
 

@@ -53,6 +53,7 @@ from namus_edge.core.errors import NamusEdgeError
 from namus_edge.models.analyzer import FaceAnalyzer
 from namus_edge.models.embedding_cache import EmbeddingCache
 from namus_edge.models.evaluation import AGE_GAP_BUCKETS, AGE_GROUPS, bucket_of
+from namus_edge.models.hub_norm import HUB_K, HubNeighbours, hub_neighbours
 from namus_edge.models.impostor_tail import ImpostorTail, fpir_from_far, tail_from_scores
 from namus_edge.models.policy import CHILD_FACE_AGE, ResolvedPolicy, judge, resolve_policy
 
@@ -65,6 +66,8 @@ TAIL_THRESHOLDS = tuple(round(0.20 + 0.01 * i, 2) for i in range(51))
 TOP_FACES = 64
 TOP_CASES = 5
 CHUNK = 512
+#: Lowest hub-normalised score kept for the normalised tail (the policy never goes below 0.36).
+HUB_TAIL_FLOOR = 0.30
 BOOTSTRAP = 200
 TODAY = date(2026, 11, 30)
 
@@ -202,8 +205,57 @@ def _exclusion_index(excl: set[frozenset[Path]], gallery: Sequence[Row]) -> dict
     return out
 
 
+@dataclass(frozen=True)
+class GalleryHub:
+    """Hub offsets of one gallery (subset), as a bundle build computes them, plus leave-one-out.
+
+    A non-mated search of a gallery row removes its identity from the gallery; the offsets must
+    then be the ones a gallery *without* that identity would have, or the probe's own similarity
+    would have raised the offset of the face it matches (a leak in the probe's favour).
+
+    Attributes:
+        offsets: float32 (G,) offset of every gallery row (0 outside the subset).
+        median: the subset's median hub value.
+        neighbours: the subset rows' neighbour lists (row order = ``rows``).
+        rows: int64 indices of the subset rows in the gallery.
+        by_group: identity code -> positions (in ``rows``) whose first ``k`` neighbours include it.
+    """
+
+    offsets: np.ndarray
+    median: float
+    neighbours: HubNeighbours
+    rows: np.ndarray
+    by_group: dict[int, np.ndarray]
+
+    @classmethod
+    def build(cls, gal_emb: np.ndarray, ids: np.ndarray, mask: np.ndarray, k: int = HUB_K) -> GalleryHub:
+        """Offsets of the rows selected by ``mask`` among themselves (``ids``: identity code per row)."""
+        rows = np.nonzero(mask)[0]
+        extra = min(64, int(np.bincount(ids[rows]).max()))
+        nb = hub_neighbours(gal_emb[rows], ids[rows], k, extra)
+        values = nb.values()
+        med = float(np.median(values))
+        offsets = np.zeros(len(gal_emb), np.float32)
+        offsets[rows] = values - med
+        by: dict[int, list[int]] = defaultdict(list)
+        for pos, groups in enumerate(nb.groups[:, :k]):
+            for g in set(groups.tolist()):
+                if g >= 0:
+                    by[g].append(pos)
+        return cls(offsets, med, nb, rows, {g: np.array(v, np.int64) for g, v in by.items()})
+
+    def without(self, group: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(gallery rows, offsets)`` that change when identity ``group`` leaves the gallery."""
+        pos = self.by_group.get(group)
+        if pos is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        sub = HubNeighbours(self.neighbours.scores[pos], self.neighbours.groups[pos], self.neighbours.k)
+        return self.rows[pos], sub.values(drop_group=group) - np.float32(self.median)
+
+
 def search(probe_emb: np.ndarray, probe_rows: Sequence[Row], gal_emb: np.ndarray, gallery: Sequence[Row],
-           gal_mask: np.ndarray, loo: np.ndarray, excl: dict[Path, list[int]]) -> Searches:
+           gal_mask: np.ndarray, loo: np.ndarray, excl: dict[Path, list[int]],
+           hub: GalleryHub | None = None) -> Searches:
     """Top cases of every probe against the gallery faces selected by ``gal_mask``.
 
     Args:
@@ -214,6 +266,8 @@ def search(probe_emb: np.ndarray, probe_rows: Sequence[Row], gal_emb: np.ndarray
         gal_mask: bool (G,) the faces of this gallery size.
         loo: bool (P,) leave the probe's own identity out (non-mated searches of gallery rows).
         excl: probe path -> gallery indices whose comparison is label noise (left out).
+        hub: when given, scores are similarity minus each gallery face's hub offset (leave-one-out
+            offsets for ``loo`` probes), and cases are ranked by that score.
     """
     codes = {ident: k for k, ident in enumerate(dict.fromkeys(g.identity for g in gallery))}
     ids = np.array([codes[g.identity] for g in gallery])
@@ -223,11 +277,16 @@ def search(probe_emb: np.ndarray, probe_rows: Sequence[Row], gal_emb: np.ndarray
         q = probe_emb[s:e]
         has = np.all(np.isfinite(q), axis=1)
         sims = np.where(has[:, None], np.nan_to_num(q) @ gal_emb.T, -np.inf).astype(np.float32)
+        if hub is not None:
+            sims -= hub.offsets[None, :]
         sims[:, ~gal_mask] = -np.inf
         for i in range(e - s):
             p = probe_rows[s + i]
             if loo[s + i] and p.identity in codes:
                 sims[i, ids == codes[p.identity]] = -np.inf
+                if hub is not None:
+                    js, off = hub.without(codes[p.identity])
+                    sims[i, js] += hub.offsets[js] - off
             for j in excl.get(p.path, ()):
                 sims[i, j] = -np.inf
         k = min(TOP_FACES, sims.shape[1])
@@ -293,6 +352,45 @@ def impostor_scores(emb: np.ndarray, rows: Sequence[Row], excl: set[frozenset[Pa
     return allv[order], alli[order], total
 
 
+def hub_impostor_pairs(emb: np.ndarray, rows: Sequence[Row], excl: set[frozenset[Path]],
+                       floor: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Ordered different-identity pairs ``(probe a, gallery b)`` whose hub-normalised score >= ``floor``.
+
+    Offsets are those of a gallery made of ``rows``, left-one-out: the offset of ``b`` is computed
+    without ``a``'s identity (as :class:`GalleryHub` does for searches).
+
+    Returns:
+        ``(scores, face_pairs, pairs)`` as :func:`impostor_scores`, but ordered pairs (each
+        unordered pair gives two) and ``pairs`` counting ordered pairs.
+    """
+    codes = {ident: c for c, ident in enumerate(dict.fromkeys(r.identity for r in rows))}
+    ids = np.array([codes[r.identity] for r in rows], np.int64)
+    hub = GalleryHub.build(emb, ids, np.ones(len(rows), bool))
+    raw_floor = floor + float(hub.offsets.min())
+    sc, fp, total = impostor_scores(emb, rows, excl, raw_floor)
+    a = np.concatenate([fp[:, 0], fp[:, 1]]).astype(np.int64)
+    b = np.concatenate([fp[:, 1], fp[:, 0]]).astype(np.int64)
+    raw = np.concatenate([sc, sc]).astype(np.float32)
+    # leave-one-out offset of b without a's identity: only b whose first k neighbours include it change
+    pos_of = np.full(len(rows), -1, np.int64)
+    pos_of[hub.rows] = np.arange(len(hub.rows))
+    nb = hub.neighbours
+    off = hub.offsets[b].copy()
+    for s0 in range(0, len(b), 65536):
+        bb, aa = b[s0:s0 + 65536], a[s0:s0 + 65536]
+        grp = nb.groups[pos_of[bb]]
+        hit = np.nonzero(np.any(grp[:, : nb.k] == ids[aa][:, None], axis=1))[0]
+        if hit.size:
+            dropped = np.where(grp[hit] == ids[aa[hit]][:, None], -np.inf, nb.scores[pos_of[bb[hit]]])
+            sub = HubNeighbours(-np.sort(-dropped, axis=1), grp[hit], nb.k)
+            off[s0 + hit] = sub.values() - np.float32(hub.median)
+    norm = raw - off
+    keep = norm >= floor
+    order = np.argsort(-norm[keep])
+    pairs = np.stack([a[keep], b[keep]], 1)[order].astype(np.int32)
+    return norm[keep][order].astype(np.float32), pairs, 2 * total
+
+
 BANDS = ("adult", "child")
 
 
@@ -323,10 +421,13 @@ class BandTail:
         """Share of this band's (ordered) impostor pairs scoring >= t."""
         return float(self.weight[self.scores >= t].sum()) / self.total if self.total else 0.0
 
-    def tail(self, measured: str) -> ImpostorTail | None:
-        """The curve at :data:`TAIL_THRESHOLDS` (``None`` with fewer than two usable points)."""
+    def tail(self, measured: str, floor: float = TAIL_THRESHOLDS[0]) -> ImpostorTail | None:
+        """The curve at :data:`TAIL_THRESHOLDS` >= ``floor`` (the lowest score the pairs were kept from).
+
+        ``None`` with fewer than two usable points.
+        """
         pts: list[tuple[float, float]] = []
-        for t in TAIL_THRESHOLDS:
+        for t in (x for x in TAIL_THRESHOLDS if x >= floor):
             far = self.far_at(t)
             if far <= 0:
                 break
@@ -336,15 +437,24 @@ class BandTail:
 
 
 def band_tail(scores: np.ndarray, face_pairs: np.ndarray, rows: Sequence[Row], ages: Sequence[float | None],
-              band: str) -> BandTail:
-    """Split an all-vs-all impostor list (:func:`impostor_scores`) by the probe band of each face."""
+              band: str, ordered: bool = False) -> BandTail:
+    """Split an all-vs-all impostor list by the probe band of each face.
+
+    ``ordered=False``: unordered pairs (:func:`impostor_scores`), a pair counts once per face in the
+    band; ``ordered=True``: ``(probe, gallery)`` pairs (:func:`hub_impostor_pairs`), counted when the
+    probe is in the band.
+    """
     members = np.array([band_of(a) == band for a in ages], bool)
     ids = [r.identity for r in rows]
     size = Counter(ids)
     n = len(rows)
     total = int(sum(n - size[ids[i]] for i in np.nonzero(members)[0]))
-    weight = (members[face_pairs[:, 0]].astype(np.float64) + members[face_pairs[:, 1]]) if len(face_pairs) else \
-        np.zeros(0)
+    if not len(face_pairs):
+        weight = np.zeros(0)
+    elif ordered:
+        weight = members[face_pairs[:, 0]].astype(np.float64)
+    else:
+        weight = members[face_pairs[:, 0]].astype(np.float64) + members[face_pairs[:, 1]]
     keep = weight > 0
     return BandTail(scores[keep], weight[keep], face_pairs[keep], total, members)
 
@@ -460,6 +570,10 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
                  sizes: Sequence[int] = GALLERY_SIZES, hub_norm: bool = False) -> dict[str, Any]:
     """Compute every metric of the module docstring; returns the JSON-ready result.
 
+    With ``hub_norm`` every search scores similarity minus the gallery face's hub offset
+    (:class:`GalleryHub`, as a bundle build stores them), the policy's thresholds come from the
+    embedder's normalised tail, and the tails and predictions are of normalised scores.
+
     Raises:
         IdentifyInputError: an empty gallery or no probe.
     """
@@ -522,7 +636,7 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
                    "age": analyzer.age_spec.name if analyzer.age_spec else None},
         "policy_config": {"threshold": config.matching.threshold, "target_fpir": config.matching.target_fpir,
                           "margin": config.matching.margin, "age_check": config.matching.age_check.enabled,
-                          "sex_check": config.matching.sex_check.enabled},
+                          "sex_check": config.matching.sex_check.enabled, "hub_norm": hub_norm},
         "split": {"seed": seed, "nonmated_half": "report", "tail_half": "fit"},
         "data": {"gallery_rows": len(gallery), "gallery_faces": len(gal), "gallery_identities": len(by_id),
                  "enrolled_identities": len(enrolled_ids), "mated_probes": int(mated.sum()),
@@ -531,9 +645,11 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
                  "embedding_cache": str(cache.dir)},
     }
 
-    # ---- impostor tails: fit half (what the registry records) and report half (what predicts), per band
+    # ---- impostor tails: fit half (what the registry records) and report half (what predicts), per band;
+    # with hub normalisation the tail of normalised scores ("hub") is the one the policy and predictions use
     tails: dict[str, Any] = {}
     band_tails: dict[str, dict[str, BandTail]] = {}
+    hub_band_tails: dict[str, dict[str, BandTail]] = {}
     for half in ("fit", "report"):
         hrows_idx = [j for j, g in enumerate(gal) if not is_enrolled[j] and half_of(g.identity, seed) == half]
         rows_h = [gal[j] for j in hrows_idx]
@@ -552,7 +668,24 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
                               f"{int(bt.members.sum())} faces")
             tails[half][b] = {"faces": int(bt.members.sum()), "pairs": bt.total,
                               "points": [list(p) for p in bt_tail.points] if bt_tail else []}
+        if hub_norm:
+            hsc, hfp, htotal = hub_impostor_pairs(gal_emb[hrows_idx], rows_h, excl, HUB_TAIL_FLOOR)
+            hub_band_tails[half] = {b: band_tail(hsc, hfp, rows_h, ages_h, b, ordered=True) for b in BANDS}
+            tails[half]["hub"] = {"pairs": htotal, "floor": HUB_TAIL_FLOOR, "k": HUB_K,
+                                  "top_pairs": [{"score": round(float(hsc[k]), 4), "probe": str(rows_h[hfp[k][0]].path),
+                                                 "gallery": str(rows_h[hfp[k][1]].path)}
+                                                for k in range(min(60, hsc.size))]}
+            for b, bt in hub_band_tails[half].items():
+                ht = bt.tail(f"eval identify --hub-norm --seed {seed}, {half} half, {b} probe faces "
+                             f"(estimated age {'<' if b == 'child' else '>='} {CHILD_FACE_AGE:g}), "
+                             f"{int(bt.members.sum())} faces, hub offsets k={HUB_K} left-one-out",
+                             HUB_TAIL_FLOOR)
+                tails[half]["hub"][b] = {"faces": int(bt.members.sum()), "pairs": bt.total,
+                                         "points": [list(p) for p in ht.points] if ht else []}
     result["tail"] = tails
+    pred_tails = hub_band_tails["report"] if hub_norm else band_tails["report"]
+    gal_codes = {ident: c for c, ident in enumerate(dict.fromkeys(g.identity for g in gal))}
+    gal_id_codes = np.array([gal_codes[g.identity] for g in gal], np.int64)
 
     # ---- per gallery size
     by_size = []
@@ -563,8 +696,9 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
         n_distr = max(0, size - int(is_enrolled.sum()))
         mask[perm[:n_distr]] = True
         n_g = int(mask.sum())
-        pol = resolve_policy(config.matching, embedder, n_g)
-        srch = search(probe_emb, probes_u, gal_emb, gal, mask, loo, excl_map)
+        pol = resolve_policy(config.matching, embedder, n_g, hub_norm=hub_norm)
+        hub = GalleryHub.build(gal_emb, gal_id_codes, mask) if hub_norm else None
+        srch = search(probe_emb, probes_u, gal_emb, gal, mask, loo, excl_map, hub)
         o = evaluate(srch, probes_u, mated, pol, config, facts, probe_age, probe_pm)
         outcomes[size] = o
         outcomes_by_n[n_g] = o
@@ -600,14 +734,14 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
     nm_bands = Counter(band_of(probe_age[i]) for i in range(len(probes_u)) if nonmated[i])
     preds = []
     for n in PREDICT_SIZES:
-        pol = resolve_policy(config.matching, embedder, n)
+        pol = resolve_policy(config.matching, embedder, n, hub_norm=hub_norm)
         pe: dict[str, Any] = {"gallery_size": n, "measured": False, "rule": pol.rule,
                               "threshold": round(pol.threshold, 4),
                               "child_threshold": None if pol.child_threshold is None else round(pol.child_threshold, 4)}
         mix = 0.0
         for b in BANDS:
             t = pol.threshold_for(1.0 if b == "child" else 30.0)
-            pe[b] = predict(band_tails["report"][b], t, n, rng)
+            pe[b] = predict(pred_tails[b], t, n, rng)
             mix += pe[b]["fpir"] * nm_bands.get(b, 0) / max(1, sum(nm_bands.values()))
         pe["fpir"] = pe["adult"]["fpir"]
         pe["fpir_ci95"] = pe["adult"]["fpir_ci95"]
@@ -619,13 +753,13 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
     # prediction check: the same model at the measured sizes, next to the measured face-only FPIR (adults)
     checks = []
     for e in by_size:
-        pol = resolve_policy(config.matching, embedder, e["gallery_size"])
+        pol = resolve_policy(config.matching, embedder, e["gallery_size"], hub_norm=hub_norm)
         adults = [i for i in range(len(probes_u)) if nonmated[i] and band_of(probe_age[i]) == "adult"]
         top = outcomes_by_n[e["gallery_size"]].top
         checks.append({"gallery_size": e["gallery_size"], "threshold": round(pol.threshold, 4),
                        "measured_face_only_fpir_adult": _rate(int(sum(top[i] >= pol.threshold for i in adults)),
                                                               len(adults)),
-                       "predicted_fpir_adult": fpir_from_far(band_tails["report"]["adult"].far_at(pol.threshold),
+                       "predicted_fpir_adult": fpir_from_far(pred_tails["adult"].far_at(pol.threshold),
                                                              e["gallery_size"])})
     result["prediction_check"] = checks
 
@@ -661,50 +795,4 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
                              if k in ("nonmated", "false_alerts", "fpir", "mated", "fnir", "rank1")}
                          for g, ix in sorted(groups.items())}
     result["bias"] = bias
-    if hub_norm:
-        result["hub_norm"] = hub_norm_study(probe_emb, probes_u, gal_emb, gal, loo, excl_map, mated, nonmated)
     return result
-
-
-def hub_norm_study(probe_emb: np.ndarray, probes: Sequence[Row], gal_emb: np.ndarray, gallery: Sequence[Row],
-                   loo: np.ndarray, excl: dict[Path, list[int]], mated: np.ndarray, nonmated: np.ndarray,
-                   k: int = 50) -> dict[str, Any]:
-    """Face-only FNIR at FPIR 1e-2/1e-3 with raw scores vs scores minus each gallery face's hub offset.
-
-    A gallery face's offset is the mean of its ``k`` highest scores against the other gallery
-    identities minus the median of that over the gallery (what a bundle build could store).
-    """
-    codes = {ident: c for c, ident in enumerate(dict.fromkeys(g.identity for g in gallery))}
-    ids = np.array([codes[g.identity] for g in gallery])
-    topk = np.zeros(len(gallery), np.float32)
-    for s in range(0, len(gallery), CHUNK):
-        sims = gal_emb[s:s + CHUNK] @ gal_emb.T
-        for i in range(sims.shape[0]):
-            sims[i, ids == ids[s + i]] = -np.inf
-        part = -np.partition(-sims, k - 1, axis=1)[:, :k]
-        topk[s:s + sims.shape[0]] = part.mean(axis=1)
-    offset = topk - float(np.median(topk))
-    out: dict[str, Any] = {"k": k, "offset_p01": float(np.percentile(offset, 1)),
-                           "offset_p99": float(np.percentile(offset, 99))}
-    mask = np.ones(len(gallery), bool)
-    for name, off in (("raw", np.zeros_like(offset)), ("hub_norm", offset)):
-        top = np.full(len(probes), -np.inf)
-        ok = np.full(len(probes), -np.inf)
-        for s in range(0, len(probes), CHUNK):
-            q = probe_emb[s:s + CHUNK]
-            has = np.all(np.isfinite(q), axis=1)
-            sims = np.nan_to_num(q) @ gal_emb.T - off[None, :]
-            sims[~has] = -np.inf
-            sims[:, ~mask] = -np.inf
-            for i in range(sims.shape[0]):
-                p = probes[s + i]
-                if loo[s + i] and p.identity in codes:
-                    sims[i, ids == codes[p.identity]] = -np.inf
-                for j in excl.get(p.path, ()):
-                    sims[i, j] = -np.inf
-                j = int(np.argmax(sims[i]))
-                top[s + i] = sims[i, j]
-                ok[s + i] = sims[i, j] if ids[j] == codes.get(p.identity, -1) else -np.inf
-        nm_top = top[nonmated]
-        out[name] = {f"{x:.0e}": _fnir_at_fpir(nm_top[np.isfinite(nm_top)], ok[mated], x) for x in FPIR_POINTS}
-    return out

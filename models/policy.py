@@ -163,11 +163,11 @@ def resolve_policy(matching: MatchingConfig, embedder: str | ModelSpec, gallery_
     if matching.threshold is not None:
         return ResolvedPolicy("fixed_threshold", float(matching.threshold), n, None)
     spec = get_spec(embedder) if isinstance(embedder, str) else embedder
-    if matching.target_fpir is not None and spec.impostor_tail is not None:
+    norm = bool(hub_norm and matching.hub_norm and uses_hub_tails(spec))
+    tail, child_tail = ((spec.hub_impostor_tail, spec.hub_child_impostor_tail) if norm
+                        else (spec.impostor_tail, spec.child_impostor_tail))
+    if matching.target_fpir is not None and tail is not None:
         far = far_for_fpir(matching.target_fpir, max(1, n))
-        norm = bool(hub_norm and matching.hub_norm and uses_hub_tails(spec))
-        tail = spec.hub_impostor_tail if norm and spec.hub_impostor_tail is not None else spec.impostor_tail
-        child_tail = spec.hub_child_impostor_tail if norm else spec.child_impostor_tail
         t = min(max(tail.threshold_for_far(far), matching.min_threshold), 1.0)
         tc = None
         if child_tail is not None:

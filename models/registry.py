@@ -73,11 +73,9 @@ class ModelSpec:
     impostor_tail: ImpostorTail | None = None
     #: Embedders: the same for probe faces of children (estimated < 13 y, models/policy.py).
     child_impostor_tail: ImpostorTail | None = None
-    #: Embedders: the impostor tail of hub-normalised scores (similarity minus the gallery face's
-    #: hub offset, models/hub_norm.py), used instead of ``impostor_tail`` when the bundle carries
-    #: offsets and ``matching.hub_norm`` is on (models/policy.py); ``None``: not measured.
+    #: Embedders: the same two tails of hub-normalised scores (similarity minus the gallery face's
+    #: hub offset, :mod:`namus_edge.models.hub_norm`), used when the bundle carries offsets.
     hub_impostor_tail: ImpostorTail | None = None
-    #: Embedders: the same for probe faces of children (replaces ``child_impostor_tail``).
     hub_child_impostor_tail: ImpostorTail | None = None
     notes: str = ""
     extra: dict[str, str] = field(default_factory=dict)

@@ -163,10 +163,10 @@ class MatchingConfig(StrictModel):
         "below 0.36 the per-pair false-accept rate on LFW rises above ~1e-4, docs/accuracy.md)."
     )
     hub_norm: bool = Field(
-        True,
-        description="Score each gallery face as similarity minus its hub offset (how strongly it attracts faces "
-        "of other cases, stored in the bundle) when the bundle carries offsets and the embedder has a measured "
-        "normalised impostor tail (target_fpir rule only); otherwise raw cosine similarity (docs/accuracy.md).",
+        True, description="Score each search hit as similarity minus the bundle face's hub offset (how strongly "
+        "that photo attracts other people's faces, computed at build time) and take the threshold from the "
+        "embedder's normalised impostor tail. Applies only when the bundle carries offsets and the embedder has "
+        "a normalised tail; otherwise raw similarity (docs/accuracy.md section 6)."
     )
     margin: float = Field(0.05, ge=0.0, le=2.0, description="Required lead of the best case over the second best.")
     top_k: int = Field(5, ge=1, le=100, description="Cases retrieved per face.")

@@ -11,6 +11,7 @@ import pytest
 
 from namus_edge.cli import main
 from namus_edge.models.identify_eval import IdentifyInputError, half_of, read_rows
+from namus_edge.models.registry import get_spec
 
 TOP_KEYS = {"models", "policy_config", "split", "data", "tail", "by_gallery_size", "predicted", "prediction_check",
             "by_age_gap", "bias", "top_nonmated", "by_group",
@@ -98,6 +99,17 @@ def test_identify_metrics_policy_cache_and_exclusions(sets, capsys, model_cache,
     fixed = _run(sets, capsys, "--set", "matching.threshold=0.99")
     assert all(e["rule"] == "fixed_threshold" and e["fpir"] == 0 and e["fnir"] == 1
                for e in fixed["by_gallery_size"])
+
+    # hub normalisation: on by default once the embedder has a normalised tail; either way measurable
+    assert r["policy_config"]["hub_norm"] is (get_spec("edgeface_xs").hub_impostor_tail is not None)
+    for flag in ("--hub-norm", "--no-hub-norm"):
+        h = _run(sets, capsys, flag)
+        assert h["policy_config"]["hub_norm"] is (flag == "--hub-norm")
+        assert ("hub" in h["tail"]["fit"]) is (flag == "--hub-norm")
+        assert [e["gallery_size"] for e in h["by_gallery_size"]] == [50, 100]
+    hub_tail = _run(sets, capsys, "--hub-norm")["tail"]["fit"]["hub"]
+    assert hub_tail["pairs"] == 2 * r["tail"]["fit"]["pairs"]  # ordered pairs
+    assert all(p["score"] >= hub_tail["floor"] for p in hub_tail["top_pairs"])
 
     # the cache: nothing is embedded again
     files = sorted(p.name for p in Path(d["embedding_cache"]).glob("shard-*.npz"))

@@ -136,3 +136,20 @@ def test_child_faces_get_the_child_tail_threshold(monkeypatch) -> None:
                  today=TODAY).reason == "alert"
     assert judge(hits, pol.threshold_for(5.0), cfg(), estimated_age=5.0, p_male=None, case_info=CASES.get,
                  today=TODAY).reason == "threshold"
+
+
+def test_hub_normalised_tail_used_only_for_bundles_with_offsets(monkeypatch) -> None:
+    hub_tail = ImpostorTail(((0.3, 1e-4), (0.4, 1e-6), (0.5, 1e-8)), 10_000, "test")
+    patched = dataclasses.replace(get_spec("edgeface_xs"), impostor_tail=TAIL, child_impostor_tail=None,
+                                  hub_impostor_tail=hub_tail, hub_child_impostor_tail=None)
+    monkeypatch.setattr(policy_mod, "get_spec", lambda name: patched)
+    m = cfg(target_fpir=0.01, min_threshold=0.0)
+    raw, hub = resolve_policy(m, "edgeface_xs", 10_000), resolve_policy(m, "edgeface_xs", 10_000, hub_norm=True)
+    assert (raw.hub_norm, hub.hub_norm) == (False, True)
+    assert fpir_from_far(hub_tail.far_at(hub.threshold), 10_000) == pytest.approx(0.01, rel=1e-6)
+    assert hub.threshold != raw.threshold and hub.to_dict()["hub_norm"] is True
+    # an embedder without a normalised tail keeps the raw tail even for a bundle with offsets
+    no_hub = dataclasses.replace(patched, hub_impostor_tail=None)
+    monkeypatch.setattr(policy_mod, "get_spec", lambda name: no_hub)
+    fallback = resolve_policy(m, "edgeface_xs", 10_000, hub_norm=True)
+    assert (fallback.hub_norm, fallback.threshold) == (False, raw.threshold)
