@@ -172,6 +172,9 @@ def _info(args: argparse.Namespace, config: Config) -> int:
     print(f"model    {model['name']} sha256 {model['sha256'][:12]} dim {model['dim']}")
     print(f"index    {idx['type']} ({idx['factory']}, {idx['metric']}, {idx['ntotal']} vectors)")
     print(f"         {idx['chosen_because']}")
+    hub = idx.get("hub_norm")
+    print("hub      " + (f"offsets per face (k {hub.get('k')}, {hub.get('offset_min')} .. {hub.get('offset_max')})"
+                         if isinstance(hub, dict) else "no offsets (searched on raw similarity)"))
     for rel, size in info["sizes"]["files"].items():
         print(f"file     {rel:<16} {_human(size)}")
     print(f"device   {_human(device_bytes)}")

@@ -145,6 +145,17 @@ def test_build_stores_offsets_of_the_whole_gallery(world):
                                                    "offset_max": round(float(want.max()), 6)}
 
 
+
+def test_index_info_says_whether_a_bundle_carries_offsets(world, tmp_path, capsys):
+    assert main(["index", "info", str(world["bundle"])]) == 0
+    assert f"hub      offsets per face (k {HUB_K}, " in capsys.readouterr().out
+    old = _copy(world, tmp_path / "old")
+    _drop_offsets_column(old)
+    _resign(old, world["key"], lambda m: m["index"].pop("hub_norm"))
+    assert main(["index", "info", str(old)]) == 0
+    assert "hub      no offsets (searched on raw similarity)" in capsys.readouterr().out
+
+
 def test_signature_covers_the_hub_norm_record(world, tmp_path):
     bundle = _copy(world, tmp_path / "b")
     manifest = json.loads((bundle / MANIFEST_NAME).read_text())
