@@ -39,7 +39,7 @@ from namus_edge.edge.static_faces import StaticFaceGuard
 from namus_edge.edge.tracker import Tracker
 from namus_edge.index.faces import face_thumbnail
 from namus_edge.models.analyzer import FaceAnalyzer, PreparedFace
-from namus_edge.models.policy import resolve_policy
+from namus_edge.models.policy import decision_floor, resolve_policy
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ class SearchIndex(Protocol):
     def has_hub_offsets(self) -> bool:
         """Whether the bundle carries per-face hub offsets (a hub-normalised search is possible)."""
 
-    def search(self, queries: np.ndarray, top_k: int = 5, *, hub_norm: bool = False) -> list[list[Any]]:
+    def search(self, queries: np.ndarray, top_k: int = 5, *, hub_norm: bool = False,
+               exact_above: float | None = None) -> list[list[Any]]:
         """Top cases per query: lists of objects with id_formatted, score, similarity, image_key."""
 
     def case(self, id_formatted: str) -> dict[str, Any] | None:
@@ -244,8 +245,10 @@ class Pipeline:
             if not candidates:
                 return self._emit_released(released)
         index = self._current_index
-        results = index.search(embeddings, top_k=self.config.matching.top_k,
-                               hub_norm=self.policy.hub_norm) if index is not None else [[] for _ in candidates]
+        results: list[list[Any]] = [[] for _ in candidates]
+        if index is not None:  # normalised: exact wherever a verdict could change (decision_floor)
+            results = index.search(embeddings, top_k=self.config.matching.top_k, hub_norm=self.policy.hub_norm,
+                                   exact_above=decision_floor(self.policy, self.config.matching))
         t2 = time.perf_counter()
         # age and sex only for faces whose best case reaches the threshold: the age and sex checks and the
         # event read no other face's (a face without them passes the checks), and a face matching nothing

@@ -234,7 +234,8 @@ class Bundle(Closing):
             raise BundleError(f"bundle {self.path} is closed")
         return self._index
 
-    def search(self, queries: np.ndarray, top_k: int = 5, *, hub_norm: bool = False) -> list[list[CaseMatch]]:
+    def search(self, queries: np.ndarray, top_k: int = 5, *, hub_norm: bool = False,
+               exact_above: float | None = None) -> list[list[CaseMatch]]:
         """Find the best-matching cases for each query face.
 
         Each case is scored by its best face. FAISS is asked for ``top_k`` times the largest
@@ -244,8 +245,9 @@ class Bundle(Closing):
         With ``hub_norm`` and a bundle carrying hub offsets (:attr:`has_hub_offsets`) a face's
         score is its cosine similarity minus its hub offset, and cases are ranked by that. As the
         order changes, FAISS is asked for :data:`HUB_SEARCH_FACTOR` times more faces, and for more
-        (doubling) while a face it did not return could still outscore the ``top_k``-th case
-        (its similarity is at most the last one returned; its offset at least the smallest).
+        (doubling, up to :data:`HUB_SEARCH_MAX_FACTOR`) while a face it did not return could still
+        outscore the ``top_k``-th case (its similarity is at most the last one returned; its
+        offset at least the smallest) and could still reach ``exact_above``.
 
         Args:
             queries: float32 (N, D) L2-normalised embeddings.
@@ -253,6 +255,10 @@ class Bundle(Closing):
             hub_norm: normalise by the hub offsets (no-op for a bundle without them); the caller
                 decides (:attr:`namus_edge.models.policy.ResolvedPolicy.hub_norm`), since the
                 threshold must be on the same scale.
+            exact_above: normalised search only: every case scoring at least this is found with
+                its true best score and rank; cases below it may be missing or scored on fewer
+                photos. :func:`namus_edge.models.policy.decision_floor` gives the lowest score a
+                verdict depends on. ``None``: all ``top_k`` cases exact.
 
         Returns:
             Per query, up to ``top_k`` :class:`CaseMatch`, sorted by ``score``, best first.
@@ -288,7 +294,8 @@ class Bundle(Closing):
             for row, (qi, matches) in enumerate(zip(todo, ranked, strict=True)):
                 # a face not returned scores at most (last similarity returned) - (smallest offset)
                 bound = float(scores[row, -1]) - min_offset
-                if complete or (len(matches) == top_k and matches[-1].score >= bound):
+                if (complete or (len(matches) == top_k and matches[-1].score >= bound)
+                        or (exact_above is not None and bound < exact_above)):
                     results[int(qi)] = matches
                 else:
                     retry.append(int(qi))

@@ -24,7 +24,7 @@ from namus_edge.core.config import Config
 from namus_edge.core.errors import NamusEdgeError
 from namus_edge.index.manifest import read_manifest, verify_bundle
 from namus_edge.index.signing import generate_keypair, key_id
-from namus_edge.models.policy import judge, resolve_policy
+from namus_edge.models.policy import decision_floor, judge, resolve_policy
 from namus_edge.models.registry import match_threshold
 
 logger = logging.getLogger(__name__)
@@ -333,7 +333,8 @@ def _search_alert(args: argparse.Namespace, config: Config, paths: Sequence[Path
                                    "threshold": round(policy.threshold, 4), "estimated_age": None}
             if faces:
                 best = max(faces, key=lambda f: f.area)  # the largest face: the subject of the photo
-                matches = bundle.search(best.embedding[np.newaxis, :], top_k, hub_norm=policy.hub_norm)[0]
+                matches = bundle.search(best.embedding[np.newaxis, :], top_k, hub_norm=policy.hub_norm,
+                                        exact_above=decision_floor(policy, config.matching))[0]
                 verdict = judge(matches, policy.threshold_for(best.age), config.matching, estimated_age=best.age,
                                 p_male=best.p_male, case_info=bundle.case, today=today)
                 row["threshold"] = round(policy.threshold_for(best.age), 4)

@@ -179,6 +179,18 @@ def resolve_policy(matching: MatchingConfig, embedder: str | ModelSpec, gallery_
     return ResolvedPolicy("embedder_default", float(spec.match_threshold), n, None)
 
 
+def decision_floor(policy: ResolvedPolicy, matching: MatchingConfig) -> float:
+    """The lowest score a verdict depends on: the smallest threshold in force minus ``matching.margin``.
+
+    A best case below its threshold is rejected whatever else scored; one above it passes the
+    margin rule against any case below ``threshold - margin``. So a search that is exact for
+    every case scoring at least this (``Bundle.search(exact_above=...)``) gives the same verdicts
+    as a fully exact one.
+    """
+    low = policy.threshold if policy.child_threshold is None else min(policy.threshold, policy.child_threshold)
+    return float(low - matching.margin)
+
+
 # --------------------------------------------------------------------------------------------
 # candidate ranking
 # --------------------------------------------------------------------------------------------

@@ -244,6 +244,13 @@ def test_normalised_search_is_exact_and_reranks_hub_photos(world, top_k, first_f
                 if loser is not None:
                     assert loser.score < hub[0].score
         assert reranked >= 1
+        # exact_above: every case scoring at least the floor is found with its true score and rank
+        for floor in (0.1, 0.2, 0.3):
+            for q, got in zip(queries, b.search(queries, top_k, hub_norm=True, exact_above=floor), strict=True):
+                want = [(c, s) for c, s, _ in _brute_force(b, q, top_k, True) if s >= floor]
+                assert [(m.id_formatted, m.score) for m in got[:len(want)]] == [
+                    (c, pytest.approx(s, abs=1e-5)) for c, s in want]
+                assert all(m.score < floor for m in got[len(want):])
         # the mated probes still find their own case first after normalisation
         mated_top = [row[0].id_formatted for row in hub_all[len(s_emb):]]
         hits = sum(c == want for c, want in zip(mated_top, world["mated_cases"], strict=True))
