@@ -182,7 +182,8 @@ class Pipeline:
         offsets = index.has_hub_offsets if index is not None else False
         if (size, offsets) != self._policy_key:
             self._policy_key = (size, offsets)
-            self.policy = resolve_policy(self.config.matching, self._embedder, size, hub_norm=offsets)
+            self.policy = resolve_policy(self.config.matching, self._embedder, size,
+                                         hub_norm=offsets and self.config.matching.hub_norm)
             self.threshold = self.policy.threshold
             self.engine.set_policy(self.policy)
             logger.info("alert policy: %s, threshold %.3f for %d gallery faces (%s scores)", self.policy.rule,

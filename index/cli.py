@@ -326,7 +326,7 @@ def _search_alert(args: argparse.Namespace, config: Config, paths: Sequence[Path
     with Bundle.load(args.bundle, pubkeys=_pubkeys(args, config), expected_model=expected) as bundle:
         analyzer = FaceAnalyzer(config, with_age=True)
         policy = resolve_policy(config.matching, analyzer.embedder_spec.name, bundle.ntotal,
-                                hub_norm=bundle.has_hub_offsets)
+                                hub_norm=bundle.has_hub_offsets and config.matching.hub_norm)
         for path in paths:
             faces = [f for f in analyzer.analyze(read_image(path), photo=True) if f.has_embedding]
             row: dict[str, Any] = {"image": str(path), "alert": None, "reason": "no_face", "candidates": [],

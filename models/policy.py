@@ -14,8 +14,8 @@ default applies (rule ``embedder_default``).
 
 **Hub normalisation** (:mod:`namus_edge.models.hub_norm`). When the searched bundle carries
 per-face hub offsets, ``matching.hub_norm`` is on, the target rule applies and the embedder has a
-measured *normalised* impostor tail (registry ``hub_impostor_tail``, and ``hub_child_impostor_tail``
-when it has a child tail at all), the thresholds are read off those tails and apply to the
+measured *normalised* impostor tail (registry ``hub_impostor_tail``; children:
+``hub_child_impostor_tail``), the thresholds are read off those tails and apply to the
 normalised score ``similarity - offset`` (:attr:`ResolvedPolicy.hub_norm`; the search must then be
 normalised too, :meth:`namus_edge.index.bundle.Bundle.search`). Otherwise scores are raw cosines
 and everything above holds unchanged.
@@ -135,13 +135,12 @@ class ResolvedPolicy:
 
 
 def uses_hub_tails(spec: ModelSpec) -> bool:
-    """Whether an embedder's normalised tails can replace its raw ones.
+    """Whether an embedder's normalised tails can replace its raw ones (it has a ``hub_impostor_tail``).
 
-    It needs a ``hub_impostor_tail``, and a ``hub_child_impostor_tail`` whenever it has a raw child
-    tail: children keep a threshold of their own.
+    Children get ``hub_child_impostor_tail``'s threshold under normalisation; without one they share
+    the adult threshold, so record both tails together.
     """
-    return spec.hub_impostor_tail is not None and (
-        spec.child_impostor_tail is None or spec.hub_child_impostor_tail is not None)
+    return spec.hub_impostor_tail is not None
 
 
 def resolve_policy(matching: MatchingConfig, embedder: str | ModelSpec, gallery_size: int, *,
@@ -152,8 +151,8 @@ def resolve_policy(matching: MatchingConfig, embedder: str | ModelSpec, gallery_
         matching: the matching settings (threshold, target_fpir, min_threshold, hub_norm).
         embedder: the embedder's registry name, or its :class:`ModelSpec`.
         gallery_size: faces in the searched gallery (bundle ``ntotal``).
-        hub_norm: the searched bundle carries hub offsets (``Bundle.has_hub_offsets``). The
-            policy normalises (``ResolvedPolicy.hub_norm``) only when this, ``matching.hub_norm``
+        hub_norm: normalise if possible: the caller passes ``Bundle.has_hub_offsets and
+            matching.hub_norm``. The policy normalises (``ResolvedPolicy.hub_norm``) only when this
             and the target rule hold and the embedder has normalised tails (:func:`uses_hub_tails`).
 
     Raises:
@@ -163,7 +162,7 @@ def resolve_policy(matching: MatchingConfig, embedder: str | ModelSpec, gallery_
     if matching.threshold is not None:
         return ResolvedPolicy("fixed_threshold", float(matching.threshold), n, None)
     spec = get_spec(embedder) if isinstance(embedder, str) else embedder
-    norm = bool(hub_norm and matching.hub_norm and uses_hub_tails(spec))
+    norm = bool(hub_norm and uses_hub_tails(spec))
     tail, child_tail = ((spec.hub_impostor_tail, spec.hub_child_impostor_tail) if norm
                         else (spec.impostor_tail, spec.child_impostor_tail))
     if matching.target_fpir is not None and tail is not None:

@@ -335,6 +335,10 @@ def test_search_alert_cli_reports_score_and_similarity(world, model_cache, capsy
         for c in row["candidates"]:
             assert c["score"] == pytest.approx(c["similarity"] - offsets[keys[c["image_key"]]], abs=2e-4)
     assert doc["results"][0]["alert"] == world["mated_cases"][0], doc["results"][0]
+    assert main([*argv, "--set", "matching.hub_norm=false"]) == 0  # switched off: raw again
+    off = json.loads(capsys.readouterr().out)
+    assert off["policy"] == raw["policy"]
+    assert all(c["score"] == c["similarity"] for r in off["results"] for c in r["candidates"])
     assert main([a for a in argv if a != "--json"]) == 0  # the text output names both numbers
     text = capsys.readouterr().out
     assert "hub-normalised scores" in text and "similarity" in text

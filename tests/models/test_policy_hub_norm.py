@@ -1,4 +1,8 @@
-"""resolve_policy with hub normalisation: the normalised tails only when the bundle has offsets AND tails exist."""
+"""resolve_policy with hub normalisation: the normalised tails only when the bundle has offsets AND tails exist.
+
+(``matching.hub_norm`` is applied by the callers, which pass ``hub_norm=bundle.has_hub_offsets and
+matching.hub_norm``: tests/index/test_hub_norm.py checks it through ``index search --alert``.)
+"""
 
 from __future__ import annotations
 
@@ -46,11 +50,11 @@ def test_hub_tails_only_with_offsets_and_switch_and_tails() -> None:
     assert raw == dataclasses.replace(hub, threshold=raw.threshold, child_threshold=raw.child_threshold,
                                       hub_norm=False)
     assert resolve_policy(cfg(), spec(), n, hub_norm=False) == raw
-    # offsets present but switched off, or no normalised tail measured: exactly the raw policy
-    assert resolve_policy(cfg(hub_norm=False), spec(), n, hub_norm=True) == raw
+    # offsets present but no normalised tail measured: exactly the raw policy
     assert resolve_policy(cfg(), spec(hub_impostor_tail=None), n, hub_norm=True) == raw
-    # a raw child tail without a normalised one: children would lose their threshold, so no normalisation
-    assert resolve_policy(cfg(), spec(hub_child_impostor_tail=None), n, hub_norm=True) == raw
+    # a normalised adult tail without a child one: children share the normalised adult threshold
+    shared = resolve_policy(cfg(), spec(hub_child_impostor_tail=None), n, hub_norm=True)
+    assert shared.hub_norm and shared.child_threshold is None and shared.threshold == hub.threshold
     # no child tail at all: the normalised adult tail alone is enough
     no_child = resolve_policy(cfg(), spec(child_impostor_tail=None, hub_child_impostor_tail=None), n, hub_norm=True)
     assert no_child.hub_norm and no_child.child_threshold is None
