@@ -2,10 +2,12 @@
 
 Usage::
 
-    python -m bench.identify_report NEW.json [--old OLD.json] [--raw RAW.json]
+    python -m bench.identify_report NEW.json [--old OLD.json] [--raw RAW.json] [--nohub NOHUB.json]
+    python -m bench.identify_report NEW.json --tails     # the fit half's tails, as registry entries
 
 ``NEW`` is the run at the default policy with the exclusion list, ``OLD`` the same at the old fixed
-threshold (``--set matching.threshold=0.40``), ``RAW`` the default policy without the exclusion list.
+threshold (``--set matching.threshold=0.40``), ``RAW`` the default policy without the exclusion list,
+``NOHUB`` the default policy on raw similarities (``--no-hub-norm``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ def sizes_table(r: dict[str, Any]) -> list[str]:
     for e in r["by_gallery_size"]:
         fo = e["face_only"]
         child = e.get("child_threshold") or "-"
-        out.append(f"| {e['gallery_size']:,} | {e['rule']} | {e['threshold']:.3f} / {child} | "
+        rule = e["rule"] + (" + hub" if r["policy_config"].get("hub_norm") else "")
+        out.append(f"| {e['gallery_size']:,} | {rule} | {e['threshold']:.3f} / {child} | "
                    f"{pct(e['fpir'])} ({e['false_alerts']} / {e['nonmated']}) | {pct(e['fnir'])} | "
                    f"{pct(e['mated_wrong_alert'])} | {pct(e['rank1'])} | {pct(e['rank5'])} | "
                    f"{pct(fo['1e-02']['fnir'])} | {pct(fo['1e-03']['fnir'])} |")
@@ -71,8 +74,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("new", type=Path)
     ap.add_argument("--old", type=Path)
     ap.add_argument("--raw", type=Path)
+    ap.add_argument("--nohub", type=Path)
+    ap.add_argument("--tails", action="store_true", help="print the fit half's tails (raw and hub) and stop")
     args = ap.parse_args(argv)
     new = json.loads(args.new.read_text())
+    if args.tails:
+        fit = new["tail"]["fit"]
+        for name, t in (("raw", fit), ("hub", fit.get("hub") or {})):
+            for band in ("adult", "child"):
+                if band in t:
+                    print(f"{name} {band}: faces {t[band]['faces']}, pairs {t[band]['pairs']}, points "
+                          f"{[(round(a, 2), float(f'{b:.3g}')) for a, b in t[band]['points']]}")
+        return 0
     old = json.loads(args.old.read_text()) if args.old else None
     lines = ["### default policy, label noise excluded", "", *sizes_table(new)]
     if old:
@@ -80,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.raw:
         raw = json.loads(args.raw.read_text())
         lines += ["", "### default policy, without the exclusion list", "", *sizes_table(raw)]
+    if args.nohub:
+        nohub = json.loads(args.nohub.read_text())
+        lines += ["", "### default policy on raw similarity (no hub normalisation), label noise excluded", "",
+                  *sizes_table(nohub)]
     lines += ["", "### probe groups (full gallery)", "", "| group | run | mated | FNIR | rank-1 | rank-5 | non-mated | "
               "FPIR |", "|---|---|---|---|---|---|---|---|"]
     for name, r in (("new", new), ("old", old)):
@@ -90,8 +107,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     rej = new["by_gallery_size"][-1]
     lines += ["", f"rejections at the full gallery: non-mated {rej['nonmated_rejections']}, "
               f"mated {rej['mated_rejections']}", f"prediction check: {new['prediction_check']}"]
-    if "hub_norm" in new:
-        lines += [f"hub norm: {new['hub_norm']}"]
     print("\n".join(lines))
     return 0
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from namus_edge.models.imagefile import read_image
 
-LISTS = ("false_alerts", "mated_rank1_errors", "top_nonmated")
+LISTS = ("false_alerts", "mated_rank1_errors", "top_nonmated", "tail_fit", "tail_report")
 TILE = 112
 PER_ROW = 5
 ROWS_PER_SHEET = 6
@@ -40,8 +40,14 @@ NOISE_LIST = Path(__file__).parent / "data" / "identification_label_noise.csv"
 
 
 def load_pairs(run: Path, which: str) -> list[dict[str, Any]]:
-    """The ``which`` list of an ``eval identify --json`` output: dicts with probe, gallery, score."""
+    """The ``which`` list of an ``eval identify --json`` output: dicts with probe, gallery, score.
+
+    ``tail_fit`` / ``tail_report`` are the highest-scoring impostor pairs of each half's tail.
+    """
     data = json.loads(run.read_text())
+    if which.startswith("tail_"):
+        half = which.removeprefix("tail_")
+        return [{"probe": p["a"], "gallery": p["b"], "score": p["score"]} for p in data["tail"][half]["top_pairs"]]
     if which not in data:
         raise SystemExit(f"{run}: no key {which!r} (run eval identify with this version)")
     return [p for p in data[which] if p.get("gallery")]

@@ -30,7 +30,8 @@ A full pass runs at once, whatever the interval, when:
 
 Frames with no live track and no new motion get no detector run until the interval comes
 round. Small faces: with ``verify_low`` set, a full pass also keeps the faces it scores in
-``[verify_low, score_threshold)`` that a re-detection in their full-resolution crop confirms;
+``[verify_low, score_threshold)`` that the verifier confirms in their full-resolution crop
+(:class:`models.detect_regions.VerifyRule`);
 every ``tile_every``-th full pass also detects on 2x2 full-resolution tiles.
 With ``interval: 1`` the schedule is a plain full pass per frame (the pre-interval behaviour).
 
@@ -52,6 +53,7 @@ from namus_edge.edge.tracker import Track, TrackedFace
 from namus_edge.models.analyzer import FaceAnalyzer
 from namus_edge.models.boxes import iou_matrix
 from namus_edge.models.detect_regions import (
+    VerifyRule,
     detect_crop,
     detect_tiled,
     detect_verified,
@@ -220,8 +222,8 @@ class DetectionSchedule:
         if kind == "tiled":
             dets = detect_tiled(self.analyzer.detector, image_bgr, (2, 2))
         elif self.cfg.verify_low is not None:
-            dets = detect_verified(self.analyzer.detector, image_bgr, self.cfg.verify_low, self.cfg.roi_input,
-                                   self.cfg.roi_scale)
+            dets = detect_verified(self.analyzer.detector, image_bgr, VerifyRule.from_config(self.cfg),
+                                   self.analyzer.verifier())
         else:
             dets = self.analyzer.detect(image_bgr)
         return self._count(ScheduledDetections(dets, [True] * len(dets), kind, reason))

@@ -81,6 +81,10 @@ class FaceAnalyzer:
         self.embedder_spec: ModelSpec = get_spec(emb_name)
         self.detector = FaceDetector(create_backend(resolve(det_name, cache), bcfg), self.detector_spec,
                                      config.detection)
+        self._cache = cache
+        self._verifier: FaceDetector | None = None
+        if config.detection.verify_low is not None:
+            self.verifier()
         self.embedder = FaceEmbedder(create_backend(resolve(emb_name, cache), bcfg), self.embedder_spec,
                                      max_batch=config.service.batch_max_faces)
         self.age: AgeEstimator | None = None
@@ -117,11 +121,29 @@ class FaceAnalyzer:
             "detector": LoadedModel(self.detector_spec.name, self.detector_spec.sha256, self.detector.backend.engine),
             "embedder": LoadedModel(self.embedder_spec.name, self.embedder_spec.sha256, self.embedder.backend.engine),
         }
+        if self._verifier is not None and self._verifier is not self.detector:
+            out["verifier"] = LoadedModel(self._verifier.spec.name, self._verifier.spec.sha256,
+                                          self._verifier.backend.engine)
         if self.age is not None and self.age_spec is not None:
             out["age"] = LoadedModel(self.age_spec.name, self.age_spec.sha256, self.age.backend.engine)
         if self.sex is not None:
             out["sex"] = LoadedModel(self.sex.spec.name, self.sex.spec.sha256, self.sex.backend.engine)
         return out
+
+    def verifier(self) -> FaceDetector:
+        """The detector scoring small-face verification crops (``models.verifier``).
+
+        The full-frame detector itself when ``models.verifier`` names none. Loaded with the analyzer when
+        ``detection.verify_low`` is set, else on first call.
+        """
+        if self._verifier is None:
+            name = self.config.models.selected_verifier()
+            if name in (None, self.detector_spec.name):
+                self._verifier = self.detector
+            else:
+                self._verifier = FaceDetector(create_backend(resolve(name, self._cache), self.config.models.backend),
+                                              get_spec(name), self.config.detection)
+        return self._verifier
 
     # -- steps -------------------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ full-resolution frame keeps (or enlarges) the face's pixels:
   (e.g. 192x192), so the face fills a fixed share of the input whatever its size in the frame.
   Used by the edge's detection interval (``edge/detect_schedule.py``) between full passes.
 * :func:`detect_verified` - borderline faces of the full pass (score between a low threshold and
-  the configured one) confirmed by re-detection in their full-resolution crop.
+  the configured one) confirmed by a verifier detector (``models.verifier``, det_2.5g by default) in
+  their full-resolution crop, full-pass and crop scores combined (:class:`VerifyRule`).
 * :func:`detect_tiled` - a small-face pass: overlapping tiles of the image, each letterboxed to
   the detector input, merged with the full-image pass by NMS. Used by ``eval detect
   --small-faces`` and, budgeted, by the detection schedule.
@@ -18,8 +19,11 @@ Coordinates are pixels of the input image (x right, y down); boxes ``x1, y1, x2,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from namus_edge.core.config import DetectionConfig
 from namus_edge.models.boxes import iou_matrix
 from namus_edge.models.detector import FaceDetector, nms
 from namus_edge.models.face import Detection
@@ -135,36 +139,117 @@ def detect_tiled(detector: FaceDetector, image_bgr: np.ndarray, grid: tuple[int,
     return merge_detections(groups, detector.cfg.nms_threshold, detector.cfg.max_faces)
 
 
-def detect_verified(detector: FaceDetector, image_bgr: np.ndarray, low_threshold: float, roi_input: int = 192,
-                    roi_scale: float = 2.0) -> list[Detection]:
-    """Full-image detection that also keeps borderline faces confirmed in a full-resolution crop.
+#: Lowest verifier score read in a verification crop (below it the crop "found nothing").
+CROP_MIN_SCORE = 0.05
+#: A crop detection speaks for a candidate when it overlaps it by at least this IoU.
+VERIFY_MIN_IOU = 0.4
 
-    Faces scoring at or above ``detection.score_threshold`` are kept as they are. Each face scoring in
-    ``[low_threshold, score_threshold)`` is re-detected in a square crop around it (side ``roi_scale`` times
-    its box, at a ``roi_input`` square input: the face at native pixels, larger than in the letterbox); it
-    is kept, as the crop measured it, when the crop finds a face overlapping it (IoU >= 0.4) that reaches
-    ``score_threshold``. Small and blurred faces that the 640 letterbox scores low are confirmed; most
-    false positives are not.
+
+@dataclass(frozen=True)
+class VerifyRule:
+    """How borderline faces of a full pass are confirmed in full-resolution crops (``detection.verify_*``).
+
+    A face the full pass scores ``f`` in ``[low, score_threshold)`` is re-detected by the verifier in a
+    square crop around it (side ``scale`` times its box, at a ``input_size`` square input). The crop score
+    ``c`` is the verifier's best score among crop detections overlapping the face by IoU >= 0.4 (0 when none;
+    with ``flip``, the mean over the crop and its mirror image). The face is kept, with the crop's box and
+    landmarks and the score ``full_weight * f + (1 - full_weight) * c``, when that reaches ``threshold``.
+    """
+
+    low: float
+    input_size: int = 192
+    scale: float = 3.0
+    full_weight: float = 0.25
+    threshold: float = 0.375
+    flip: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: DetectionConfig, low: float | None = None) -> VerifyRule:
+        """The rule of a ``detection`` section; ``low`` overrides ``verify_low`` (one of them must be set)."""
+        value = cfg.verify_low if low is None else low
+        if value is None:
+            raise ValueError("detection.verify_low is not set: no verification rule")
+        return cls(value, cfg.roi_input, cfg.verify_scale, cfg.verify_full_weight, cfg.verify_threshold,
+                   cfg.verify_flip)
+
+
+def mirror_detection(det: Detection, width: int) -> Detection:
+    """A detection on a horizontally mirrored image of ``width`` mapped back (landmark left/right swapped)."""
+    b = det.bbox
+    bbox = np.asarray([width - b[2], b[1], width - b[0], b[3]], np.float32)
+    lm = det.landmarks.copy()
+    lm[:, 0] = width - lm[:, 0]
+    lm = lm[[1, 0, 2, 4, 3]]  # eyes and mouth corners change sides
+    return Detection(bbox, lm.astype(np.float32), det.score)
+
+
+def crop_evidence(verifier: FaceDetector, image_bgr: np.ndarray, box: np.ndarray, rule: VerifyRule
+                  ) -> tuple[float, Detection | None]:
+    """The verifier's score for the face at ``box`` in its full-resolution crop, and the crop's detection of it.
 
     Args:
-        detector: a loaded detector.
+        verifier: the detector scoring crops (``models.verifier``).
+        image_bgr: uint8 (H, W, 3) BGR full-resolution image.
+        box: float (4,) ``x1, y1, x2, y2`` of the candidate face, image pixels.
+        rule: crop size, input and flip.
+
+    Returns:
+        ``(score in [0, 1], detection in image pixels or None)``: 0 and None when no crop detection at
+        score >= :data:`CROP_MIN_SCORE` overlaps ``box`` by IoU >= :data:`VERIFY_MIN_IOU`.
+    """
+    x1, y1, x2, y2 = square_region(box, rule.scale, image_bgr.shape)
+    crop = image_bgr[y1:y2, x1:x2]
+    if crop.shape[0] < 2 or crop.shape[1] < 2:
+        return 0.0, None
+    views = [crop] + ([np.ascontiguousarray(crop[:, ::-1])] if rule.flip else [])
+    scores: list[float] = []
+    best: Detection | None = None
+    for k, view in enumerate(views):
+        dets = verifier.detect(view, input_size=(rule.input_size, rule.input_size), score_threshold=CROP_MIN_SCORE)
+        if k == 1:
+            dets = [mirror_detection(d, view.shape[1]) for d in dets]
+        dets = [_shift(d, float(x1), float(y1)) for d in dets]
+        match = _best_overlapping(box, dets)
+        scores.append(match.score if match is not None else 0.0)
+        if best is None:
+            best = match
+    return float(np.mean(scores)), best
+
+
+def _best_overlapping(box: np.ndarray, dets: list[Detection]) -> Detection | None:
+    if not dets:
+        return None
+    ious = iou_matrix(box[None], np.stack([d.bbox for d in dets]))[0]
+    ok = np.flatnonzero(ious >= VERIFY_MIN_IOU)
+    if ok.size == 0:
+        return None
+    return dets[int(ok[int(np.argmax([dets[i].score for i in ok]))])]
+
+
+def detect_verified(detector: FaceDetector, image_bgr: np.ndarray, rule: VerifyRule,
+                    verifier: FaceDetector | None = None) -> list[Detection]:
+    """Full-image detection that also keeps borderline faces confirmed in full-resolution crops.
+
+    Faces scoring at or above ``detection.score_threshold`` are kept as they are; faces scoring in
+    ``[rule.low, score_threshold)`` are kept when their combined evidence reaches ``rule.threshold``
+    (see :class:`VerifyRule`), with the crop's box, landmarks and the combined score. Small and blurred faces
+    the 640 letterbox scores low are confirmed at native pixels; most false positives are not.
+
+    Args:
+        detector: the full-frame detector.
         image_bgr: uint8 (H, W, 3) BGR.
-        low_threshold: lowest score sent to verification (< ``detection.score_threshold``).
-        roi_input: square detector input of a verification crop (multiple of 32).
-        roi_scale: crop side over the face box's larger side.
+        rule: the verification rule (:meth:`VerifyRule.from_config`).
+        verifier: the crop detector (``models.verifier``); None = ``detector``.
 
     Returns:
         Detections in image pixels, largest first, at most ``detection.max_faces``.
     """
     threshold = detector.cfg.score_threshold
-    found = detector.detect(image_bgr, score_threshold=min(low_threshold, threshold))
+    found = detector.detect(image_bgr, score_threshold=min(rule.low, threshold))
     kept = [d for d in found if d.score >= threshold]
     for cand in (d for d in found if d.score < threshold):
-        region = square_region(cand.bbox, roi_scale, image_bgr.shape)
-        dets = [d for d in detect_crop(detector, image_bgr, region, roi_input) if d.score >= threshold]
-        if not dets:
-            continue
-        ious = iou_matrix(cand.bbox[None], np.stack([d.bbox for d in dets]))[0]
-        if ious.max() >= 0.4:
-            kept.append(dets[int(ious.argmax())])
+        crop_score, det = crop_evidence(verifier or detector, image_bgr, cand.bbox, rule)
+        combined = rule.full_weight * cand.score + (1.0 - rule.full_weight) * crop_score
+        if det is not None and combined >= rule.threshold:
+            kept.append(Detection(det.bbox, det.landmarks, float(combined)))
     return merge_detections([kept], detector.cfg.nms_threshold, detector.cfg.max_faces)

@@ -48,6 +48,9 @@ FORMAT = 2
 STILL_DETECTION_FIELDS = ("input_size", "score_threshold", "nms_threshold", "max_faces", "pad_retry",
                           "pad_retry_score")
 
+#: ``models`` settings that do not change age or sex (left out of the attributes key).
+NOT_ATTRIBUTE_SETTINGS = {"backend", "detector", "embedder", "verifier"}
+
 _Key = tuple[str, int, int]
 
 
@@ -76,7 +79,7 @@ def attribute_key(analyzer: FaceAnalyzer) -> str:
     ids = analyzer.model_identities()
     blob = {"format": FORMAT, "models": {role: m.sha256 for role, m in sorted(ids.items())
                                          if role not in ("detector", "embedder")},
-            "settings": analyzer.config.models.model_dump(mode="json", exclude={"backend"})}
+            "settings": analyzer.config.models.model_dump(mode="json", exclude=NOT_ATTRIBUTE_SETTINGS)}
     return f"attrs-{_digest(blob)}"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 from collections import defaultdict
@@ -81,8 +82,15 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
                    "1x1 with --tile-input = one upscaled second pass)")
     d.add_argument("--tile-input", type=int, default=None, help="square detector input of each tile (multiple of 32)")
     d.add_argument("--verify-low", type=float, default=None, metavar="SCORE",
-                   help="small-face path: also keep faces scoring in [SCORE, detection.score_threshold) that a "
-                   "re-detection in their full-resolution crop confirms (detection.roi_input, roi_scale)")
+                   help="small-face path: also keep faces scoring in [SCORE, detection.score_threshold) that "
+                   "models.verifier confirms in their full-resolution crop (detection.verify_*, roi_input); "
+                   "default detection.verify_low (off when null)")
+    d.add_argument("--canvas", default=None, metavar="WxH",
+                   help="far-face check: place each image at native resolution in the middle of a WxH grey frame "
+                   "(e.g. 1920x1080: its faces keep their pixels, the full pass sees them 3x smaller)")
+    d.add_argument("--split", default=None, metavar="HALF:SEED",
+                   help="evaluate only one seeded half of the images (HALF a or b), e.g. a:0 to fit parameters "
+                   "on half a and b:0 to report on the other")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=run_detect)
 
@@ -370,32 +378,40 @@ def _render_age(r: dict) -> str:
 def run_detect(args: argparse.Namespace, config: Config) -> int:
     """Handler of ``eval detect``."""
     from namus_edge.models.backends.factory import create_backend
-    from namus_edge.models.detect_regions import detect_tiled, detect_verified, merge_detections
+    from namus_edge.models.detect_regions import VerifyRule, detect_tiled, detect_verified, merge_detections
     from namus_edge.models.detector import FaceDetector
     from namus_edge.models.imagefile import read_image
 
     rows = _filter_dataset(_read_csv(args.manifest, ("path", "bboxes_xywh")), args)
+    rows = [r for r in rows if (r.get("bboxes_xywh") or "").strip() and r.get("labeled", "1") != "0"]
+    if args.split:
+        rows = _half(rows, args.split)
     grid = _parse_grid(args.tiles) if args.tiles else None
+    canvas = _parse_size(args.canvas) if args.canvas else None
     if args.tile_input is not None and (args.tile_input <= 0 or args.tile_input % 32):
         raise EvalInputError(f"--tile-input must be a positive multiple of 32, got {args.tile_input}")
     det_name = config.models.selected()[0]
     spec = get_spec(det_name)
-    detector = FaceDetector(create_backend(resolve(det_name, config.models.resolved_cache_dir()),
-                                           config.models.backend), spec, config.detection)
+    cache = config.models.resolved_cache_dir()
+    detector = FaceDetector(create_backend(resolve(det_name, cache), config.models.backend), spec, config.detection)
+    verify_low = args.verify_low if args.verify_low is not None else config.detection.verify_low
+    rule = VerifyRule.from_config(config.detection, verify_low) if verify_low is not None else None
+    ver_name = config.models.selected_verifier() if rule is not None else None
+    verifier = None if ver_name in (None, det_name) else FaceDetector(
+        create_backend(resolve(ver_name, cache), config.models.backend), get_spec(ver_name), config.detection)
     all_tp: dict[str, list] = {"0.4": [], "0.5": []}
     all_scores: list[np.ndarray] = []
     n_gt = 0
     gt_hit: dict[str, list[tuple[float, bool]]] = {"0.4": [], "0.5": []}
     unreadable: dict[str, str] = {}
     n_images = 0
-    for i, r in enumerate(_progress(rows, "detect")):
-        raw = (r.get("bboxes_xywh") or "").strip()
-        if not raw or r.get("labeled", "1") == "0":
-            continue
+    for r in _progress(rows, "detect"):
+        raw = r["bboxes_xywh"].strip()
         try:
             boxes = np.asarray(json.loads(raw), dtype=np.float64).reshape(-1, 4)
         except (ValueError, json.JSONDecodeError) as exc:
-            raise EvalInputError(f"{args.manifest}: row {i + 2}: bboxes_xywh {raw[:60]!r} is not a JSON list") from exc
+            raise EvalInputError(
+                f"{args.manifest}: row of {r['path']!r}: bboxes_xywh {raw[:60]!r} is not a JSON list") from exc
         gts = boxes.copy()
         gts[:, 2:] += gts[:, :2]
         try:
@@ -403,10 +419,12 @@ def run_detect(args: argparse.Namespace, config: Config) -> int:
         except ImageReadError as exc:
             unreadable[r["path"]] = str(exc)
             continue
+        if canvas is not None:
+            image, (dx, dy) = _on_canvas(image, canvas, r["path"])
+            gts += [dx, dy, dx, dy]
         n_images += 1
-        if args.verify_low is not None:
-            dets = detect_verified(detector, image, args.verify_low, config.detection.roi_input,
-                                   config.detection.roi_scale)
+        if rule is not None:
+            dets = detect_verified(detector, image, rule, verifier)
             if grid is not None:
                 tiled = detect_tiled(detector, image, grid, upscale_to=args.tile_input)
                 dets = merge_detections([dets, tiled], config.detection.nms_threshold, config.detection.max_faces)
@@ -435,9 +453,11 @@ def run_detect(args: argparse.Namespace, config: Config) -> int:
         "detector": spec.name,
         "input_size": list(detector.input_size),
         "score_threshold": config.detection.score_threshold,
-        "small_faces": None if grid is None and args.verify_low is None else {
+        "split": args.split,
+        "canvas": None if canvas is None else list(canvas),
+        "small_faces": None if grid is None and rule is None else {
             "tiles": None if grid is None else list(grid), "tile_input": args.tile_input,
-            "verify_low": args.verify_low, "roi_input": config.detection.roi_input},
+            "verify": None if rule is None else {**dataclasses.asdict(rule), "verifier": ver_name or det_name}},
         "images": n_images,
         "faces": n_gt,
         "detections": int(scores.size),
@@ -451,6 +471,43 @@ def run_detect(args: argparse.Namespace, config: Config) -> int:
     }
     _emit(_nan_to_none(result), args.json, _render_detect)
     return 0
+
+
+def _half(rows: list[dict[str, str]], spec: str) -> list[dict[str, str]]:
+    """Half ``a`` or ``b`` of ``rows`` (a seeded random permutation, first or second half), in file order."""
+    half, _, seed = spec.partition(":")
+    if half not in ("a", "b") or not seed.isdigit():
+        raise EvalInputError(f"--split expects a:SEED or b:SEED such as a:0, got {spec!r}")
+    order = np.random.default_rng(int(seed)).permutation(len(rows))
+    chosen = order[: len(rows) // 2] if half == "a" else order[len(rows) // 2:]
+    return [rows[i] for i in sorted(chosen.tolist())]
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise EvalInputError(f"--canvas expects WIDTHxHEIGHT such as 1920x1080, got {text!r}") from exc
+    if not (32 <= w <= 8192 and 32 <= h <= 8192):
+        raise EvalInputError(f"--canvas: sides 32..8192, got {text!r}")
+    return w, h
+
+
+#: Grey of the --canvas frame (BGR).
+CANVAS_GREY = (114, 114, 114)
+
+
+def _on_canvas(image: np.ndarray, size: tuple[int, int], name: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """``image`` (uint8 H, W, 3 BGR) pasted unscaled in the middle of a grey ``size`` (W, H) frame, and its offset."""
+    w, h = size
+    ih, iw = image.shape[:2]
+    if ih > h or iw > w:
+        raise EvalInputError(f"--canvas {w}x{h}: image {name} is {iw}x{ih}, larger than the canvas")
+    out = np.empty((h, w, 3), np.uint8)
+    out[:] = CANVAS_GREY
+    dx, dy = (w - iw) // 2, (h - ih) // 2
+    out[dy:dy + ih, dx:dx + iw] = image
+    return out, (dx, dy)
 
 
 def _parse_grid(text: str) -> tuple[int, int]:
@@ -471,6 +528,15 @@ def _render_detect(r: dict) -> str:
         f"precision@0.5 {_f(r['precision'])}  AP@0.5 {_f(r['ap'])}",
         f"{'face height':<12}{'faces':>7}{'R@0.4':>8}{'R@0.5':>8}",
     ]
+    ver = (r.get("small_faces") or {}).get("verify")
+    if ver:
+        lines.insert(1, f"verification: {ver['verifier']} crops x{ver['scale']} at {ver['input_size']}, full scores "
+                     f">= {ver['low']}, {ver['full_weight']} * full + {1 - ver['full_weight']:.3g} * crop >= "
+                     f"{ver['threshold']}{' (flip-averaged)' if ver['flip'] else ''}")
+    if r.get("split"):
+        lines.insert(1, f"images: half {r['split']} only")
+    if r.get("canvas"):
+        lines.insert(1, f"each image unscaled in the middle of a {r['canvas'][0]}x{r['canvas'][1]} grey frame")
     for k, v in r["by_size"].items():
         lines.append(f"{k:<12}{v['faces']:>7}{_f(v['recall']['0.4']):>8}{_f(v['recall']['0.5']):>8}")
     return "\n".join(lines)

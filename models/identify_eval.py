@@ -68,6 +68,8 @@ TOP_CASES = 5
 CHUNK = 512
 #: Lowest hub-normalised score kept for the normalised tail (the policy never goes below 0.36).
 HUB_TAIL_FLOOR = 0.30
+#: Highest-scoring impostor pairs listed per tail (for review of label noise by eye).
+TOP_PAIRS = 400
 BOOTSTRAP = 200
 TODAY = date(2026, 11, 30)
 
@@ -661,7 +663,7 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
         tails[half] = {"faces": len(rows_h), "pairs": total, "points": [list(p) for p in tail.points],
                        "max": float(sc[0]) if sc.size else None,
                        "top_pairs": [{"score": round(float(sc[k]), 4), "a": str(rows_h[fp[k][0]].path),
-                                      "b": str(rows_h[fp[k][1]].path)} for k in range(min(60, sc.size))]}
+                                      "b": str(rows_h[fp[k][1]].path)} for k in range(min(TOP_PAIRS, sc.size))]}
         for b, bt in band_tails[half].items():
             bt_tail = bt.tail(f"eval identify --seed {seed}, {half} half, {b} probe faces "
                               f"(estimated age {'<' if b == 'child' else '>='} {CHILD_FACE_AGE:g}), "
@@ -674,7 +676,7 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
             tails[half]["hub"] = {"pairs": htotal, "floor": HUB_TAIL_FLOOR, "k": HUB_K,
                                   "top_pairs": [{"score": round(float(hsc[k]), 4), "probe": str(rows_h[hfp[k][0]].path),
                                                  "gallery": str(rows_h[hfp[k][1]].path)}
-                                                for k in range(min(60, hsc.size))]}
+                                                for k in range(min(TOP_PAIRS, hsc.size))]}
             for b, bt in hub_band_tails[half].items():
                 ht = bt.tail(f"eval identify --hub-norm --seed {seed}, {half} half, {b} probe faces "
                              f"(estimated age {'<' if b == 'child' else '>='} {CHILD_FACE_AGE:g}), "

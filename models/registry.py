@@ -198,6 +198,36 @@ REGISTRY: dict[str, ModelSpec] = {
                 "< 13 y against all 7163 fit-half faces; "
                 "docs/accuracy.md section 6, 2026-11-30",
             ),
+            hub_impostor_tail=ImpostorTail(
+                points=(
+                    (0.30, 2.701e-04), (0.31, 1.993e-04), (0.32, 1.486e-04), (0.33, 1.108e-04), (0.34, 8.313e-05),
+                    (0.35, 6.412e-05), (0.36, 4.876e-05), (0.37, 3.838e-05), (0.38, 3.051e-05), (0.39, 2.385e-05),
+                    (0.40, 1.869e-05), (0.41, 1.450e-05), (0.42, 1.139e-05), (0.43, 9.222e-06), (0.44, 7.097e-06),
+                    (0.45, 5.367e-06), (0.46, 3.921e-06), (0.47, 2.979e-06), (0.48, 2.322e-06), (0.49, 1.774e-06),
+                    (0.50, 1.402e-06), (0.51, 1.095e-06), (0.52, 9.638e-07), (0.53, 7.886e-07), (0.54, 7.010e-07),
+                    (0.55, 4.381e-07), (0.56, 3.286e-07), (0.57, 2.629e-07), (0.58, 2.191e-07), (0.59, 1.095e-07),
+                    (0.66, 8.762e-08), (0.67, 4.381e-08),
+                ),
+                pairs=45651203,
+                measured="namus-edge eval identify --hub-norm --exclude bench/data/identification_label_noise.csv "
+                "--seed 0 (bench/identify_sets.py dev data), fit half, 6,385 adult probe faces against every "
+                "other fit-half face, ordered pairs, scores = similarity minus the gallery face's hub offset (k=50, "
+                "left-one-out); label noise reviewed by eye down to 0.47; docs/accuracy.md section 6, 2026-11-30",
+            ),
+            hub_child_impostor_tail=ImpostorTail(
+                points=(
+                    (0.30, 5.118e-04), (0.31, 3.869e-04), (0.32, 2.850e-04), (0.33, 2.145e-04), (0.34, 1.597e-04),
+                    (0.35, 1.143e-04), (0.36, 8.309e-05), (0.37, 6.138e-05), (0.38, 4.792e-05), (0.39, 3.715e-05),
+                    (0.40, 2.710e-05), (0.41, 2.279e-05), (0.42, 1.831e-05), (0.43, 1.579e-05), (0.44, 1.346e-05),
+                    (0.45, 1.167e-05), (0.46, 1.059e-05), (0.47, 9.691e-06), (0.48, 9.332e-06), (0.49, 7.717e-06),
+                    (0.50, 6.999e-06), (0.51, 6.281e-06), (0.52, 5.205e-06), (0.53, 4.846e-06), (0.54, 3.948e-06),
+                    (0.55, 3.410e-06), (0.56, 2.333e-06), (0.57, 2.154e-06), (0.58, 1.795e-06), (0.59, 1.615e-06),
+                    (0.60, 1.077e-06), (0.61, 5.384e-07), (0.62, 3.589e-07), (0.63, 1.795e-07),
+                ),
+                pairs=5572033,
+                measured="as hub_impostor_tail, 778 faces estimated < 13 y against every other fit-half "
+                "face; docs/accuracy.md section 6, 2026-11-30",
+            ),
             notes="No official ONNX exists; the mirror copy is the reference (MODELS.md 3a).",
         ),
         ModelSpec(

@@ -51,8 +51,25 @@ class DetectionConfig(StrictModel):
     )
     verify_low: float | None = Field(
         None, ge=0.0, le=1.0,
-        description="Small faces (video full passes): also keep faces scoring in [verify_low, score_threshold) that "
-        "a re-detection in their full-resolution crop (roi_input, roi_scale) confirms; null = off.",
+        description="Small faces (video full passes, eval detect): faces the full pass scores in [verify_low, "
+        "score_threshold) are re-detected in a full-resolution crop by models.verifier and kept when the combined "
+        "evidence (verify_full_weight, verify_threshold) is enough; null = off, 0.2 = the fitted setting "
+        "(docs/accuracy.md 2b).",
+    )
+    verify_scale: float = Field(
+        3.0, ge=1.2, le=4.0,
+        description="Verification crop side over the candidate box's larger side (detected at a roi_input square).",
+    )
+    verify_full_weight: float = Field(
+        0.25, ge=0.0, le=1.0,
+        description="Combined evidence of a borderline face = w * full-pass score + (1 - w) * crop score; this is w.",
+    )
+    verify_threshold: float = Field(
+        0.375, ge=0.0, le=1.0,
+        description="Combined evidence at which a borderline face is kept (it then carries that score).",
+    )
+    verify_flip: bool = Field(
+        False, description="Crop score = mean over the crop and its mirror image (two verifier runs per face)."
     )
     tile_every: int = Field(
         0, ge=0, le=1000,

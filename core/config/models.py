@@ -29,6 +29,11 @@ MODEL_SETS: dict[str, tuple[str, str, str]] = {
 #: (non-commercial: UTKFace + InsightFace weights) or the CC0 dlib/Cydral classifier.
 SEX_MODEL_SETS: dict[str, str] = {"default": "agesex_utk_v1", "licence_clean": "gender_v1"}
 
+#: The detector each preset uses to score small-face verification crops (``detection.verify_low``);
+#: None = the preset's own full-frame detector. det_2.5g (same licence as det_500m) was chosen on one
+#: half of FDDB fold 1 and checked on the other (docs/accuracy.md 2b).
+VERIFIER_SETS: dict[str, str | None] = {"default": "det_2.5g", "licence_clean": None}
+
 
 class BackendConfig(StrictModel):
     """How ONNX models are executed."""
@@ -88,6 +93,12 @@ class ModelsConfig(StrictModel):
         description="Sex model (fills Face.p_male): auto = the preset's (default: agesex_utk_v1, licence_clean: "
         "gender_v1), a registry name (set: custom only), or null to skip sex.",
     )
+    verifier: str | None = Field(
+        "auto",
+        description="Detector that scores small-face verification crops (used only with detection.verify_low): "
+        "auto = the preset's (default: det_2.5g, licence_clean: its own detector), a registry name (set: custom "
+        "only), or null = the full-frame detector.",
+    )
     age_sex_mix: float = Field(
         0.75, ge=0.0, le=1.0,
         description="When the sex model also estimates age (agesex_utk_v1): its weight in the reported age, "
@@ -131,6 +142,13 @@ class ModelsConfig(StrictModel):
                 f"models.sex={self.sex} would be ignored: models.set={self.set} runs sex {wanted_sex}; "
                 "add models.set=custom to choose models by name (or use models.sex=auto / null)"
             )
+        wanted_verifier = VERIFIER_SETS[self.set]
+        if self.verifier not in (None, "auto", wanted_verifier):
+            raise ValueError(
+                f"models.verifier={self.verifier} would be ignored: models.set={self.set} verifies crops with "
+                f"{wanted_verifier or 'its own detector'}; add models.set=custom to choose models by name "
+                "(or use models.verifier=auto / null)"
+            )
         return self
 
     def selected(self) -> tuple[str, str, str | None]:
@@ -148,6 +166,12 @@ class ModelsConfig(StrictModel):
         if self.sex == "auto":
             return SEX_MODEL_SETS["default" if self.set == "custom" else self.set]
         return self.sex
+
+    def selected_verifier(self) -> str | None:
+        """Registry name of the verification-crop detector after applying the preset (None: the full-frame one)."""
+        if self.verifier == "auto":
+            return VERIFIER_SETS["default" if self.set == "custom" else self.set]
+        return self.verifier
 
     def resolved_cache_dir(self) -> Path:
         """The model cache directory: config key, else ``$NAMUS_EDGE_MODELS``, else ~/.cache."""

@@ -118,6 +118,19 @@ def test_model_names_equal_to_the_preset_and_custom_fallbacks_are_accepted():
     assert only_embedder.models.selected() == ("det_500m", "sface", "age_v1")
 
 
+def test_verifier_follows_the_preset_and_names_need_custom():
+    assert load_config().models.selected_verifier() == "det_2.5g"
+    assert load_config(overrides=["models.set=licence_clean"]).models.selected_verifier() is None
+    assert load_config(overrides=["models.verifier=null"]).models.selected_verifier() is None
+    custom = load_config(overrides=["models.set=custom", "models.verifier=yunet_dynamic"])
+    assert custom.models.selected_verifier() == "yunet_dynamic"
+    # licence_clean never verifies with non-commercial weights because of one override
+    with pytest.raises(ConfigError, match=r"models\.verifier=det_2\.5g.*models\.set=custom"):
+        load_config(overrides=["models.set=licence_clean", "models.verifier=det_2.5g"])
+    with pytest.raises(ConfigError, match=r"detection\.verify_threshold"):
+        load_config(overrides=["detection.verify_threshold=1.5"])
+
+
 def test_models_cache_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("NAMUS_EDGE_MODELS", str(tmp_path / "env"))
     assert load_config().models.resolved_cache_dir() == tmp_path / "env"

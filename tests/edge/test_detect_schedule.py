@@ -208,3 +208,22 @@ def test_tiled_pass_finds_small_faces_the_full_pass_misses(analyzer, data_dir):
     assert got.kind == "tiled" and len(got.detections) == 6
     centres = sorted(float(d.bbox[0] + d.bbox[2]) / 2 for d in got.detections)
     assert all(abs(c - (135 + 300 * k)) < 20 for k, c in enumerate(centres))
+
+
+def test_verified_full_pass_finds_far_faces_the_plain_pass_misses(analyzer, data_dir):
+    """Six LFW photos 90 px wide in a 1080p frame: det_500m scores them < 0.5 at 640; det_2.5g crops confirm them."""
+    lfw = lfw_identities(data_dir)
+    img = np.full((1080, 1920, 3), (60, 70, 80), np.uint8)
+    for k, name in enumerate(sorted(lfw)[:6]):
+        img[400:490, 100 + 300 * k:190 + 300 * k] = cv2.resize(cv2.imread(str(lfw[name][0])), (90, 90),
+                                                                 interpolation=cv2.INTER_AREA)
+    assert analyzer.detect(img) == []
+    assert "verifier" not in analyzer.model_identities()  # loaded on first use (this analyzer's config has none)
+    schedule = DetectionSchedule(_cfg("detection.verify_low=0.2"), analyzer)
+    got = schedule.detect("cam", img, 0.0, [])
+    assert analyzer.model_identities()["verifier"].name == "det_2.5g"
+    assert got.kind == "full" and len(got.detections) >= 4
+    centres = [float(d.bbox[0] + d.bbox[2]) / 2 for d in got.detections]
+    assert all(min(abs(c - (145 + 300 * k)) for k in range(6)) < 20 for c in centres)
+    # confirmed faces carry the combined evidence, here above quality.min_det_score: they can be embedded
+    assert all(d.score >= load_config().quality.min_det_score for d in got.detections)

@@ -123,7 +123,7 @@ def test_scan_fails_closed_on_unsigned_or_unverifiable_bundles(world, tmp_path, 
     assert any("WITHOUT a signature check" in r.getMessage() for r in caplog.records)
 
 
-def _pipeline_events(world, analyzer, clip, interval):
+def _pipeline_events(world, analyzer, clip, interval, *overrides):
     """Run the edge pipeline over a clip at a detection interval; [(frame index, event)] and the schedule stats."""
     from datetime import datetime, timezone
 
@@ -131,7 +131,7 @@ def _pipeline_events(world, analyzer, clip, interval):
     from namus_edge.edge.pipeline import Pipeline
     from namus_edge.index.bundle import Bundle
 
-    config = load_config(overrides=[f"detection.interval={interval}", "matching.age_check.enabled=false"])
+    config = load_config(overrides=[f"detection.interval={interval}", "matching.age_check.enabled=false", *overrides])
     bundle = Bundle.load(world["bundle"], [world["pub"]])
     events = []
     pipe = Pipeline(config, analyzer, lambda: bundle, lambda e, crop: events.append(e))
@@ -175,6 +175,27 @@ def test_detection_interval_keeps_video_events(world, tmp_path, data_dir, model_
     others += [data_dir / "video" / "hamilton_short_clip.mp4", data_dir / "video" / "faceapi_bbt_5frames.mp4"]
     for clip in others:
         assert _pipeline_events(world, analyzer, clip, 5)[0] == []
+
+
+@pytest.mark.slow
+def test_small_face_verification_keeps_video_events(world, tmp_path, data_dir, model_cache):
+    """With the small-face path on (detection.verify_low, det_2.5g crops) at the default interval: each enrolled
+    clip still gives exactly its one event, strangers and the real videos none."""
+    analyzer = FaceAnalyzer(load_config(), model_cache)
+    verify = "detection.verify_low=0.2"
+    interval = load_config().detection.interval
+    for k in (1, 6, 9):
+        person = world["people"][k]
+        clip = synthesize_clip(cv2.imread(str(world["lfw"][person][1])), tmp_path / f"p{k}.avi", frames=60, seed=k)
+        events, stats = _pipeline_events(world, analyzer, clip, interval, verify)
+        assert stats.get("full", 0) > 0 and stats.get("roi", 0) > 0, stats
+        assert [e.case.id_formatted for _, e in events] == [f"MP{7000 + k}"], events
+    assert "verifier" in analyzer.model_identities()  # the full passes really ran with the verifier
+    others = [synthesize_clip(cv2.imread(str(p)), tmp_path / f"s{i}.avi", frames=36, seed=i)
+              for i, p in enumerate(world["unenrolled"][:2])]
+    others += [data_dir / "video" / "hamilton_short_clip.mp4", data_dir / "video" / "faceapi_bbt_5frames.mp4"]
+    for clip in others:
+        assert _pipeline_events(world, analyzer, clip, interval, verify)[0] == []
 
 
 def test_only_faces_reaching_the_threshold_are_aged(world, tmp_path, model_cache):

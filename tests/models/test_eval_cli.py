@@ -116,6 +116,39 @@ def test_detect_json_contract(tmp_path, data_dir, capsys, model_cache, monkeypat
     assert sum(v["faces"] for v in out["by_size"].values()) == out["faces"]
 
 
+def test_detect_split_halves_and_verification(tmp_path, data_dir, capsys, model_cache, monkeypatch):
+    monkeypatch.setenv("NAMUS_EDGE_MODELS", str(model_cache))
+    with open(data_dir / "detection" / "manifest.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["dataset"] == "fddb"][:9]
+    man = tmp_path / "det.csv"
+    with man.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    base = ["eval", "detect", "--manifest", str(man), "--root", str(data_dir / "detection"), "--json"]
+    outs = {}
+    for half in ("a:3", "b:3"):
+        assert main([*base, "--split", half, "--verify-low", "0.2"]) == 0
+        outs[half] = json.loads(capsys.readouterr().out)
+    # the halves partition the images (4 + 5) and their faces
+    assert (outs["a:3"]["images"], outs["b:3"]["images"]) == (4, 5)
+    assert outs["a:3"]["faces"] + outs["b:3"]["faces"] == sum(int(r["n_faces"]) for r in rows)
+    ver = outs["a:3"]["small_faces"]["verify"]
+    assert ver["verifier"] == "det_2.5g" and ver["low"] == 0.2 and ver["threshold"] == 0.375
+    # detection.verify_low in the config turns verification on as --verify-low does
+    assert main(["--set", "detection.verify_low=0.2", *base, "--split", "a:3"]) == 0
+    assert json.loads(capsys.readouterr().out) == outs["a:3"]
+    assert main([*base, "--split", "c:3"]) == 1
+    assert "--split expects a:SEED or b:SEED" in capsys.readouterr().err
+    # far-face check: the same images unscaled in a 1080p frame; annotations move with them, faces get harder
+    assert main([*base, "--split", "a:3", "--canvas", "1920x1080"]) == 0
+    far = json.loads(capsys.readouterr().out)
+    assert far["canvas"] == [1920, 1080] and far["faces"] == outs["a:3"]["faces"]
+    assert 0 < far["recall"]["0.4"] <= outs["a:3"]["recall"]["0.4"]
+    assert main([*base, "--canvas", "200x200"]) == 1
+    assert "larger than the canvas" in capsys.readouterr().err
+
+
 def test_eval_missing_column_is_clear(tmp_path, capsys):
     bad = tmp_path / "p.csv"
     bad.write_text("a,b\n1,2\n")
