@@ -313,20 +313,22 @@ def test_device_decision_and_event_with_a_normalised_policy(world):
 
 
 def test_search_alert_cli_reports_score_and_similarity(world, model_cache, capsys, monkeypatch):
-    """With normalised tails for the embedder, ``index search --alert`` normalises; without, it stays raw."""
+    """``index search --alert`` normalises only with offsets, matching.hub_norm and normalised tails."""
     photos = [world["mated"][0][0], world["strangers"][0][0]]
     argv = ["index", "search", str(world["bundle"]), "--alert", "--json", "--pubkey", str(world["pub"]),
             "--set", f"models.cache_dir={model_cache}", "--set", "matching.min_threshold=0",
             *[a for p in photos for a in ("--image", str(p))]]
-    assert main(argv) == 0
-    raw = json.loads(capsys.readouterr().out)
-    assert raw["policy"]["hub_norm"] is False
-    assert all(c["score"] == c["similarity"] for r in raw["results"] for c in r["candidates"])
-
     spec = _hub_spec()
     monkeypatch.setattr(policy_mod, "get_spec", lambda name: spec if name == spec.name else get_spec(name))
-    assert main(argv) == 0
-    doc = json.loads(capsys.readouterr().out)
+
+    def run(*extra: str) -> dict[str, Any]:
+        assert main([*argv, *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    raw = run("--set", "matching.hub_norm=false")  # switched off: raw scores, raw tail
+    assert raw["policy"]["hub_norm"] is False
+    assert all(c["score"] == c["similarity"] for r in raw["results"] for c in r["candidates"])
+    doc = run()
     assert doc["policy"]["hub_norm"] is True and doc["policy"]["threshold"] < raw["policy"]["threshold"]
     with Bundle.load(world["bundle"]) as b:
         offsets, keys = b.hub_offsets(), {f["image_key"]: f["face_id"] for f in b.faces()}
@@ -335,10 +337,11 @@ def test_search_alert_cli_reports_score_and_similarity(world, model_cache, capsy
         for c in row["candidates"]:
             assert c["score"] == pytest.approx(c["similarity"] - offsets[keys[c["image_key"]]], abs=2e-4)
     assert doc["results"][0]["alert"] == world["mated_cases"][0], doc["results"][0]
-    assert main([*argv, "--set", "matching.hub_norm=false"]) == 0  # switched off: raw again
-    off = json.loads(capsys.readouterr().out)
-    assert off["policy"] == raw["policy"]
-    assert all(c["score"] == c["similarity"] for r in off["results"] for c in r["candidates"])
+    # an embedder without normalised tails stays raw even for a bundle with offsets
+    no_tails = dataclasses.replace(spec, hub_impostor_tail=None, hub_child_impostor_tail=None)
+    monkeypatch.setattr(policy_mod, "get_spec", lambda name: no_tails if name == spec.name else get_spec(name))
+    assert run()["policy"] == raw["policy"]
+    monkeypatch.setattr(policy_mod, "get_spec", lambda name: spec if name == spec.name else get_spec(name))
     assert main([a for a in argv if a != "--json"]) == 0  # the text output names both numbers
     text = capsys.readouterr().out
     assert "hub-normalised scores" in text and "similarity" in text
