@@ -5,6 +5,11 @@ never trained on) and prints: MAE per age group on all UTKFace rows and on the h
 age-v1 calibration never saw (bench.age_study split), FG-NET, sex accuracy per finer child band, and
 how the p_male confidence thresholds chosen on the training pool's validation split hold on the
 evaluation set. Usage: ``python -m bench.agesex_report OUT_DIR [--json FILE]``.
+
+For a ``namus-edge train age-head`` run (its report has ``head_weight``) the age tables compare
+age-v1, the previous default (agesex_utk_v1 mixed), the head, the new model and the shipped mix,
+with the bias table (MAE per sex and race); the p_male there is the base model's, which the
+presets no longer use for sex.
 """
 
 from __future__ import annotations
@@ -31,9 +36,38 @@ def _groups(pred: np.ndarray, true: np.ndarray) -> dict[str, float | None]:
     return out
 
 
+def build_head(out_dir: Path, report: dict) -> dict:
+    """Age tables of a ``train age-head`` run: all UTKFace rows, half B, FG-NET, bias by sex and race."""
+    z = np.load(out_dir / "eval_predictions.npz")
+    ds, age, male, race = z["dataset"], z["age"].astype(np.float64), z["male"], z["race"]
+    previous = mix_ages(z["age_v1"], z["base_model"], 0.75, 16.0)
+    variants = {"age_v1_calibrated": z["age_v1"], "age_v1_raw": z["age_v1_raw"], "agesex_utk_v1": z["base_model"],
+                "previous_mix_v1": previous, "head": z["head"], "agesex_utk_v2": z["model"], "shipped": z["shipped"]}
+    v = report["validation"]
+    out: dict = {"head_weight": v["head_weight"], "mix": v["age_mix"], "min_age": v["age_mix_min_age"],
+                 "utkface_all": {}, "utkface_half_b": {}, "fgnet": {}, "bias": {}}
+    utk = np.flatnonzero(ds == "utkface")
+    half_b = utk[~stratified_halves(age[utk], 20250601)]
+    fg = np.flatnonzero(ds == "fgnet")
+    for name, pred in variants.items():
+        assert pred is not None
+        out["utkface_all"][name] = _groups(pred[utk], age[utk])
+        out["utkface_half_b"][name] = _groups(pred[half_b], age[half_b])
+        out["fgnet"][name] = _groups(pred[fg], age[fg])
+    for name in ("age_v1_calibrated", "previous_mix_v1", "shipped"):
+        pred = variants[name]
+        assert pred is not None
+        cols = {"male": utk[male[utk] == 1], "female": utk[male[utk] == 0]}
+        cols.update({r: utk[race[utk] == r] for r in sorted(set(race[utk].tolist()) - {""})})
+        out["bias"][name] = {k: mae(pred[m], age[m]) for k, m in cols.items()}
+    return out
+
+
 def build(out_dir: Path) -> dict:
     """All tables as one dict."""
     report = json.loads((out_dir / "report.json").read_text())
+    if "head_weight" in report["validation"]:
+        return build_head(out_dir, report)
     z = np.load(out_dir / "eval_predictions.npz")
     mix = float(report["validation"]["age_mix"])
     min_age = float(report["validation"].get("age_mix_min_age", 0.0))
@@ -72,7 +106,8 @@ def build(out_dir: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("out_dir", type=Path, help="--out folder of `namus-edge train age-sex` (with --eval-manifest)")
+    ap.add_argument("out_dir", type=Path,
+                    help="--out folder of `namus-edge train age-sex` or `age-head` (with --eval-manifest)")
     ap.add_argument("--json", type=Path, help="also write the tables here")
     args = ap.parse_args()
     tables = build(args.out_dir)

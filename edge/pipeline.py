@@ -255,7 +255,8 @@ class Pipeline:
         # event read no other face's (a face without them passes the checks), and a face matching nothing
         # is never aged or sexed
         aged = [i for i, r in enumerate(results) if r and max(h.score for h in r) >= self.threshold]
-        est, est_sex = self.analyzer.estimate_age_sex([batch[i] for i in aged]) if aged else (None, None)
+        est, est_sex = self.analyzer.estimate_age_sex([batch[i] for i in aged], embeddings[aged]) if aged \
+            else (None, None)
         ages = {} if est is None else dict(zip(aged, est.tolist(), strict=True))
         p_males = {} if est_sex is None else dict(zip(aged, est_sex.tolist(), strict=True))
         t3 = time.perf_counter()

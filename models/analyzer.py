@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from namus_edge.core.config import Config
+from namus_edge.core.errors import ModelError
 from namus_edge.models.age import AgeEstimator
 from namus_edge.models.aligner import align_age_chip, align_arcface
 from namus_edge.models.backends.factory import create_backend
@@ -69,7 +70,7 @@ class FaceAnalyzer:
     Args:
         config: the validated configuration (models, detection, quality sections).
         cache_dir: model cache; default ``config.models.resolved_cache_dir()``.
-        with_age: load the age and sex models (when configured; ``models.age``, ``models.sex``).
+        with_age: load the age and sex models (when configured; ``models.age``, ``models.sex``, ``models.age2``).
     """
 
     def __init__(self, config: Config, cache_dir: Path | None = None, *, with_age: bool = True) -> None:
@@ -95,10 +96,25 @@ class FaceAnalyzer:
                                     flip=config.models.age_flip,
                                     calibration=_calibration(config.models.age_calibration))
         self.sex: SexEstimator | None = None
-        sex_name = config.models.selected_sex()
+        self.age2: SexEstimator | None = None
+        sex_name, age2_name = config.models.selected_sex(), config.models.selected_age2()
         if with_age and sex_name is not None:
             self.sex = SexEstimator(create_backend(resolve(sex_name, cache), bcfg), get_spec(sex_name),
                                     max_batch=config.service.batch_max_faces)
+        if with_age and age2_name is not None:
+            age2_spec = get_spec(age2_name)
+            if age2_spec.role != "age_sex":
+                raise ModelError(f"models.age2={age2_name} is a {age2_spec.role} model; "
+                                 "models.age2 needs an age_sex model (e.g. agesex_utk_v1)")
+            needs = age2_spec.extra.get("embedder")
+            if needs and needs != emb_name:
+                raise ModelError(f"models.age2={age2_name} reads {needs} embeddings, but the embedder is {emb_name}; "
+                                 f"use {needs} or another models.age2")
+            if self.sex is not None and age2_name == sex_name:
+                self.age2 = self.sex  # one model fills both: run it once
+            else:
+                self.age2 = SexEstimator(create_backend(resolve(age2_name, cache), bcfg), age2_spec,
+                                         max_batch=config.service.batch_max_faces)
         runs = bcfg.warmup_runs
         if runs:
             self.detector.warmup(runs)
@@ -107,6 +123,8 @@ class FaceAnalyzer:
                 self.age.warmup(runs)
             if self.sex is not None:
                 self.sex.warmup(runs)
+            if self.age2 is not None and self.age2 is not self.sex:
+                self.age2.warmup(runs)
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -128,6 +146,8 @@ class FaceAnalyzer:
             out["age"] = LoadedModel(self.age_spec.name, self.age_spec.sha256, self.age.backend.engine)
         if self.sex is not None:
             out["sex"] = LoadedModel(self.sex.spec.name, self.sex.spec.sha256, self.sex.backend.engine)
+        if self.age2 is not None:
+            out["age2"] = LoadedModel(self.age2.spec.name, self.age2.spec.sha256, self.age2.backend.engine)
         return out
 
     def verifier(self) -> FaceDetector:
@@ -173,22 +193,35 @@ class FaceAnalyzer:
         """Ages in years of prepared faces in one batch: float32 (N,), or None without an age model."""
         return self.estimate_age_sex(faces)[0]
 
-    def estimate_age_sex(self, faces: Sequence[PreparedFace]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def estimate_age_sex(self, faces: Sequence[PreparedFace], embeddings: np.ndarray | None = None,
+                         ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(ages float32 (N,) years, p_male float32 (N,)) of prepared faces; each None without its model.
 
-        With an age+sex model the age is ``models.age_sex_mix`` of its estimate plus the rest from
-        the age model, except below ``models.age_sex_mix_min_age`` (age model alone; the age model
-        is skipped when the mix is 1).
+        ``p_male`` comes from ``models.sex``. With a second age model (``models.age2``) the age is
+        ``models.age_sex_mix`` of its estimate plus the rest from the age model, except below
+        ``models.age_sex_mix_min_age`` (age model alone; the age model is skipped when the mix is 1).
+
+        Args:
+            faces: N prepared faces.
+            embeddings: float32 (N, D) their embeddings (:meth:`embed`), when already computed; a
+                model that reads embeddings gets them computed here otherwise.
         """
         if not faces:
             empty = np.zeros((0,), np.float32)
-            return (empty if self.age or self.sex else None), (empty if self.sex else None)
-        sex = None if self.sex is None else self.sex.estimate(np.stack([f.aligned for f in faces]),
-                                                               np.stack([f.age_chip for f in faces]))
+            return (empty if self.age or self.age2 else None), (empty if self.sex else None)
+        aligned = np.stack([f.aligned for f in faces])
+        chips = np.stack([f.age_chip for f in faces])
+        if embeddings is None and any(m is not None and m.needs_embedding for m in (self.sex, self.age2)):
+            embeddings = self.embed(faces)
+        sex = None if self.sex is None else self.sex.estimate(aligned, chips, embeddings)
+        age2 = None
+        if self.age2 is not None:
+            age2 = (sex if self.age2 is self.sex and sex is not None
+                    else self.age2.estimate(aligned, chips, embeddings)).age
         mix = self.config.models.age_sex_mix
-        skip_age = sex is not None and sex.age is not None and mix >= 1.0
-        ages = None if self.age is None or skip_age else self.age.estimate(np.stack([f.age_chip for f in faces]))
-        return (mix_ages(ages, None if sex is None else sex.age, mix, self.config.models.age_sex_mix_min_age),
+        skip_age = age2 is not None and mix >= 1.0
+        ages = None if self.age is None or skip_age else self.age.estimate(chips)
+        return (mix_ages(ages, age2, mix, self.config.models.age_sex_mix_min_age),
                 None if sex is None else sex.p_male)
 
     # -- one-call API --------------------------------------------------------------------------
@@ -214,7 +247,7 @@ class FaceAnalyzer:
         ]
         flat = [(i, p) for i, faces in enumerate(prepared) for p in faces if p.quality.passed or not gate]
         emb = self.embed([p for _, p in flat])
-        ages, p_male = self.estimate_age_sex([p for _, p in flat])
+        ages, p_male = self.estimate_age_sex([p for _, p in flat], emb)
         results: dict[int, tuple[np.ndarray, float | None, float | None]] = {}
         for k, (_, p) in enumerate(flat):
             results[id(p)] = (emb[k], None if ages is None else float(ages[k]),

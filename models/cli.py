@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
 
 def _list(args: argparse.Namespace, config: Config) -> int:
     cache = config.models.resolved_cache_dir()
-    selected = set(n for n in (*config.models.selected(), config.models.selected_sex()) if n)
+    selected = set(config.models.selected_all())
     rows = []
     for spec in REGISTRY.values():
         state, detail = check_file(spec, cache)
@@ -53,7 +53,7 @@ def _fetch(args: argparse.Namespace, config: Config) -> int:
     if args.only:
         names = list(args.only)
     elif args.selected:
-        names = [n for n in (*config.models.selected(), config.models.selected_sex()) if n]
+        names = config.models.selected_all()
     else:
         names = list(REGISTRY)
     report = fetch_models(args.source, cache, names, args.timeout)

@@ -226,7 +226,7 @@ class EmbeddingCache:
 
     def _age_sex(self, image: np.ndarray, found: _Found) -> tuple[float | None, float | None]:
         det = Detection(found.bbox.astype(np.float32), found.landmarks.astype(np.float32), found.score)
-        ages, p_male = self.analyzer.estimate_age_sex([self.analyzer.prepare(image, det)])
+        ages, p_male = self.analyzer.estimate_age_sex([self.analyzer.prepare(image, det)], found.embedding[None, :])
         return (None if ages is None else float(ages[0]), None if p_male is None else float(p_male[0]))
 
     def get_many(self, paths: Sequence[Path], progress: Callable[[int, int], None] | None = None

@@ -296,7 +296,7 @@ def run_age(args: argparse.Namespace, config: Config) -> int:
     """Handler of ``eval age``."""
     rows = _filter_dataset(_read_csv(args.manifest, ("path", "age")), args)
     analyzer = _analyzer(config, with_age=True)
-    if analyzer.age is None and (analyzer.sex is None or not analyzer.sex.estimates_age):
+    if analyzer.age is None and analyzer.age2 is None:
         raise EvalInputError("no age model configured (models.age is null)")
     preds: list[tuple[dict[str, str], float, float]] = []
     sex_rows: list[tuple[float, int, float]] = []  # (p_male, 1 male / 0 female / -1 unknown, true age)
@@ -350,7 +350,8 @@ def run_age(args: argparse.Namespace, config: Config) -> int:
         "sex_model": analyzer.sex.spec.name if analyzer.sex is not None else None,
         "sex_accuracy": sex_accuracy(p_m, y_m, a_m),
         "sex_confidence_99": confidence,
-        "age_sex_mix": config.models.age_sex_mix if analyzer.sex is not None and analyzer.sex.estimates_age else None,
+        "age2_model": analyzer.age2.spec.name if analyzer.age2 is not None else None,
+        "age_sex_mix": config.models.age_sex_mix if analyzer.age2 is not None else None,
         "no_face": {"images": len(problems), "files": problems},
         "flip": config.models.age_flip,
         "calibrated": bool(config.models.age_calibration),
@@ -366,6 +367,8 @@ def _render_age(r: dict) -> str:
     for title, key in (("age", "groups"), ("gender", "by_gender"), ("race", "by_race"), ("", "by_gender_race")):
         for k, v in r[key].items():
             lines.append(f"{(title + ' ' + k).strip():<12}{v['count']:>7}{_f(v['mae']):>8}")
+    if r["age2_model"]:
+        lines.append(f"second age model {r['age2_model']}: weight {r['age_sex_mix']}")
     if r["sex_model"]:
         acc = r["sex_accuracy"]
         lines.append(f"sex model {r['sex_model']}: accuracy " + ", ".join(f"{k} {_f(v)}" for k, v in acc.items()))

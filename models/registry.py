@@ -86,6 +86,10 @@ class ModelSpec:
 #: Identity of the bundled age/sex model (models/weights/agesex_utk_v1.onnx, docs/models/agesex_utk_v1.md).
 AGESEX_SHA256 = "cef21f7420c08a08862961a23301e7dc5911c1626d31ae51835e2ce405eb1f04"
 AGESEX_SIZE = 1092093
+#: Identity of the bundled age model with the embedding head (models/weights/agesex_utk_v2.onnx,
+#: docs/models/agesex_utk_v2.md).
+AGESEX_V2_SHA256 = "6fb5ce85fdfa16655549b060323254ef3f32731de5138a17de704764078371a9"
+AGESEX_V2_SIZE = 2371451
 
 _ARCFACE_NORM = ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5))
 
@@ -298,6 +302,27 @@ REGISTRY: dict[str, ModelSpec] = {
             urls=(),
             output_dim=2,
             notes="Trained by this project; ships in the package (models/weights/).",
+            bundled=True,
+        ),
+        ModelSpec(
+            name="agesex_utk_v2",
+            role="age_sex",
+            family="agesex",
+            filename="agesex_utk_v2.onnx",
+            sha256=AGESEX_V2_SHA256,
+            size=AGESEX_V2_SIZE,
+            licence="non-commercial research only: trained here on UTKFace (non-commercial terms) from InsightFace's "
+                    "2018 gender-age weights (non-commercial)",
+            commercial_use=False,
+            description="age (years) + p_male on the ArcFace 112 crop and the face's EdgeFace-XS embedding: "
+                        "agesex_utk_v1 beside an age head trained by `namus-edge train age-head` "
+                        "(docs/models/agesex_utk_v2.md)",
+            # raw RGB 0-255: the graph normalises (x - 127.5) / 128 itself; second input `embedding`
+            contract=InputContract("data", (112, 112), "RGB", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), True),
+            urls=(),
+            output_dim=2,
+            notes="Trained by this project; ships in the package (models/weights/). Reads edgeface_xs embeddings.",
+            extra={"embedder": "edgeface_xs"},
             bundled=True,
         ),
     )

@@ -26,6 +26,7 @@ from namus_edge.core.config.matching import (
     StaticFaceConfig,
 )
 from namus_edge.core.config.models import (
+    AGE2_MODEL_SETS,
     AGE_CALIBRATION_UTKFACE,
     MODEL_SETS,
     MODELS_ENV,
@@ -39,7 +40,7 @@ from namus_edge.core.config.service import ServiceConfig
 from namus_edge.core.config.tree import Config
 
 __all__ = [
-    "AGE_CALIBRATION_UTKFACE", "MODELS_ENV", "MODEL_SETS", "SEX_MODEL_SETS",
+    "AGE2_MODEL_SETS", "AGE_CALIBRATION_UTKFACE", "MODELS_ENV", "MODEL_SETS", "SEX_MODEL_SETS",
     "AgeCheckConfig", "BackendConfig", "CameraConfig", "Config", "ConfigError", "DetectionConfig",
     "IndexConfig", "MatchingConfig", "ModelsConfig", "MqttConfig", "NamusApiConfig", "QualityConfig",
     "HomeAssistantConfig", "RetentionConfig", "ReviewConfig", "ServiceConfig", "SexCheckConfig",

@@ -131,6 +131,37 @@ def test_verifier_follows_the_preset_and_names_need_custom():
         load_config(overrides=["detection.verify_threshold=1.5"])
 
 
+def test_sex_and_second_age_model_presets():
+    default = load_config().models
+    assert (default.selected_sex(), default.selected_age2()) == ("gender_v1", "agesex_utk_v2")
+    assert default.selected_all() == ["det_500m", "edgeface_xs", "age_v1", "gender_v1", "agesex_utk_v2"]
+    clean = load_config(overrides=["models.set=licence_clean"]).models
+    assert (clean.selected_sex(), clean.selected_age2()) == ("gender_v1", None)
+    assert "agesex_utk_v1" not in clean.selected_all()
+    off = load_config(overrides=["models.sex=null", "models.age2=null"]).models
+    assert (off.selected_sex(), off.selected_age2()) == (None, None)
+    same = load_config(overrides=["models.sex=gender_v1", "models.age2=agesex_utk_v2"]).models
+    assert (same.selected_sex(), same.selected_age2()) == ("gender_v1", "agesex_utk_v2")
+    custom = load_config(overrides=["models.set=custom", "models.sex=agesex_utk_v1", "models.age2=null"]).models
+    assert (custom.selected_sex(), custom.selected_age2()) == ("agesex_utk_v1", None)
+    assert load_config(overrides=["models.set=custom"]).models.selected_age2() == "agesex_utk_v2"
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [(["models.sex=agesex_utk_v1"], "models.sex=agesex_utk_v1"),
+     (["models.age2=agesex_utk_v1"], "models.age2=agesex_utk_v1"),
+     (["models.set=licence_clean", "models.age2=agesex_utk_v1"], "models.age2=agesex_utk_v1"),
+     (["models.age2=other_age"], "models.age2=other_age")],
+)
+def test_sex_and_second_age_names_outside_custom_set_are_errors(overrides, key, capsys):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=overrides)
+    assert key in str(err.value) and "models.set=custom" in str(err.value)
+    assert main(["config", "show", *[a for o in overrides for a in ("--set", o)]]) == 2
+    assert key in capsys.readouterr().err
+
+
 def test_models_cache_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("NAMUS_EDGE_MODELS", str(tmp_path / "env"))
     assert load_config().models.resolved_cache_dir() == tmp_path / "env"

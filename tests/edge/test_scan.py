@@ -204,9 +204,9 @@ def test_only_faces_reaching_the_threshold_are_aged(world, tmp_path, model_cache
     aged: list[int] = []
     estimate = analyzer.estimate_age_sex
 
-    def counting(faces):
+    def counting(faces, embeddings=None):
         aged.append(len(faces))
-        return estimate(faces)
+        return estimate(faces, embeddings)
 
     analyzer.estimate_age_sex = counting
     stranger = synthesize_clip(cv2.imread(str(world["unenrolled"][0])), tmp_path / "s.avi", frames=30, seed=3)

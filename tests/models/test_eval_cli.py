@@ -68,8 +68,10 @@ def test_age_json_contract(tmp_path, data_dir, capsys, model_cache, monkeypatch)
     assert 0 < out["mae"] < 15
     assert set(out["by_gender"]) == {"male", "female"} or set(out["by_gender"]) <= {"male", "female"}
     assert out["no_face"]["images"] == 0
-    # sex: the default set's own age+sex model; bands by true age (no 13-17 row picked: null)
-    assert out["sex_model"] == "agesex_utk_v1"
+    # sex from gender_v1, the second age from the project's own age+sex model; sex bands by true age
+    # (no 13-17 row picked: null)
+    assert out["sex_model"] == "gender_v1" and out["age2_model"] == "agesex_utk_v2"
+    assert out["age_sex_mix"] == 0.75
     acc = out["sex_accuracy"]
     assert set(acc) == {"overall", "0-12", "13-17", "adult"}
     assert acc["13-17"] is None
@@ -93,7 +95,7 @@ def test_age_json_licence_clean_uses_gender_v1(tmp_path, data_dir, capsys, model
     assert main(["eval", "age", "--manifest", str(man), "--root", str(data_dir / "age"), "--json",
                  "--set", "models.set=licence_clean"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["sex_model"] == "gender_v1" and out["age_sex_mix"] is None
+    assert out["sex_model"] == "gender_v1" and out["age2_model"] is None and out["age_sex_mix"] is None
     assert out["sex_accuracy"]["0-12"] is None and out["sex_accuracy"]["13-17"] is None
     assert out["sex_accuracy"]["adult"] == out["sex_accuracy"]["overall"] >= 0.5
 
