@@ -38,7 +38,8 @@ def sizes_table(r: dict[str, Any]) -> list[str]:
                    f"{pct(fo['1e-02']['fnir'])} | {pct(fo['1e-03']['fnir'])} |")
     for p in r["predicted"]:
         a, c = p["adult"], p["child"]
-        out.append(f"| {p['gallery_size']:,} (predicted) | {p['rule']} | {p['threshold']:.3f} / "
+        rule = p["rule"] + (" + hub" if r["policy_config"].get("hub_norm") else "")
+        out.append(f"| {p['gallery_size']:,} (predicted) | {rule} | {p['threshold']:.3f} / "
                    f"{p.get('child_threshold') or '-'} | adult {pct(a['fpir'])} [{pct(a['fpir_ci95'][0])}, "
                    f"{pct(a['fpir_ci95'][1])}]; child {pct(c['fpir'])} [{pct(c['fpir_ci95'][0])}, "
                    f"{pct(c['fpir_ci95'][1])}] | {pct(p['fnir_face_only'])} (face only) | | | | | |")
