@@ -7,7 +7,9 @@ index hits. The rules:
    best photo's). The face votes for its best case only when that score >= ``threshold``,
    the lead over the second-best *case* >= ``margin`` (with no second case the lead is
    measured against 0, the score of unrelated faces), and the age and sex checks pass
-   (:func:`namus_edge.models.policy.judge`).
+   (:func:`namus_edge.models.policy.judge`). A photo's score is its cosine similarity, or,
+   under a hub-normalised policy (``ResolvedPolicy.hub_norm``), the similarity minus the
+   photo's hub offset; decisions report both (``similarity`` is always the raw cosine).
 2. **Votes.** A vote weighs ``quality * sqrt(face_area)`` (sharper, larger faces count more).
    Weights are compared as shares of the track's total vote weight, so their scale does not
    matter.
@@ -51,6 +53,7 @@ from namus_edge.models.policy import (
     CaseMatchLike,
     ResolvedPolicy,
     Verdict,
+    hit_similarity,
     judge,
     rank_cases,
 )
@@ -77,14 +80,14 @@ class MatchDecision:
         camera_id: the camera.
         track_id: the track (per camera).
         id_formatted: the NamUs case id.
-        similarity: vote-weighted mean cosine similarity of the track's faces to the case.
-        best_similarity: the highest single-face similarity.
-        margin: vote-weighted mean lead over the second-best case.
+        similarity: vote-weighted mean raw cosine similarity of the track's faces to the case.
+        best_similarity: raw cosine similarity of the best-scoring single face.
+        margin: vote-weighted mean lead (in decision score) over the second-best case.
         estimated_age: median estimated age of the voting faces, or ``None``.
         quality: quality of the best voting face.
         bbox: float32 (4,) ``x1, y1, x2, y2`` of the best-quality voting face in its frame, or
             ``None`` when the caller gave no boxes.
-        image_key: bundle key of the case photo with the highest similarity.
+        image_key: bundle key of the case photo with the highest decision score.
         frames: number of faces that voted for the case in this track.
         vote_share: the case's share of the track's vote weight, in (0.5, 1].
         timestamp: monotonic time of the observation that fired (s).
@@ -93,6 +96,8 @@ class MatchDecision:
             fired; the first is ``id_formatted``.
         p_male: mean ``Face.p_male`` of the voting faces, or ``None`` without a sex model.
         policy: the alert policy in force when the decision fired.
+        best_score: the decision score (similarity minus the photo's hub offset) of the best-scoring
+            face when the policy is hub-normalised, else ``None`` (scores are the similarities).
     """
 
     camera_id: str
@@ -112,6 +117,7 @@ class MatchDecision:
     candidates: tuple[Candidate, ...] = ()
     p_male: float | None = None
     policy: ResolvedPolicy | None = None
+    best_score: float | None = None
 
 
 #: Cases listed in a decision (and a v2 match event).
@@ -124,7 +130,7 @@ def ranked_candidates(matches: Sequence[CaseMatchLike], limit: int = MAX_CANDIDA
     out = []
     for i, m in enumerate(ranked):
         nxt = float(ranked[i + 1].score) if i + 1 < len(ranked) else 0.0
-        out.append(Candidate(m.id_formatted, float(m.score), m.image_key, float(m.score) - nxt))
+        out.append(Candidate(m.id_formatted, float(m.score), m.image_key, float(m.score) - nxt, hit_similarity(m)))
     return tuple(out)
 
 
@@ -132,9 +138,10 @@ def ranked_candidates(matches: Sequence[CaseMatchLike], limit: int = MAX_CANDIDA
 class _CaseVotes:
     count: int = 0
     weight: float = 0.0
-    score_weighted: float = 0.0
+    similarity_weighted: float = 0.0
     margin_weighted: float = 0.0
     best_score: float = -math.inf
+    best_similarity: float = -math.inf
     image_key: str = ""
     best_quality: float = -math.inf
     best_bbox: np.ndarray | None = None
@@ -247,10 +254,10 @@ class DecisionEngine:
         tv.total_weight += weight
         cv.count += 1
         cv.weight += weight
-        cv.score_weighted += weight * cand.score
+        cv.similarity_weighted += weight * cand.cosine
         cv.margin_weighted += weight * cand.margin
         if cand.score > cv.best_score:
-            cv.best_score, cv.image_key = cand.score, cand.image_key
+            cv.best_score, cv.best_similarity, cv.image_key = cand.score, cand.cosine, cand.image_key
         if face_quality > cv.best_quality:
             cv.best_quality, cv.best_time = float(face_quality), float(timestamp)
             cv.best_bbox = None if bbox is None else np.asarray(bbox, np.float32).reshape(4).copy()
@@ -275,8 +282,8 @@ class DecisionEngine:
             camera_id=camera_id,
             track_id=track_id,
             id_formatted=cand.id_formatted,
-            similarity=cv.score_weighted / cv.weight,
-            best_similarity=cv.best_score,
+            similarity=cv.similarity_weighted / cv.weight,
+            best_similarity=cv.best_similarity,
             margin=cv.margin_weighted / cv.weight,
             estimated_age=float(np.median(cv.ages)) if cv.ages else None,
             quality=cv.best_quality,
@@ -289,6 +296,7 @@ class DecisionEngine:
             candidates=ranked_candidates(matches),
             p_male=cv.p_male_sum / cv.p_male_n if cv.p_male_n else None,
             policy=self.policy,
+            best_score=cv.best_score if self.policy.hub_norm else None,
         )
         logger.info(
             "match: camera %s track %d case %s similarity %.3f over %d frames",

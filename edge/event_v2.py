@@ -28,21 +28,26 @@ def v2_fields(d: MatchDecision, photo_info: PhotoInfo, *, static_suspect: bool) 
 
     ``candidates[0]`` is always the alerted case with its best photo over the track (the
     decision's ``image_key`` and ``best_similarity``); the runners-up come from the face that fired.
+    ``similarity`` is always the raw cosine; under a hub-normalised policy each candidate also
+    carries its decision ``score``.
     """
+    norm = d.policy is not None and d.policy.hub_norm
     photo = _photo(photo_info, d.image_key)
     first = CandidateRef(id_formatted=d.id_formatted, similarity=round(float(d.best_similarity), 4),
-                         image_key=d.image_key, category=photo.category, is_rendering=photo.is_rendering)
+                         image_key=d.image_key, category=photo.category, is_rendering=photo.is_rendering,
+                         score=round(float(d.best_score), 4) if norm and d.best_score is not None else None)
     rest = []
     for c in d.candidates:
         if c.id_formatted == d.id_formatted:
             continue
         p = _photo(photo_info, c.image_key)
-        rest.append(CandidateRef(id_formatted=c.id_formatted, similarity=round(float(c.score), 4),
-                                 image_key=c.image_key, category=p.category, is_rendering=p.is_rendering))
+        rest.append(CandidateRef(id_formatted=c.id_formatted, similarity=round(float(c.cosine), 4),
+                                 image_key=c.image_key, category=p.category, is_rendering=p.is_rendering,
+                                 score=round(float(c.score), 4) if norm else None))
     policy = None if d.policy is None else PolicyRef(
         rule=d.policy.rule, threshold=round(float(d.policy.threshold_for(d.estimated_age)), 4),
         gallery_size=d.policy.gallery_size,
-        target_fpir=d.policy.target_fpir)
+        target_fpir=d.policy.target_fpir, hub_norm=d.policy.hub_norm)
     return {
         "candidates": (first, *rest[:4]),
         "photo": photo,

@@ -281,10 +281,12 @@ class CandidateRef:
 
     Attributes:
         id_formatted: the case.
-        similarity: cosine similarity of the face to the case's best photo, in [-1, 1].
+        similarity: raw cosine similarity of the face to the case's best photo, in [-1, 1].
         image_key: that photo's bundle key.
         category: its NamUs photo category (``FacialCaseId``, ``AgeProgression``, ...) or ``None``.
         is_rendering: the photo is an age progression, composite or artist rendering.
+        score: the decision score (similarity minus the photo's hub offset) when the policy is
+            hub-normalised (``policy.hub_norm``), in [-3, 3]; ``None`` (key absent) otherwise.
     """
 
     id_formatted: str
@@ -292,6 +294,7 @@ class CandidateRef:
     image_key: str
     category: str | None = None
     is_rendering: bool = False
+    score: float | None = None
 
     def __post_init__(self) -> None:
         _str("candidates[].id_formatted", self.id_formatted, max_len=64)
@@ -299,17 +302,23 @@ class CandidateRef:
         _str("candidates[].image_key", self.image_key, max_len=512)
         _opt_str("candidates[].category", self.category)
         _bool("candidates[].is_rendering", self.is_rendering)
+        if self.score is not None:
+            _set(self, "score", _float("candidates[].score", self.score, -3.0, 3.0))
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object (all keys present)."""
-        return {"id_formatted": self.id_formatted, "similarity": self.similarity, "image_key": self.image_key,
-                "category": self.category, "is_rendering": self.is_rendering}
+        """The JSON object (all keys present; ``score`` only when set)."""
+        out: dict[str, Any] = {"id_formatted": self.id_formatted, "similarity": self.similarity,
+                               "image_key": self.image_key, "category": self.category,
+                               "is_rendering": self.is_rendering}
+        if self.score is not None:
+            out["score"] = self.score
+        return out
 
     @classmethod
     def from_dict(cls, data: object) -> CandidateRef:
         """Build from a parsed JSON object; raises EventError on missing/unknown/invalid fields."""
         return cls(**_take(data, "candidates[]", ("id_formatted", "similarity", "image_key", "category",
-                                                  "is_rendering")))
+                                                  "is_rendering"), ("score",)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -374,15 +383,18 @@ class PolicyRef:
 
     Attributes:
         rule: ``target_fpir``, ``fixed_threshold`` or ``embedder_default``.
-        threshold: the cosine threshold used.
+        threshold: the threshold used (on the raw cosine, or on the hub-normalised score when
+            ``hub_norm``).
         gallery_size: faces in the searched bundle.
         target_fpir: the target false-positive identification rate, or ``None``.
+        hub_norm: scores were hub-normalised (similarity minus each gallery photo's hub offset).
     """
 
     rule: str
     threshold: float
     gallery_size: int
     target_fpir: float | None = None
+    hub_norm: bool = False
 
     def __post_init__(self) -> None:
         _str("policy.rule", self.rule, max_len=64)
@@ -390,16 +402,17 @@ class PolicyRef:
         _set(self, "gallery_size", _int("policy.gallery_size", self.gallery_size, 0))
         if self.target_fpir is not None:
             _set(self, "target_fpir", _float("policy.target_fpir", self.target_fpir, 0.0, 1.0))
+        _bool("policy.hub_norm", self.hub_norm)
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"rule", "threshold", "gallery_size", "target_fpir"}``."""
+        """``{"rule", "threshold", "gallery_size", "target_fpir", "hub_norm"}``."""
         return {"rule": self.rule, "threshold": self.threshold, "gallery_size": self.gallery_size,
-                "target_fpir": self.target_fpir}
+                "target_fpir": self.target_fpir, "hub_norm": self.hub_norm}
 
     @classmethod
     def from_dict(cls, data: object) -> PolicyRef:
-        """Build from a parsed JSON object."""
-        return cls(**_take(data, "policy", ("rule", "threshold", "gallery_size", "target_fpir")))
+        """Build from a parsed JSON object (``hub_norm`` absent in events before it existed: false)."""
+        return cls(**_take(data, "policy", ("rule", "threshold", "gallery_size", "target_fpir"), ("hub_norm",)))
 
 
 _EVENT_REQUIRED = (

@@ -39,7 +39,7 @@ from namus_edge.edge.static_faces import StaticFaceGuard
 from namus_edge.edge.tracker import Tracker
 from namus_edge.index.faces import face_thumbnail
 from namus_edge.models.analyzer import FaceAnalyzer, PreparedFace
-from namus_edge.models.policy import resolve_policy
+from namus_edge.models.policy import decision_floor, resolve_policy
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,13 @@ class SearchIndex(Protocol):
     def ntotal(self) -> int:
         """Faces in the index (the gallery size of the alert policy)."""
 
-    def search(self, queries: np.ndarray, top_k: int = 5) -> list[list[Any]]:
-        """Top cases per query: lists of objects with id_formatted, score, image_key."""
+    @property
+    def has_hub_offsets(self) -> bool:
+        """Whether the bundle carries per-face hub offsets (a hub-normalised search is possible)."""
+
+    def search(self, queries: np.ndarray, top_k: int = 5, *, hub_norm: bool = False,
+               exact_above: float | None = None) -> list[list[Any]]:
+        """Top cases per query: lists of objects with id_formatted, score, similarity, image_key."""
 
     def case(self, id_formatted: str) -> dict[str, Any] | None:
         """Device-safe case row."""
@@ -129,6 +134,7 @@ class Pipeline:
         self._current_index: SearchIndex | None = None
         self._embedder = analyzer.embedder_spec.name
         self.policy = resolve_policy(config.matching, self._embedder, 0)
+        self._policy_key = (0, False)
         self.threshold = self.policy.threshold
         self.engine = DecisionEngine(config.matching.model_copy(update={"threshold": self.threshold}),
                                      self._case_info)
@@ -171,14 +177,17 @@ class Pipeline:
             return self._process(frames)
 
     def _sync_policy(self, index: SearchIndex | None) -> None:
-        """Re-derive the alert threshold when the gallery size changes (a new bundle)."""
+        """Re-derive the alert threshold when the gallery changes size or hub offsets (a new bundle)."""
         size = index.ntotal if index is not None else 0
-        if size != self.policy.gallery_size:
-            self.policy = resolve_policy(self.config.matching, self._embedder, size)
+        offsets = index.has_hub_offsets if index is not None else False
+        if (size, offsets) != self._policy_key:
+            self._policy_key = (size, offsets)
+            self.policy = resolve_policy(self.config.matching, self._embedder, size,
+                                         hub_norm=offsets and self.config.matching.hub_norm)
             self.threshold = self.policy.threshold
             self.engine.set_policy(self.policy)
-            logger.info("alert policy: %s, threshold %.3f for %d gallery faces", self.policy.rule,
-                        self.threshold, size)
+            logger.info("alert policy: %s, threshold %.3f for %d gallery faces (%s scores)", self.policy.rule,
+                        self.threshold, size, "hub-normalised" if self.policy.hub_norm else "raw")
 
     def _process(self, frames: Sequence[Frame]) -> int:
         self._current_index = self._index()
@@ -237,8 +246,10 @@ class Pipeline:
             if not candidates:
                 return self._emit_released(released)
         index = self._current_index
-        results = index.search(embeddings, top_k=self.config.matching.top_k) if index is not None else [
-            [] for _ in candidates]
+        results: list[list[Any]] = [[] for _ in candidates]
+        if index is not None:  # normalised: exact wherever a verdict could change (decision_floor)
+            results = index.search(embeddings, top_k=self.config.matching.top_k, hub_norm=self.policy.hub_norm,
+                                   exact_above=decision_floor(self.policy, self.config.matching))
         t2 = time.perf_counter()
         # age and sex only for faces whose best case reaches the threshold: the age and sex checks and the
         # event read no other face's (a face without them passes the checks), and a face matching nothing

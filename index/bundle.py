@@ -44,21 +44,30 @@ from namus_edge.index.trust import manifest_sequence
 
 logger = logging.getLogger(__name__)
 
+#: A hub-normalised search asks FAISS for this many times more faces than a raw one, then widens
+#: (doubling, up to :data:`HUB_SEARCH_MAX_FACTOR`) until no face left out could still rank.
+HUB_SEARCH_FACTOR = 3
+HUB_SEARCH_MAX_FACTOR = 24
+
+
 @dataclass(frozen=True)
 class CaseMatch:
     """One case found for a query face.
 
     Attributes:
         id_formatted: case id, e.g. ``MP1358``.
-        score: cosine similarity of the query to the case's best-matching face, in [-1, 1].
-        image_key: NamUs ``storageKey`` of that best-matching photo.
+        score: the decision score of the case's best face: its cosine similarity minus that face's
+            hub offset (``faces.hub_offset``) in a hub-normalised search, else the cosine similarity.
+        image_key: NamUs ``storageKey`` of that best-scoring photo.
         face_id: FAISS id of that face.
+        similarity: the raw cosine similarity of the query to that face, in [-1, 1].
     """
 
     id_formatted: str
     score: float
     image_key: str
     face_id: int
+    similarity: float
 
 
 class Bundle(Closing):
@@ -85,6 +94,9 @@ class Bundle(Closing):
         self._ntotal = int(conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0])
         self._max_faces_per_case = int(conn.execute(
             "SELECT COALESCE(MAX(n), 1) FROM (SELECT COUNT(*) AS n FROM faces GROUP BY id_formatted)").fetchone()[0])
+        # hub offsets: float32 indexed by face_id (4 bytes a face), None for a bundle without them
+        self.hub_norm: dict[str, Any] | None = manifest["index"].get("hub_norm")
+        self._hub_offsets = self._load_hub_offsets(conn) if self.hub_norm is not None else None
 
     @classmethod
     def load(
@@ -174,6 +186,35 @@ class Bundle(Closing):
         )
         return bundle
 
+    def _load_hub_offsets(self, conn: sqlite3.Connection) -> np.ndarray:
+        meta = self.path / META_NAME
+        info = self.hub_norm
+        k = info.get("k") if isinstance(info, dict) else None
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise BundleError(f"{self.path / MANIFEST_NAME}: index.hub_norm must be {{\"k\": positive int, ...}}, "
+                              f"got {info!r}")
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(faces)")}
+        if "hub_offset" not in columns:
+            raise BundleError(f"{meta}: the manifest says the bundle carries hub offsets but the faces table "
+                              "has no hub_offset column")
+        rows = conn.execute("SELECT face_id, hub_offset FROM faces").fetchall()
+        n = max((int(r[0]) for r in rows), default=-1) + 1
+        offsets = np.zeros(n, np.float32)
+        for fid, off in rows:
+            if off is None or not np.isfinite(off):
+                raise BundleError(f"{meta}: face {fid} has no finite hub_offset ({off!r})")
+            offsets[int(fid)] = off
+        return offsets
+
+    @property
+    def has_hub_offsets(self) -> bool:
+        """Whether the bundle carries per-face hub offsets (manifest ``index.hub_norm``)."""
+        return self._hub_offsets is not None
+
+    def hub_offsets(self) -> np.ndarray | None:
+        """float32 (max face_id + 1,) hub offset per face_id (a copy), or ``None`` without offsets."""
+        return None if self._hub_offsets is None else self._hub_offsets.copy()
+
     @property
     def ntotal(self) -> int:
         """Number of face vectors in the index."""
@@ -193,19 +234,34 @@ class Bundle(Closing):
             raise BundleError(f"bundle {self.path} is closed")
         return self._index
 
-    def search(self, queries: np.ndarray, top_k: int = 5) -> list[list[CaseMatch]]:
+    def search(self, queries: np.ndarray, top_k: int = 5, *, hub_norm: bool = False,
+               exact_above: float | None = None) -> list[list[CaseMatch]]:
         """Find the best-matching cases for each query face.
 
         Each case is scored by its best face. FAISS is asked for ``top_k`` times the largest
         number of faces any case has, so one case with many photos cannot crowd the others out
         (exact for flat indexes).
 
+        With ``hub_norm`` and a bundle carrying hub offsets (:attr:`has_hub_offsets`) a face's
+        score is its cosine similarity minus its hub offset, and cases are ranked by that. As the
+        order changes, FAISS is asked for :data:`HUB_SEARCH_FACTOR` times more faces, and for more
+        (doubling, up to :data:`HUB_SEARCH_MAX_FACTOR`) while a face it did not return could still
+        outscore the ``top_k``-th case (its similarity is at most the last one returned; its
+        offset at least the smallest) and could still reach ``exact_above``.
+
         Args:
             queries: float32 (N, D) L2-normalised embeddings.
             top_k: cases per query.
+            hub_norm: normalise by the hub offsets (no-op for a bundle without them); the caller
+                decides (:attr:`namus_edge.models.policy.ResolvedPolicy.hub_norm`), since the
+                threshold must be on the same scale.
+            exact_above: normalised search only: every case scoring at least this is found with
+                its true best score and rank; cases below it may be missing or scored on fewer
+                photos. :func:`namus_edge.models.policy.decision_floor` gives the lowest score a
+                verdict depends on. ``None``: all ``top_k`` cases exact.
 
         Returns:
-            Per query, up to ``top_k`` :class:`CaseMatch`, sorted by score, best first.
+            Per query, up to ``top_k`` :class:`CaseMatch`, sorted by ``score``, best first.
 
         Raises:
             ValueError: wrong shape or ``top_k`` < 1.
@@ -220,19 +276,48 @@ class Bundle(Closing):
         q = np.ascontiguousarray(q, dtype=np.float32)
         if len(q) == 0 or index.ntotal == 0:
             return [[] for _ in range(len(q))]
-        k = min(index.ntotal, top_k * self._max_faces_per_case)
-        scores, ids = index.search(q, k)
+        offsets = self._hub_offsets if hub_norm else None
+        base_k = top_k * self._max_faces_per_case
+        if offsets is None:
+            scores, ids = index.search(q, min(index.ntotal, base_k))
+            return self._rank(scores, ids, None, top_k)
+        min_offset = float(offsets.min())
+        results: list[list[CaseMatch] | None] = [None] * len(q)
+        todo = np.arange(len(q))
+        factor = HUB_SEARCH_FACTOR
+        while len(todo):
+            k = min(index.ntotal, base_k * factor)
+            scores, ids = index.search(q[todo], k)
+            ranked = self._rank(scores, ids, offsets, top_k)
+            complete = k >= index.ntotal or factor >= HUB_SEARCH_MAX_FACTOR
+            retry = []
+            for row, (qi, matches) in enumerate(zip(todo, ranked, strict=True)):
+                # a face not returned scores at most (last similarity returned) - (smallest offset)
+                bound = float(scores[row, -1]) - min_offset
+                if (complete or (len(matches) == top_k and matches[-1].score >= bound)
+                        or (exact_above is not None and bound < exact_above)):
+                    results[int(qi)] = matches
+                else:
+                    retry.append(int(qi))
+            todo = np.asarray(retry, np.int64)
+            factor *= 2
+        return [r if r is not None else [] for r in results]
+
+    def _rank(self, scores: np.ndarray, ids: np.ndarray, offsets: np.ndarray | None,
+              top_k: int) -> list[list[CaseMatch]]:
+        """Per query row: the best face per case (by decision score), the ``top_k`` best cases."""
         face_map = self._face_rows({int(i) for i in ids.ravel() if i >= 0})
         results: list[list[CaseMatch]] = []
         for row_scores, row_ids in zip(scores, ids, strict=True):
             best: dict[str, CaseMatch] = {}
-            for score, fid in zip(row_scores, row_ids, strict=True):
+            for sim, fid in zip(row_scores.tolist(), row_ids.tolist(), strict=True):
                 if fid < 0:  # fewer results than k (approximate indexes)
                     continue
-                cid, image_key = face_map[int(fid)]
+                score = sim - float(offsets[fid]) if offsets is not None else sim
+                cid, image_key = face_map[fid]
                 prev = best.get(cid)
                 if prev is None or score > prev.score:
-                    best[cid] = CaseMatch(cid, float(score), image_key, int(fid))
+                    best[cid] = CaseMatch(cid, float(score), image_key, int(fid), float(sim))
             ranked = sorted(best.values(), key=lambda m: (-m.score, case_sort_key(m.id_formatted)))
             results.append(ranked[:top_k])
         return results

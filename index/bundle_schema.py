@@ -2,6 +2,12 @@
 
 A bundle carries only device-safe case metadata (:data:`CASE_KEYS`); :func:`validate_case` rejects
 any other key, so contributor contacts and narrative text can never reach a device.
+
+The ``faces`` table has one row per gallery face (``face_id`` = FAISS id). ``hub_offset`` (REAL,
+nullable) is the face's hub offset (:func:`namus_edge.models.hub_norm.hub_offsets`: how strongly it
+attracts faces of other cases, minus the gallery median), computed over the whole gallery at
+build time; the manifest's ``index.hub_norm`` says the bundle carries them. Bundles built before
+the column existed lack it and are searched on raw scores.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ FACE_KEYS: tuple[str, ...] = (
     "bbox",
     "file_sha256",
     "ambiguous",
+    "hub_offset",
 )
 
 ID_RE = re.compile(r"^(MP|UP|UCP)([0-9]+)$")
@@ -94,7 +101,8 @@ CREATE TABLE faces (
     det_score REAL NOT NULL,
     bbox TEXT NOT NULL,
     file_sha256 TEXT NOT NULL,
-    ambiguous INTEGER NOT NULL
+    ambiguous INTEGER NOT NULL,
+    hub_offset REAL
 );
 CREATE INDEX faces_by_case ON faces(id_formatted);
 PRAGMA user_version = 1;

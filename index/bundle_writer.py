@@ -62,6 +62,7 @@ from namus_edge.index.manifest import (
     verify_bundle,
 )
 from namus_edge.index.signing import load_private_key, sign_bytes
+from namus_edge.models.hub_norm import HUB_K, hub_offsets
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class BundleWriter(Closing):
         overwrite: bool = False,
         sequence: int | None = None,
         valid_days: float = 30.0,
+        hub_k: int | None = HUB_K,
     ) -> None:
         """Start a bundle.
 
@@ -101,6 +103,9 @@ class BundleWriter(Closing):
             sequence: the signed, monotonic ``sequence`` (default: Unix time in milliseconds at
                 :meth:`finish`; devices refuse a bundle with a lower sequence than the live one).
             valid_days: the signed ``valid_until`` is ``created`` plus this many days.
+            hub_k: neighbours per hub offset (:func:`namus_edge.models.hub_norm.hub_offsets`),
+                computed over all faces at :meth:`finish` and stored per face (``faces.hub_offset``,
+                manifest ``index.hub_norm``); ``None`` stores none (the search uses raw scores).
 
         Raises:
             BundleError: ``out_dir`` exists and ``overwrite`` is false.
@@ -121,6 +126,9 @@ class BundleWriter(Closing):
             raise ValueError(f"valid_days must be > 0, got {valid_days!r}")
         self.sequence = sequence
         self.valid_days = float(valid_days)
+        if hub_k is not None and (isinstance(hub_k, bool) or not isinstance(hub_k, int) or hub_k < 1):
+            raise ValueError(f"hub_k must be a positive integer or None, got {hub_k!r}")
+        self.hub_k = hub_k
         self._check_out_dir()
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         self._tmp: Path | None = Path(
@@ -315,6 +323,7 @@ class BundleWriter(Closing):
         choice = choose_index(len(vectors), dim, self.flat_max, self.flat_fp16)
         index = build_index(vectors, ids, choice)
         faiss.write_index(index, str(tmp / INDEX_NAME))
+        hub_info = self._hub_offsets(vectors)
         self._write_sqlite(tmp / META_NAME)
         np.save(tmp / EMBEDDINGS_NAME, vectors, allow_pickle=False)
         problems = sorted(self._problems, key=lambda p: (case_sort_key(p["id_formatted"]), p["image_key"]))
@@ -339,6 +348,8 @@ class BundleWriter(Closing):
             "params": choice.params,
             "chosen_because": choice.reason,
         }
+        if hub_info is not None:
+            index_info["hub_norm"] = hub_info
         content = hashlib.sha256(
             manifest_bytes(
                 {
@@ -380,6 +391,25 @@ class BundleWriter(Closing):
         for rel in (MANIFEST_NAME, SIGNATURE_NAME):
             fsync_file(tmp / rel)
         return manifest
+
+    def _hub_offsets(self, vectors: np.ndarray) -> dict[str, Any] | None:
+        """Set every face's ``hub_offset`` over the whole gallery; the manifest's ``index.hub_norm``.
+
+        Always recomputed from all faces of this bundle (a face added or removed anywhere changes
+        everyone's neighbours), so an incremental build is as correct as a full one.
+        """
+        if self.hub_k is None:
+            for f in self._faces:
+                f["hub_offset"] = None
+            return None
+        t0 = time.perf_counter()
+        offsets = hub_offsets(vectors, [f["id_formatted"] for f in self._faces], self.hub_k)
+        for f, off in zip(self._faces, offsets.tolist(), strict=True):
+            f["hub_offset"] = float(off)
+        logger.info("hub offsets of %d faces (k=%d) in %.1f s", len(offsets), self.hub_k, time.perf_counter() - t0)
+        lo = float(offsets.min()) if len(offsets) else 0.0
+        hi = float(offsets.max()) if len(offsets) else 0.0
+        return {"k": self.hub_k, "offset_min": round(lo, 6), "offset_max": round(hi, 6)}
 
     @staticmethod
     def _check_diff(diff: Mapping[str, Any] | None) -> dict[str, list[str]] | None:

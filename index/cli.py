@@ -24,7 +24,7 @@ from namus_edge.core.config import Config
 from namus_edge.core.errors import NamusEdgeError
 from namus_edge.index.manifest import read_manifest, verify_bundle
 from namus_edge.index.signing import generate_keypair, key_id
-from namus_edge.models.policy import judge, resolve_policy
+from namus_edge.models.policy import decision_floor, judge, resolve_policy
 from namus_edge.models.registry import match_threshold
 
 logger = logging.getLogger(__name__)
@@ -172,6 +172,9 @@ def _info(args: argparse.Namespace, config: Config) -> int:
     print(f"model    {model['name']} sha256 {model['sha256'][:12]} dim {model['dim']}")
     print(f"index    {idx['type']} ({idx['factory']}, {idx['metric']}, {idx['ntotal']} vectors)")
     print(f"         {idx['chosen_because']}")
+    hub = idx.get("hub_norm")
+    print("hub      " + (f"offsets per face (k {hub.get('k')}, {hub.get('offset_min')} .. {hub.get('offset_max')})"
+                         if isinstance(hub, dict) else "no offsets (searched on raw similarity)"))
     for rel, size in info["sizes"]["files"].items():
         print(f"file     {rel:<16} {_human(size)}")
     print(f"device   {_human(device_bytes)}")
@@ -306,7 +309,9 @@ def _search_alert(args: argparse.Namespace, config: Config, paths: Sequence[Path
 
     JSON: ``{"bundle", "policy", "results": [{"image", "alert", "reason", "candidates", "threshold",
     "estimated_age"}]}``; ``reason`` is ``alert``, ``no_face`` or the rule that rejected the best case
-    (``threshold``, ``margin``, ``age``, ``sex``; see ``models/policy.py``).
+    (``threshold``, ``margin``, ``age``, ``sex``; see ``models/policy.py``). Each candidate has
+    ``score`` (what the threshold applies to: hub-normalised when ``policy.hub_norm``) and
+    ``similarity`` (the raw cosine); they are equal without normalisation.
     """
     import numpy as np
 
@@ -320,21 +325,24 @@ def _search_alert(args: argparse.Namespace, config: Config, paths: Sequence[Path
     results: list[dict[str, Any]] = []
     with Bundle.load(args.bundle, pubkeys=_pubkeys(args, config), expected_model=expected) as bundle:
         analyzer = FaceAnalyzer(config, with_age=True)
-        policy = resolve_policy(config.matching, analyzer.embedder_spec.name, bundle.ntotal)
+        policy = resolve_policy(config.matching, analyzer.embedder_spec.name, bundle.ntotal,
+                                hub_norm=bundle.has_hub_offsets and config.matching.hub_norm)
         for path in paths:
             faces = [f for f in analyzer.analyze(read_image(path), photo=True) if f.has_embedding]
             row: dict[str, Any] = {"image": str(path), "alert": None, "reason": "no_face", "candidates": [],
                                    "threshold": round(policy.threshold, 4), "estimated_age": None}
             if faces:
                 best = max(faces, key=lambda f: f.area)  # the largest face: the subject of the photo
-                matches = bundle.search(best.embedding[np.newaxis, :], top_k)[0]
+                matches = bundle.search(best.embedding[np.newaxis, :], top_k, hub_norm=policy.hub_norm,
+                                        exact_above=decision_floor(policy, config.matching))[0]
                 verdict = judge(matches, policy.threshold_for(best.age), config.matching, estimated_age=best.age,
                                 p_male=best.p_male, case_info=bundle.case, today=today)
                 row["threshold"] = round(policy.threshold_for(best.age), 4)
                 row["alert"] = verdict.candidate.id_formatted if verdict.candidate else None
                 row["reason"] = verdict.reason
                 row["estimated_age"] = None if best.age is None else round(float(best.age), 1)
-                row["candidates"] = [{"case": m.id_formatted, "score": round(m.score, 4), "image_key": m.image_key,
+                row["candidates"] = [{"case": m.id_formatted, "score": round(m.score, 4),
+                                      "similarity": round(m.similarity, 4), "image_key": m.image_key,
                                       **(bundle.photo(m.image_key) or {"category": None, "is_rendering": False})}
                                      for m in matches]
             results.append(row)
@@ -344,11 +352,13 @@ def _search_alert(args: argparse.Namespace, config: Config, paths: Sequence[Path
         return 0
     pol = doc["policy"]
     print(f"bundle {doc['bundle']}: {pol['rule']} threshold {pol['threshold']} for {pol['gallery_size']} faces"
-          + (f" (target FPIR {pol['target_fpir']})" if pol["target_fpir"] is not None else ""))
+          + (f" (target FPIR {pol['target_fpir']})" if pol["target_fpir"] is not None else "")
+          + (", hub-normalised scores" if pol["hub_norm"] else ""))
     for row in results:
         verdict_text = f"ALERT {row['alert']}" if row["alert"] else f"no alert ({row['reason']})"
         print(f"{row['image']}: {verdict_text}")
         for m in row["candidates"]:
             tag = " [rendering]" if m["is_rendering"] else ""
-            print(f"    {m['case']:<12} {m['score']:.4f}  {m['image_key']}  {m['category']}{tag}")
+            print(f"    {m['case']:<12} score {m['score']:.4f}  similarity {m['similarity']:.4f}  "
+                  f"{m['image_key']}  {m['category']}{tag}")
     return 0

@@ -17,6 +17,19 @@ signed with the rest; :mod:`namus_edge.index.trust` refuses rollbacks and report
 ``{"sha256": hex, "size": bytes}``. The signature covers the whole manifest, so a publisher can
 drop the operator files and a device still verifies what it received
 (``include_operator_files=False``).
+
+**Hub offsets.** Some case photos (blurry, small, young children, scans) resemble many unrelated
+faces: *hubs* that would raise most false alerts at one fixed threshold. At build time the writer
+computes every face's hub offset over the whole gallery (:func:`namus_edge.models.hub_norm.hub_offsets`:
+mean of its ``k`` best similarities to faces of other cases, minus the gallery median) and stores
+it in the ``faces.hub_offset`` column of ``meta.sqlite3``; ``index.hub_norm`` in the manifest
+(``{"k", "offset_min", "offset_max"}``, signed with the rest) says the bundle carries them. Every
+build recomputes all offsets, incremental ones included: one face more or less changes everyone's
+neighbours. A device then scores a photo as ``similarity - offset`` when its policy is normalised
+(``matching.hub_norm`` and a measured normalised tail for the embedder,
+:func:`namus_edge.models.policy.resolve_policy`); events keep the raw ``similarity`` and add the
+``score`` (docs/events.md). A bundle without ``index.hub_norm`` (built before offsets existed) is
+searched on raw similarities.
 """
 
 from __future__ import annotations

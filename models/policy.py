@@ -12,6 +12,14 @@ the registry). A bigger bundle gets a higher threshold, so the false-alert rate 
 bounded whatever the gallery size (rule ``target_fpir``). Without a tail the embedder's fixed
 default applies (rule ``embedder_default``).
 
+**Hub normalisation** (:mod:`namus_edge.models.hub_norm`). When the searched bundle carries
+per-face hub offsets, ``matching.hub_norm`` is on, the target rule applies and the embedder has a
+measured *normalised* impostor tail (registry ``hub_impostor_tail``; children:
+``hub_child_impostor_tail``), the thresholds are read off those tails and apply to the
+normalised score ``similarity - offset`` (:attr:`ResolvedPolicy.hub_norm`; the search must then be
+normalised too, :meth:`namus_edge.index.bundle.Bundle.search`). Otherwise scores are raw cosines
+and everything above holds unchanged.
+
 **Verdict** (:func:`judge`), in this order; the first failing rule names the rejection:
 
 1. ``no_candidates``: the search returned nothing.
@@ -39,7 +47,7 @@ from typing import Any, Protocol
 
 from namus_edge.core.config import AgeCheckConfig, ConfigError, MatchingConfig, SexCheckConfig
 from namus_edge.models.impostor_tail import far_for_fpir
-from namus_edge.models.registry import get_spec
+from namus_edge.models.registry import ModelSpec, get_spec
 
 CHILD_AGE = 18.0
 DAYS_PER_YEAR = 365.2425
@@ -53,7 +61,11 @@ REASONS = ("alert", "no_candidates", "threshold", "margin", "age", "sex")
 
 
 class CaseMatchLike(Protocol):
-    """One search hit: a case photo and its cosine similarity to the face."""
+    """One search hit: a case photo and its score for the face.
+
+    A hit may also carry ``similarity``, the raw cosine, when ``score`` is hub-normalised
+    (:class:`namus_edge.index.bundle.CaseMatch`); without it ``score`` is the raw cosine.
+    """
 
     @property
     def id_formatted(self) -> str:
@@ -61,7 +73,7 @@ class CaseMatchLike(Protocol):
 
     @property
     def score(self) -> float:
-        """Cosine similarity in [-1, 1]."""
+        """The decision score: cosine similarity in [-1, 1], minus the photo's hub offset when normalised."""
 
     @property
     def image_key(self) -> str:
@@ -91,8 +103,8 @@ class ResolvedPolicy:
         far_per_pair: the per-pair false-accept rate the threshold corresponds to (target rule only).
         child_threshold: the threshold for faces estimated younger than :data:`CHILD_FACE_AGE`
             (target rule with a measured child tail), else ``None`` (the same threshold for all).
-        hub_norm: the thresholds apply to hub-normalised scores (similarity minus the gallery
-            face's hub offset) and come from the embedder's normalised tails.
+        hub_norm: the thresholds are on hub-normalised scores (``similarity - offset``, from the
+            embedder's ``hub_impostor_tail``): search with ``hub_norm=True``. ``False``: raw cosines.
     """
 
     rule: str
@@ -112,9 +124,9 @@ class ResolvedPolicy:
         return self.child_threshold if estimated_age < CHILD_FACE_AGE else self.threshold
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"rule", "threshold", "gallery_size", "target_fpir", "child_threshold"}``.
+        """``{"rule", "threshold", "gallery_size", "target_fpir", "child_threshold", "hub_norm"}``.
 
-        A match event's ``policy`` has the first four, with the threshold used for that face.
+        A match event's ``policy`` has these but ``child_threshold``, with the threshold used for that face.
         """
         return {"rule": self.rule, "threshold": round(self.threshold, 4), "gallery_size": self.gallery_size,
                 "target_fpir": self.target_fpir,
@@ -122,13 +134,26 @@ class ResolvedPolicy:
                 "hub_norm": self.hub_norm}
 
 
-def resolve_policy(matching: MatchingConfig, embedder: str, gallery_size: int, *,
+def uses_hub_tails(spec: ModelSpec) -> bool:
+    """Whether an embedder's normalised tails can replace its raw ones (it has a ``hub_impostor_tail``).
+
+    Children get ``hub_child_impostor_tail``'s threshold under normalisation; without one they share
+    the adult threshold, so record both tails together.
+    """
+    return spec.hub_impostor_tail is not None
+
+
+def resolve_policy(matching: MatchingConfig, embedder: str | ModelSpec, gallery_size: int, *,
                    hub_norm: bool = False) -> ResolvedPolicy:
     """The threshold for a gallery of ``gallery_size`` faces (see the module docstring).
 
-    With ``hub_norm`` (the gallery carries hub offsets) and normalised tails measured for the
-    embedder, the thresholds come from those tails (``ResolvedPolicy.hub_norm``); otherwise from
-    the raw tails.
+    Args:
+        matching: the matching settings (threshold, target_fpir, min_threshold, hub_norm).
+        embedder: the embedder's registry name, or its :class:`ModelSpec`.
+        gallery_size: faces in the searched gallery (bundle ``ntotal``).
+        hub_norm: normalise if possible: the caller passes ``Bundle.has_hub_offsets and
+            matching.hub_norm``. The policy normalises (``ResolvedPolicy.hub_norm``) only when this
+            and the target rule hold and the embedder has normalised tails (:func:`uses_hub_tails`).
 
     Raises:
         ConfigError: no threshold is configured and the embedder has neither a tail nor a default.
@@ -136,9 +161,9 @@ def resolve_policy(matching: MatchingConfig, embedder: str, gallery_size: int, *
     n = max(0, int(gallery_size))
     if matching.threshold is not None:
         return ResolvedPolicy("fixed_threshold", float(matching.threshold), n, None)
-    spec = get_spec(embedder)
-    use_hub = hub_norm and spec.hub_impostor_tail is not None
-    tail, child_tail = ((spec.hub_impostor_tail, spec.hub_child_impostor_tail) if use_hub
+    spec = get_spec(embedder) if isinstance(embedder, str) else embedder
+    norm = bool(hub_norm and uses_hub_tails(spec))
+    tail, child_tail = ((spec.hub_impostor_tail, spec.hub_child_impostor_tail) if norm
                         else (spec.impostor_tail, spec.child_impostor_tail))
     if matching.target_fpir is not None and tail is not None:
         far = far_for_fpir(matching.target_fpir, max(1, n))
@@ -146,11 +171,23 @@ def resolve_policy(matching: MatchingConfig, embedder: str, gallery_size: int, *
         tc = None
         if child_tail is not None:
             tc = float(min(max(child_tail.threshold_for_far(far), matching.min_threshold), 1.0))
-        return ResolvedPolicy("target_fpir", float(t), n, float(matching.target_fpir), far, tc, use_hub)
+        return ResolvedPolicy("target_fpir", float(t), n, float(matching.target_fpir), far, tc, norm)
     if spec.match_threshold is None:
         raise ConfigError(f"matching.threshold: set it explicitly; embedder {spec.name} has no measured "
                           "impostor tail and no default threshold")
     return ResolvedPolicy("embedder_default", float(spec.match_threshold), n, None)
+
+
+def decision_floor(policy: ResolvedPolicy, matching: MatchingConfig) -> float:
+    """The lowest score a verdict depends on: the smallest threshold in force minus ``matching.margin``.
+
+    A best case below its threshold is rejected whatever else scored; one above it passes the
+    margin rule against any case below ``threshold - margin``. So a search that is exact for
+    every case scoring at least this (``Bundle.search(exact_above=...)``) gives the same verdicts
+    as a fully exact one.
+    """
+    low = policy.threshold if policy.child_threshold is None else min(policy.threshold, policy.child_threshold)
+    return float(low - matching.margin)
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,15 +201,30 @@ class Candidate:
 
     Attributes:
         id_formatted: the best case.
-        score: its best photo's cosine similarity.
+        score: its best photo's decision score (the cosine similarity, minus the photo's hub
+            offset in a hub-normalised search).
         image_key: that photo's bundle key.
-        margin: lead over the second-best case (over 0 when there is none).
+        margin: lead in score over the second-best case (over 0 when there is none).
+        similarity: that photo's raw cosine similarity when the hit carried one, else ``None``
+            (``score`` is then the raw cosine); read it through :attr:`cosine`.
     """
 
     id_formatted: str
     score: float
     image_key: str
     margin: float
+    similarity: float | None = None
+
+    @property
+    def cosine(self) -> float:
+        """The raw cosine similarity of the face to the photo (``similarity``, else ``score``)."""
+        return self.score if self.similarity is None else self.similarity
+
+
+def hit_similarity(m: CaseMatchLike) -> float | None:
+    """A hit's raw cosine when it carries one apart from its score (``CaseMatch.similarity``), else ``None``."""
+    sim = getattr(m, "similarity", None)
+    return None if sim is None else float(sim)
 
 
 def rank_cases(matches: Sequence[CaseMatchLike]) -> list[CaseMatchLike]:
@@ -195,7 +247,7 @@ def best_candidate(matches: Sequence[CaseMatchLike]) -> Candidate | None:
         return None
     top = ranked[0]
     second = float(ranked[1].score) if len(ranked) > 1 else 0.0
-    return Candidate(top.id_formatted, float(top.score), top.image_key, float(top.score) - second)
+    return Candidate(top.id_formatted, float(top.score), top.image_key, float(top.score) - second, hit_similarity(top))
 
 
 # --------------------------------------------------------------------------------------------

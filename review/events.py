@@ -27,10 +27,12 @@ class CandidateRef:
 
     Attributes:
         id_formatted: NamUs case number.
-        similarity: cosine similarity in [-1, 1].
+        similarity: cosine similarity in [-1, 1] (raw, also under a hub-normalised policy).
         image_key: bundle key of the case photo.
         category: NamUs photo category (e.g. ``FacialCaseId``) or ``None``.
         is_rendering: the photo is an age progression or artist rendering.
+        score: the hub-normalised decision score when the device's policy normalised
+            (``policy.hub_norm``), else ``None`` (absent on the wire).
     """
 
     id_formatted: str
@@ -38,11 +40,16 @@ class CandidateRef:
     image_key: str
     category: str | None
     is_rendering: bool
+    score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object of this candidate."""
-        return {"id_formatted": self.id_formatted, "similarity": self.similarity, "image_key": self.image_key,
-                "category": self.category, "is_rendering": self.is_rendering}
+        """The JSON object of this candidate (``score`` only when set)."""
+        out: dict[str, Any] = {"id_formatted": self.id_formatted, "similarity": self.similarity,
+                               "image_key": self.image_key, "category": self.category,
+                               "is_rendering": self.is_rendering}
+        if self.score is not None:
+            out["score"] = self.score
+        return out
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,8 @@ class ReviewEvent:
         photo: ``{"category", "is_rendering"}`` of the matched photo, or ``None`` (v1).
         static_suspect: the face did not move (v2), else False.
         estimated_sex: ``{"label", "confidence"}`` or ``None``.
-        policy: ``{"rule", "threshold", "gallery_size", "target_fpir"}`` or ``None``.
+        policy: ``{"rule", "threshold", "gallery_size", "target_fpir"}`` (plus ``hub_norm`` when the
+            event carries it) or ``None``.
     """
 
     event: MatchEvent
@@ -77,13 +85,13 @@ def _num(where: str, value: object, lo: float, hi: float) -> float:
     return out
 
 
-def _obj(where: str, value: object, keys: tuple[str, ...]) -> dict[str, Any]:
+def _obj(where: str, value: object, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise EventError(f"{where}: expected a JSON object, got {type(value).__name__}")
     missing = [k for k in keys if k not in value]
     if missing:
         raise EventError(f"{where}: missing field(s) {', '.join(missing)}")
-    unknown = sorted(set(value) - set(keys))
+    unknown = sorted(set(value) - set(keys) - set(optional))
     if unknown:
         raise EventError(f"{where}: unknown field(s) {', '.join(unknown)}")
     return value
@@ -107,13 +115,14 @@ def _candidates(value: object) -> tuple[CandidateRef, ...]:
     out = []
     for i, item in enumerate(value):
         where = f"candidates[{i}]"
-        d = _obj(where, item, ("id_formatted", "similarity", "image_key", "category", "is_rendering"))
+        d = _obj(where, item, ("id_formatted", "similarity", "image_key", "category", "is_rendering"), ("score",))
         for key in ("id_formatted", "image_key"):
             if not isinstance(d[key], str) or not d[key] or len(d[key]) > 512:
                 raise EventError(f"{where}.{key}: expected a non-empty string, got {d[key]!r}")
         out.append(CandidateRef(d["id_formatted"], _num(f"{where}.similarity", d["similarity"], -1.0, 1.0),
                                 d["image_key"], _opt_str(f"{where}.category", d["category"]),
-                                _bool(f"{where}.is_rendering", d["is_rendering"])))
+                                _bool(f"{where}.is_rendering", d["is_rendering"]),
+                                None if d.get("score") is None else _num(f"{where}.score", d["score"], -3.0, 3.0)))
     return tuple(out)
 
 
@@ -136,7 +145,7 @@ def _v2_parts(data: dict[str, Any]) -> tuple[tuple[CandidateRef, ...], dict[str,
         if s["label"] not in ("female", "male"):
             raise EventError(f"estimated_sex.label: {s['label']!r} is not 'female' or 'male'")
         sex = {"label": s["label"], "confidence": _num("estimated_sex.confidence", s["confidence"], 0.5, 1.0)}
-    pol = _obj("policy", data["policy"], ("rule", "threshold", "gallery_size", "target_fpir"))
+    pol = _obj("policy", data["policy"], ("rule", "threshold", "gallery_size", "target_fpir"), ("hub_norm",))
     if not isinstance(pol["rule"], str) or not pol["rule"] or len(pol["rule"]) > 64:
         raise EventError(f"policy.rule: expected a non-empty string, got {pol['rule']!r}")
     size = pol["gallery_size"]
@@ -145,6 +154,8 @@ def _v2_parts(data: dict[str, Any]) -> tuple[tuple[CandidateRef, ...], dict[str,
     fpir = None if pol["target_fpir"] is None else _num("policy.target_fpir", pol["target_fpir"], 0.0, 1.0)
     policy = {"rule": pol["rule"], "threshold": _num("policy.threshold", pol["threshold"], -1.0, 1.0),
               "gallery_size": size, "target_fpir": fpir}
+    if "hub_norm" in pol:
+        policy["hub_norm"] = _bool("policy.hub_norm", pol["hub_norm"])
     return cands, photo, static, sex, policy
 
 

@@ -224,6 +224,7 @@ def test_sqlite_holds_only_device_safe_columns(built: Path) -> None:
         "bbox",
         "file_sha256",
         "ambiguous",
+        "hub_offset",
     ]
 
 

@@ -21,6 +21,20 @@ def test_v1_gets_contract_defaults_and_v2_is_read():
     assert v2.policy["gallery_size"] == 12 and v2.estimated_sex == {"label": "female", "confidence": 0.91}
 
 
+def test_hub_normalised_v2_event_keeps_score_and_policy_flag():
+    ev = make_event(version=2)
+    ev["policy"] = {**ev["policy"], "hub_norm": True}
+    ev["candidates"] = [{**c, "score": round(c["similarity"] - 0.03, 4)} for c in ev["candidates"]]
+    parsed = parse_event(json.dumps(ev).encode())
+    assert parsed.policy["hub_norm"] is True
+    assert [c.to_dict() for c in parsed.candidates] == ev["candidates"]
+    plain = parse_event(json.dumps(make_event(version=2)).encode())  # events before hub_norm existed
+    assert "hub_norm" not in plain.policy and all(c.score is None for c in plain.candidates)
+    bad = {**ev, "policy": {**ev["policy"], "hub_norm": "yes"}}
+    with pytest.raises(EventError, match=r"policy\.hub_norm"):
+        parse_event(json.dumps(bad).encode())
+
+
 @pytest.mark.parametrize(("change", "field"), [
     ({"candidates": [{"id_formatted": "MP1", "similarity": 0.5, "image_key": "k", "category": None,
                       "is_rendering": False}]}, "candidates[0].id_formatted"),
