@@ -172,7 +172,7 @@ def _demo_photo(photos: Sequence[Path]) -> tuple[list[np.ndarray], str]:
 def _ensure_models(config: Config, models_from: str | None) -> None:
 
     cache = config.models.resolved_cache_dir()
-    names = [n for n in config.models.selected() if n]
+    names = config.models.selected_all()  # detector, embedder, age, sex, second age
     missing = [n for n in names if check_file(get_spec(n), cache)[0] != "present"]
     if not missing:
         return
