@@ -211,10 +211,11 @@ def run_demo(config: Config, *, photos: Sequence[Path] = (), models_from: str | 
                               "files": {"original": {"storageKey": key, "mimeType": "image/jpg",
                                                      "href": f"/api/CaseSets/NamUs/MissingPersons/Cases/1/Images/"
                                                              f"{i + 1}/Original"}}})
+    # no ages and no sex: the photo may be anyone's (--photo), and the age and sex checks only reject on
+    # evidence, so a fictional age or sex would make the demo's one event depend on the age model's guess
     record = {"id": 1, "idFormatted": "MP1", "modifiedDateTime": "2026-01-01T00:00:00", "caseIsResolved": False,
-              "subjectIdentification": {"firstName": "Demo", "lastName": "Person", "computedMissingMinAge": 40,
-                                        "computedMissingMaxAge": 40},
-              "subjectDescription": {"sex": {"name": "Female"}},
+              "subjectIdentification": {"firstName": "Demo", "lastName": "Person"},
+              "subjectDescription": {},
               "sighting": {"date": "2020-01-01", "address": {"city": "Demo City", "state": {"name": "Texas"}}},
               "images": image_entries}
     (out / "MissingPersons.json").write_text(json.dumps([record]), encoding="utf-8")
