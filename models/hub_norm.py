@@ -47,14 +47,16 @@ class HubNeighbours:
     groups: np.ndarray
     k: int
 
-    def values(self, drop_group: int | None = None) -> np.ndarray:
-        """Hub values, float32 (N,): mean of the ``k`` best finite scores, optionally ignoring one group.
+    def values(self, drop_group: int | np.ndarray | None = None) -> np.ndarray:
+        """Hub values, float32 (N,): mean of the ``k`` best finite scores, optionally ignoring a group.
 
-        Rows with no finite score get 0.
+        ``drop_group``: one group code for every row, or int64 (N,) a code per row. Rows with no
+        finite score get 0.
         """
         s = self.scores
         if drop_group is not None:
-            s = np.where(self.groups == drop_group, -np.inf, s)
+            drop = np.asarray(drop_group)
+            s = np.where(self.groups == (drop[:, None] if drop.ndim else drop), -np.inf, s)
             s = -np.sort(-s, axis=1)
         top = s[:, : self.k]
         finite = np.isfinite(top)

@@ -383,9 +383,8 @@ def hub_impostor_pairs(emb: np.ndarray, rows: Sequence[Row], excl: set[frozenset
         grp = nb.groups[pos_of[bb]]
         hit = np.nonzero(np.any(grp[:, : nb.k] == ids[aa][:, None], axis=1))[0]
         if hit.size:
-            dropped = np.where(grp[hit] == ids[aa[hit]][:, None], -np.inf, nb.scores[pos_of[bb[hit]]])
-            sub = HubNeighbours(-np.sort(-dropped, axis=1), grp[hit], nb.k)
-            off[s0 + hit] = sub.values() - np.float32(hub.median)
+            sub = HubNeighbours(nb.scores[pos_of[bb[hit]]], grp[hit], nb.k)
+            off[s0 + hit] = sub.values(drop_group=ids[aa[hit]]) - np.float32(hub.median)
     norm = raw - off
     keep = norm >= floor
     order = np.argsort(-norm[keep])
