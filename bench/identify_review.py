@@ -42,12 +42,23 @@ NOISE_LIST = Path(__file__).parent / "data" / "identification_label_noise.csv"
 def load_pairs(run: Path, which: str) -> list[dict[str, Any]]:
     """The ``which`` list of an ``eval identify --json`` output: dicts with probe, gallery, score.
 
-    ``tail_fit`` / ``tail_report`` are the highest-scoring impostor pairs of each half's tail.
+    ``tail_fit`` / ``tail_report`` are the highest-scoring impostor pairs of each half's tail: the
+    hub-normalised tail when the run normalised (the one its policy used), each pair once.
     """
     data = json.loads(run.read_text())
     if which.startswith("tail_"):
         half = which.removeprefix("tail_")
-        return [{"probe": p["a"], "gallery": p["b"], "score": p["score"]} for p in data["tail"][half]["top_pairs"]]
+        hub = data["tail"][half].get("hub")
+        if hub is None:
+            return [{"probe": p["a"], "gallery": p["b"], "score": p["score"]} for p in data["tail"][half]["top_pairs"]]
+        seen: set[frozenset[str]] = set()
+        out = []
+        for p in hub["top_pairs"]:
+            key = frozenset((p["probe"], p["gallery"]))
+            if key not in seen:
+                seen.add(key)
+                out.append({"probe": p["probe"], "gallery": p["gallery"], "score": p["score"]})
+        return out
     if which not in data:
         raise SystemExit(f"{run}: no key {which!r} (run eval identify with this version)")
     return [p for p in data[which] if p.get("gallery")]

@@ -9,7 +9,8 @@ index hits. The rules:
    measured against 0, the score of unrelated faces), and the age and sex checks pass
    (:func:`namus_edge.models.policy.judge`). A photo's score is its cosine similarity, or,
    under a hub-normalised policy (``ResolvedPolicy.hub_norm``), the similarity minus the
-   photo's hub offset; decisions report both (``similarity`` is always the raw cosine).
+   photo's hub offset minus the face's probe offset (:mod:`namus_edge.models.hub_norm`); decisions
+   report both (``similarity`` is always the raw cosine).
 2. **Votes.** A vote weighs ``quality * sqrt(face_area)`` (sharper, larger faces count more).
    Weights are compared as shares of the track's total vote weight, so their scale does not
    matter.
@@ -96,7 +97,7 @@ class MatchDecision:
             fired; the first is ``id_formatted``.
         p_male: mean ``Face.p_male`` of the voting faces, or ``None`` without a sex model.
         policy: the alert policy in force when the decision fired.
-        best_score: the decision score (similarity minus the photo's hub offset) of the best-scoring
+        best_score: the decision score (similarity minus the photo's and the face's offsets) of the best-scoring
             face when the policy is hub-normalised, else ``None`` (scores are the similarities).
     """
 

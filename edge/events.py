@@ -285,8 +285,9 @@ class CandidateRef:
         image_key: that photo's bundle key.
         category: its NamUs photo category (``FacialCaseId``, ``AgeProgression``, ...) or ``None``.
         is_rendering: the photo is an age progression, composite or artist rendering.
-        score: the decision score (similarity minus the photo's hub offset) when the policy is
-            hub-normalised (``policy.hub_norm``), in [-3, 3]; ``None`` (key absent) otherwise.
+        score: the decision score (similarity minus the photo's hub offset minus the face's probe
+            offset) when the policy is hub-normalised (``policy.hub_norm``), in [-3, 3]; ``None``
+            (key absent) otherwise.
     """
 
     id_formatted: str
@@ -387,7 +388,8 @@ class PolicyRef:
             ``hub_norm``).
         gallery_size: faces in the searched bundle.
         target_fpir: the target false-positive identification rate, or ``None``.
-        hub_norm: scores were hub-normalised (similarity minus each gallery photo's hub offset).
+        hub_norm: scores were hub-normalised (similarity minus each gallery photo's hub offset minus the
+            face's probe offset).
     """
 
     rule: str

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from namus_edge.index.manifest import (
 )
 from namus_edge.index.signing import verify_signature
 from namus_edge.index.trust import manifest_sequence
+from namus_edge.models.hub_norm import probe_offsets
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +57,14 @@ class CaseMatch:
 
     Attributes:
         id_formatted: case id, e.g. ``MP1358``.
-        score: the decision score of the case's best face: its cosine similarity minus that face's
-            hub offset (``faces.hub_offset``) in a hub-normalised search, else the cosine similarity.
+        score: the decision score of the case's best face: in a hub-normalised search its cosine
+            similarity minus that face's hub offset (``faces.hub_offset``) minus the query's
+            ``probe_offset``; else the cosine similarity.
         image_key: NamUs ``storageKey`` of that best-scoring photo.
         face_id: FAISS id of that face.
         similarity: the raw cosine similarity of the query to that face, in [-1, 1].
+        probe_offset: the query's probe offset (:func:`namus_edge.models.hub_norm.probe_offsets`,
+            the same for every case of one search; 0 in a raw search).
     """
 
     id_formatted: str
@@ -68,6 +72,7 @@ class CaseMatch:
     image_key: str
     face_id: int
     similarity: float
+    probe_offset: float = 0.0
 
 
 class Bundle(Closing):
@@ -97,6 +102,21 @@ class Bundle(Closing):
         # hub offsets: float32 indexed by face_id (4 bytes a face), None for a bundle without them
         self.hub_norm: dict[str, Any] | None = manifest["index"].get("hub_norm")
         self._hub_offsets = self._load_hub_offsets(conn) if self.hub_norm is not None else None
+        self._hub_median = 0.0
+        self._hub_k = 0
+        if self._hub_offsets is not None and self.hub_norm is not None:
+            median = self.hub_norm.get("median")
+            if median is None:
+                # built before probe offsets: the registry's normalised tails do not describe its scores
+                logger.warning("bundle %s: index.hub_norm has no median (built by an older namus-edge): "
+                               "searching it on raw similarities; rebuild it for hub-normalised alerts", path)
+                self._hub_offsets = None
+            elif isinstance(median, bool) or not isinstance(median, (int, float)) or not np.isfinite(median):
+                raise BundleError(f"{path / MANIFEST_NAME}: index.hub_norm.median must be a finite number, "
+                                  f"got {median!r}")
+            else:
+                self._hub_median = float(median)
+                self._hub_k = int(self.hub_norm["k"])
 
     @classmethod
     def load(
@@ -243,7 +263,9 @@ class Bundle(Closing):
         (exact for flat indexes).
 
         With ``hub_norm`` and a bundle carrying hub offsets (:attr:`has_hub_offsets`) a face's
-        score is its cosine similarity minus its hub offset, and cases are ranked by that. As the
+        score is its cosine similarity minus its hub offset, and cases are ranked by that; every
+        score then also loses the query's probe offset (:func:`namus_edge.models.hub_norm.probe_offsets`,
+        from the same FAISS results: at least ``k`` + the largest case's faces are asked for). As the
         order changes, FAISS is asked for :data:`HUB_SEARCH_FACTOR` times more faces, and for more
         (doubling, up to :data:`HUB_SEARCH_MAX_FACTOR`) while a face it did not return could still
         outscore the ``top_k``-th case (its similarity is at most the last one returned; its
@@ -285,15 +307,19 @@ class Bundle(Closing):
         results: list[list[CaseMatch] | None] = [None] * len(q)
         todo = np.arange(len(q))
         factor = HUB_SEARCH_FACTOR
+        # the probe offset needs the k best faces outside the judged case
+        min_k = self._hub_k + self._max_faces_per_case
         while len(todo):
-            k = min(index.ntotal, base_k * factor)
+            k = min(index.ntotal, max(base_k * factor, min_k))
             scores, ids = index.search(q[todo], k)
             ranked = self._rank(scores, ids, offsets, top_k)
             complete = k >= index.ntotal or factor >= HUB_SEARCH_MAX_FACTOR
             retry = []
             for row, (qi, matches) in enumerate(zip(todo, ranked, strict=True)):
                 # a face not returned scores at most (last similarity returned) - (smallest offset)
-                bound = float(scores[row, -1]) - min_offset
+                # - (this query's probe offset, the same for every case)
+                probe = matches[0].probe_offset if matches else 0.0
+                bound = float(scores[row, -1]) - min_offset - probe
                 if (complete or (len(matches) == top_k and matches[-1].score >= bound)
                         or (exact_above is not None and bound < exact_above)):
                     results[int(qi)] = matches
@@ -318,9 +344,24 @@ class Bundle(Closing):
                 prev = best.get(cid)
                 if prev is None or score > prev.score:
                     best[cid] = CaseMatch(cid, float(score), image_key, int(fid), float(sim))
-            ranked = sorted(best.values(), key=lambda m: (-m.score, case_sort_key(m.id_formatted)))
-            results.append(ranked[:top_k])
+            ranked = sorted(best.values(), key=lambda m: (-m.score, case_sort_key(m.id_formatted)))[:top_k]
+            if offsets is not None and ranked:
+                probe = self._probe_offset(row_scores, row_ids, face_map, ranked[0].id_formatted)
+                ranked = [replace(m, score=m.score - probe, probe_offset=probe) for m in ranked]
+            results.append(ranked)
         return results
+
+    def _probe_offset(self, row_scores: np.ndarray, row_ids: np.ndarray, face_map: Mapping[int, tuple[str, str]],
+                      judged: str) -> float:
+        """The query's probe offset (:func:`namus_edge.models.hub_norm.probe_offsets`) against the judged case."""
+        valid = row_ids >= 0
+        cases = [face_map[int(f)][0] for f in row_ids[valid]]
+        codes = {c: i for i, c in enumerate(dict.fromkeys(cases))}
+        groups = np.full(len(row_ids), -1, np.int64)
+        groups[valid] = [codes[c] for c in cases]
+        sc = np.where(valid, row_scores, -np.inf).astype(np.float32)
+        return float(probe_offsets(sc[None, :], groups[None, :], np.array([codes[judged]]), self._hub_median,
+                                   self._hub_k)[0])
 
     def _face_rows(self, face_ids: set[int]) -> dict[int, tuple[str, str]]:
         """``face_id -> (id_formatted, image_key)`` for the given ids (rowid lookups)."""

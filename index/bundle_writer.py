@@ -403,13 +403,13 @@ class BundleWriter(Closing):
                 f["hub_offset"] = None
             return None
         t0 = time.perf_counter()
-        offsets = hub_offsets(vectors, [f["id_formatted"] for f in self._faces], self.hub_k)
+        offsets, median = hub_offsets(vectors, [f["id_formatted"] for f in self._faces], self.hub_k)
         for f, off in zip(self._faces, offsets.tolist(), strict=True):
             f["hub_offset"] = float(off)
         logger.info("hub offsets of %d faces (k=%d) in %.1f s", len(offsets), self.hub_k, time.perf_counter() - t0)
         lo = float(offsets.min()) if len(offsets) else 0.0
         hi = float(offsets.max()) if len(offsets) else 0.0
-        return {"k": self.hub_k, "offset_min": round(lo, 6), "offset_max": round(hi, 6)}
+        return {"k": self.hub_k, "median": median, "offset_min": round(lo, 6), "offset_max": round(hi, 6)}
 
     @staticmethod
     def _check_diff(diff: Mapping[str, Any] | None) -> dict[str, list[str]] | None:

@@ -173,8 +173,13 @@ def _info(args: argparse.Namespace, config: Config) -> int:
     print(f"index    {idx['type']} ({idx['factory']}, {idx['metric']}, {idx['ntotal']} vectors)")
     print(f"         {idx['chosen_because']}")
     hub = idx.get("hub_norm")
-    print("hub      " + (f"offsets per face (k {hub.get('k')}, {hub.get('offset_min')} .. {hub.get('offset_max')})"
-                         if isinstance(hub, dict) else "no offsets (searched on raw similarity)"))
+    if not isinstance(hub, dict):
+        print("hub      no offsets (searched on raw similarity)")
+    elif hub.get("median") is None:
+        print("hub      offsets without a median (built before probe offsets: searched on raw similarity; rebuild)")
+    else:
+        print(f"hub      offsets per face (k {hub.get('k')}, {hub.get('offset_min')} .. {hub.get('offset_max')}, "
+              f"median hub value {hub['median']:.4f})")
     for rel, size in info["sizes"]["files"].items():
         print(f"file     {rel:<16} {_human(size)}")
     print(f"device   {_human(device_bytes)}")
@@ -308,10 +313,11 @@ def _search_alert(args: argparse.Namespace, config: Config, paths: Sequence[Path
     """``index search --alert``: what a device would do with the largest face of each photo.
 
     JSON: ``{"bundle", "policy", "results": [{"image", "alert", "reason", "candidates", "threshold",
-    "estimated_age"}]}``; ``reason`` is ``alert``, ``no_face`` or the rule that rejected the best case
-    (``threshold``, ``margin``, ``age``, ``sex``; see ``models/policy.py``). Each candidate has
-    ``score`` (what the threshold applies to: hub-normalised when ``policy.hub_norm``) and
-    ``similarity`` (the raw cosine); they are equal without normalisation.
+    "estimated_age", "probe_offset"}]}``; ``reason`` is ``alert``, ``no_face`` or the rule that rejected
+    the best case (``threshold``, ``margin``, ``age``, ``sex``; see ``models/policy.py``). Each candidate
+    has ``score`` (what the threshold applies to: when ``policy.hub_norm``, the similarity minus the
+    photo's hub offset minus the face's ``probe_offset``) and ``similarity`` (the raw cosine); they are
+    equal without normalisation (``probe_offset`` 0).
     """
     import numpy as np
 
@@ -341,6 +347,7 @@ def _search_alert(args: argparse.Namespace, config: Config, paths: Sequence[Path
                 row["alert"] = verdict.candidate.id_formatted if verdict.candidate else None
                 row["reason"] = verdict.reason
                 row["estimated_age"] = None if best.age is None else round(float(best.age), 1)
+                row["probe_offset"] = round(matches[0].probe_offset, 4) if matches else 0.0
                 row["candidates"] = [{"case": m.id_formatted, "score": round(m.score, 4),
                                       "similarity": round(m.similarity, 4), "image_key": m.image_key,
                                       **(bundle.photo(m.image_key) or {"category": None, "is_rendering": False})}

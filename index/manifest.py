@@ -23,13 +23,16 @@ faces: *hubs* that would raise most false alerts at one fixed threshold. At buil
 computes every face's hub offset over the whole gallery (:func:`namus_edge.models.hub_norm.hub_offsets`:
 mean of its ``k`` best similarities to faces of other cases, minus the gallery median) and stores
 it in the ``faces.hub_offset`` column of ``meta.sqlite3``; ``index.hub_norm`` in the manifest
-(``{"k", "offset_min", "offset_max"}``, signed with the rest) says the bundle carries them. Every
-build recomputes all offsets, incremental ones included: one face more or less changes everyone's
-neighbours. A device then scores a photo as ``similarity - offset`` when its policy is normalised
+(``{"k", "median", "offset_min", "offset_max"}``, signed with the rest) says the bundle carries them;
+``median`` (the gallery's median hub value) lets a device normalise the searched face the same way
+(:func:`namus_edge.models.hub_norm.probe_offsets`). Every build recomputes all offsets, incremental
+ones included: one face more or less changes everyone's neighbours. A device then scores a photo as
+``similarity - offset - probe offset`` when its policy is normalised
 (``matching.hub_norm`` and a measured normalised tail for the embedder,
 :func:`namus_edge.models.policy.resolve_policy`); events keep the raw ``similarity`` and add the
 ``score`` (docs/events.md). A bundle without ``index.hub_norm`` (built before offsets existed) is
-searched on raw similarities.
+searched on raw similarities, and so is one whose ``index.hub_norm`` has no ``median`` (built before
+probe offsets existed: the normalised tails in the registry are of the symmetric score).
 """
 
 from __future__ import annotations

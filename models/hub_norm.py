@@ -1,21 +1,31 @@
-"""Per-face hub normalisation: how strongly each gallery face attracts faces of other people.
+"""Hub normalisation: how strongly a gallery face, and a searched face, attract faces of other people.
 
 Some gallery photos (blurry, small, young children, heavy make-up, scans) score high against
 many unrelated faces: they are *hubs*, and a fixed threshold lets them raise most of the false
-alerts. A face's **hub value** is the mean of its ``k`` highest cosine similarities to faces of
-*other* cases of the same gallery (faces of one case are mated, not impostors); its **offset**
-is the hub value minus the gallery's median hub value. A search then thresholds
-``similarity - offset``: a hub face needs a higher similarity to alert, a face that attracts no
-one a lower one. The offsets are computed when a bundle is built and travel in the bundle
-(:mod:`namus_edge.index.bundle_writer`); the threshold on the normalised score comes from the
-embedder's normalised impostor tail (registry ``hub_impostor_tail``), measured by
-``namus-edge eval identify`` (docs/accuracy.md section 6).
+alerts. Searched faces are no different: a blurred camera face scores high against every
+gallery face. Both sides are normalised the same way (symmetric, in the spirit of the adaptive
+s-norm of speaker verification, with the mean of the best scores only):
 
-Cost: one pass of the gallery against itself, ``N x N x D`` multiply-adds plus a partial sort of
-each row, in chunks of :data:`CHUNK` rows. Measured (``python -m bench.hub_norm``, 2 shared cores under
-load): 12 s for 14,000 faces, 218 s for 55,000 (the build without offsets: 0.9 s / 5.9 s). Peak
-memory about ``CHUNK x N x 20`` bytes (similarities, their negation, int64 partition indices):
-~280 MB at 55,000 faces.
+* a gallery face's **hub value** is the mean of its ``k`` highest cosine similarities to faces
+  of *other* cases of the same gallery (faces of one case are mated, not impostors); its
+  **offset** is the hub value minus the gallery's **median** hub value. Offsets are computed
+  when a bundle is built and travel in the bundle (:mod:`namus_edge.index.bundle_writer`; the
+  median in the signed manifest);
+* a searched face's **probe offset** is the mean of its ``k`` highest similarities to the
+  bundle's faces, leaving out the faces of the case being judged, minus the same median
+  (:func:`probe_offsets`): the searched face is treated like one more gallery face.
+
+A search then thresholds ``similarity - offset - probe offset``. Ranking the cases of one search
+depends on the gallery offsets only (the probe offset is the same for every case). The threshold
+on the normalised score comes from the embedder's impostor tail of this score (registry
+``hub_impostor_tail``), measured by ``namus-edge eval identify`` (docs/accuracy.md section 6).
+
+Cost at build time: one pass of the gallery against itself, ``N x N x D`` multiply-adds plus a
+partial sort of each row, in chunks of :data:`CHUNK` rows. Measured (``python -m bench.hub_norm``,
+2 shared cores under load): 12 s for 14,000 faces, 218 s for 55,000 (the build without offsets:
+0.9 s / 5.9 s). Peak memory about ``CHUNK x N x 20`` bytes (similarities, their negation, int64
+partition indices): ~280 MB at 55,000 faces. Cost per search: the ``k`` best similarities, which
+the search has already (it asks FAISS for at least ``k`` + the largest case's faces).
 """
 
 from __future__ import annotations
@@ -108,8 +118,8 @@ def hub_neighbours(embeddings: np.ndarray, groups: np.ndarray, k: int = HUB_K, e
     return HubNeighbours(scores, nb_groups, k)
 
 
-def hub_offsets(embeddings: np.ndarray, groups: Sequence[str], k: int = HUB_K) -> np.ndarray:
-    """Offset of every gallery face: its hub value minus the gallery's median hub value.
+def hub_offsets(embeddings: np.ndarray, groups: Sequence[str], k: int = HUB_K) -> tuple[np.ndarray, float]:
+    """Offset of every gallery face (its hub value minus the gallery's median hub value) and that median.
 
     Args:
         embeddings: float32 (N, D) L2-normalised gallery embeddings.
@@ -117,10 +127,42 @@ def hub_offsets(embeddings: np.ndarray, groups: Sequence[str], k: int = HUB_K) -
         k: neighbours averaged (:data:`HUB_K`).
 
     Returns:
-        float32 (N,); zeros for a gallery with fewer than two cases.
+        ``(offsets, median)``: float32 (N,) and the median hub value; zeros and 0.0 for a gallery
+        with fewer than two cases.
     """
     codes = group_codes(groups)
     if len(set(codes.tolist())) < 2:
-        return np.zeros(len(codes), np.float32)
+        return np.zeros(len(codes), np.float32), 0.0
     values = hub_neighbours(embeddings, codes, k).values()
-    return (values - np.float32(np.median(values))).astype(np.float32)
+    median = float(np.median(values))
+    return (values - np.float32(median)).astype(np.float32), median
+
+
+def probe_offsets(scores: np.ndarray, groups: np.ndarray, judged: np.ndarray, median: float,
+                  k: int = HUB_K) -> np.ndarray:
+    """Probe offset of each searched face, to subtract from its scores against the judged case.
+
+    The mean of its ``k`` best similarities to faces of cases other than the judged one, minus
+    the gallery's median hub value.
+
+    Args:
+        scores: float32 (N, M) raw cosine similarities of each query to gallery faces, best first
+            (``-inf`` pads); ``M`` should be at least ``k`` plus the largest case's faces, so that
+            ``k`` remain once the judged case is left out.
+        groups: int64 (N, M) case code of each of those faces (``-1`` for padding).
+        judged: int64 (N,) case code of the case being judged per query (its faces are left out:
+            they are the candidate, not the cohort); ``-1`` leaves nothing out.
+        median: the gallery's median hub value (:func:`hub_offsets`).
+        k: neighbours averaged (the gallery's ``k``).
+
+    Returns:
+        float32 (N,); 0 for a query with no face of another case (nothing to compare with).
+    """
+    s = np.asarray(scores, np.float32)
+    g = np.asarray(groups, np.int64)
+    if s.ndim != 2 or g.shape != s.shape or np.asarray(judged).shape != (len(s),):
+        raise ValueError(f"scores and groups must be (N, M) and judged (N,), got {s.shape}, {g.shape}, "
+                         f"{np.asarray(judged).shape}")
+    values = HubNeighbours(s, g, k).values(drop_group=np.asarray(judged, np.int64))
+    has = np.any(np.isfinite(s) & (g >= 0) & (g != np.asarray(judged)[:, None]), axis=1)
+    return np.where(has, values - np.float32(median), 0.0).astype(np.float32)

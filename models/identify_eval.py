@@ -53,7 +53,7 @@ from namus_edge.core.errors import NamusEdgeError
 from namus_edge.models.analyzer import FaceAnalyzer
 from namus_edge.models.embedding_cache import EmbeddingCache
 from namus_edge.models.evaluation import AGE_GAP_BUCKETS, AGE_GROUPS, bucket_of
-from namus_edge.models.hub_norm import HUB_K, HubNeighbours, hub_neighbours
+from namus_edge.models.hub_norm import HUB_K, HubNeighbours, hub_neighbours, probe_offsets
 from namus_edge.models.impostor_tail import ImpostorTail, fpir_from_far, tail_from_scores
 from namus_edge.models.policy import CHILD_FACE_AGE, ResolvedPolicy, judge, resolve_policy
 
@@ -269,33 +269,40 @@ def search(probe_emb: np.ndarray, probe_rows: Sequence[Row], gal_emb: np.ndarray
         loo: bool (P,) leave the probe's own identity out (non-mated searches of gallery rows).
         excl: probe path -> gallery indices whose comparison is label noise (left out).
         hub: when given, scores are similarity minus each gallery face's hub offset (leave-one-out
-            offsets for ``loo`` probes), and cases are ranked by that score.
+            offsets for ``loo`` probes) minus the probe's own offset against the rank-1 case
+            (:func:`namus_edge.models.hub_norm.probe_offsets`, as ``Bundle.search`` does), and
+            cases are ranked by that score.
     """
     codes = {ident: k for k, ident in enumerate(dict.fromkeys(g.identity for g in gallery))}
     ids = np.array([codes[g.identity] for g in gallery])
+    extra = int(np.bincount(ids[gal_mask]).max()) if gal_mask.any() else 0
     out = Searches()
     for s in range(0, len(probe_rows), CHUNK):
         e = min(len(probe_rows), s + CHUNK)
         q = probe_emb[s:e]
         has = np.all(np.isfinite(q), axis=1)
-        sims = np.where(has[:, None], np.nan_to_num(q) @ gal_emb.T, -np.inf).astype(np.float32)
-        if hub is not None:
-            sims -= hub.offsets[None, :]
-        sims[:, ~gal_mask] = -np.inf
+        raw = np.where(has[:, None], np.nan_to_num(q) @ gal_emb.T, -np.inf).astype(np.float32)
+        raw[:, ~gal_mask] = -np.inf
         for i in range(e - s):
             p = probe_rows[s + i]
             if loo[s + i] and p.identity in codes:
-                sims[i, ids == codes[p.identity]] = -np.inf
-                if hub is not None:
+                raw[i, ids == codes[p.identity]] = -np.inf
+            for j in excl.get(p.path, ()):
+                raw[i, j] = -np.inf
+        sims = raw.copy()
+        if hub is not None:
+            sims -= hub.offsets[None, :]
+            for i in range(e - s):
+                p = probe_rows[s + i]
+                if loo[s + i] and p.identity in codes:
                     js, off = hub.without(codes[p.identity])
                     sims[i, js] += hub.offsets[js] - off
-            for j in excl.get(p.path, ()):
-                sims[i, j] = -np.inf
         k = min(TOP_FACES, sims.shape[1])
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        chunk: list[list[Hit]] = []
         for i in range(e - s):
             if not has[i]:
-                out.hits.append([])
+                chunk.append([])
                 continue
             order = top[i][np.argsort(-sims[i, top[i]])]
             seen: dict[str, Hit] = {}
@@ -308,8 +315,26 @@ def search(probe_emb: np.ndarray, probe_rows: Sequence[Row], gal_emb: np.ndarray
                     seen[g.identity] = Hit(g.identity, sc, str(g.path))
                     if len(seen) == TOP_CASES:
                         break
-            out.hits.append(list(seen.values()))
+            chunk.append(list(seen.values()))
+        if hub is not None:
+            judged = np.array([codes[h[0].id_formatted] if h else -1 for h in chunk], np.int64)
+            po = _probe_offsets(raw, ids, judged, hub, extra)
+            chunk = [[Hit(h.id_formatted, h.score - float(po[i]), h.image_key) for h in hits]
+                     for i, hits in enumerate(chunk)]
+        out.hits.extend(chunk)
     return out
+
+
+def _probe_offsets(raw: np.ndarray, ids: np.ndarray, judged: np.ndarray, hub: GalleryHub, extra: int) -> np.ndarray:
+    """Probe offsets of rows of raw similarities (``-inf`` = not in this search) against their judged case."""
+    m = min(hub.neighbours.k + extra, raw.shape[1])
+    part = np.argpartition(-raw, m - 1, axis=1)[:, :m] if m < raw.shape[1] else np.tile(np.arange(raw.shape[1]),
+                                                                                           (len(raw), 1))
+    sc = np.take_along_axis(raw, part, axis=1)
+    order = np.argsort(-sc, axis=1)
+    sc = np.take_along_axis(sc, order, axis=1)
+    grp = np.where(np.isfinite(sc), ids[np.take_along_axis(part, order, axis=1)], -1)
+    return probe_offsets(sc, grp, judged, hub.median, hub.neighbours.k)
 
 
 # --------------------------------------------------------------------------------------------- tail
@@ -359,7 +384,9 @@ def hub_impostor_pairs(emb: np.ndarray, rows: Sequence[Row], excl: set[frozenset
     """Ordered different-identity pairs ``(probe a, gallery b)`` whose hub-normalised score >= ``floor``.
 
     Offsets are those of a gallery made of ``rows``, left-one-out: the offset of ``b`` is computed
-    without ``a``'s identity (as :class:`GalleryHub` does for searches).
+    without ``a``'s identity (as :class:`GalleryHub` does for searches), and ``a``'s probe offset
+    (its own hub value, the gallery being the rest of ``rows``) without ``b``'s identity, the case
+    judged (as :func:`search` does). The score is symmetric in ``a`` and ``b``.
 
     Returns:
         ``(scores, face_pairs, pairs)`` as :func:`impostor_scores`, but ordered pairs (each
@@ -368,7 +395,9 @@ def hub_impostor_pairs(emb: np.ndarray, rows: Sequence[Row], excl: set[frozenset
     codes = {ident: c for c, ident in enumerate(dict.fromkeys(r.identity for r in rows))}
     ids = np.array([codes[r.identity] for r in rows], np.int64)
     hub = GalleryHub.build(emb, ids, np.ones(len(rows), bool))
-    raw_floor = floor + float(hub.offsets.min())
+    # both offsets are at least the smallest one (left-one-out values can dip a little below it:
+    # pairs that close to the floor lie below every threshold the policy uses)
+    raw_floor = floor + 2 * float(hub.offsets.min())
     sc, fp, total = impostor_scores(emb, rows, excl, raw_floor)
     a = np.concatenate([fp[:, 0], fp[:, 1]]).astype(np.int64)
     b = np.concatenate([fp[:, 1], fp[:, 0]]).astype(np.int64)
@@ -377,15 +406,20 @@ def hub_impostor_pairs(emb: np.ndarray, rows: Sequence[Row], excl: set[frozenset
     pos_of = np.full(len(rows), -1, np.int64)
     pos_of[hub.rows] = np.arange(len(hub.rows))
     nb = hub.neighbours
-    off = hub.offsets[b].copy()
-    for s0 in range(0, len(b), 65536):
-        bb, aa = b[s0:s0 + 65536], a[s0:s0 + 65536]
-        grp = nb.groups[pos_of[bb]]
-        hit = np.nonzero(np.any(grp[:, : nb.k] == ids[aa][:, None], axis=1))[0]
-        if hit.size:
-            sub = HubNeighbours(nb.scores[pos_of[bb[hit]]], grp[hit], nb.k)
-            off[s0 + hit] = sub.values(drop_group=ids[aa[hit]]) - np.float32(hub.median)
-    norm = raw - off
+
+    def offsets_without(rows_: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """Offset of each face ``rows_[i]`` with identity ``ids[others[i]]`` left out of its neighbours."""
+        off = hub.offsets[rows_].copy()
+        for s0 in range(0, len(rows_), 65536):
+            rr, oo = rows_[s0:s0 + 65536], others[s0:s0 + 65536]
+            grp = nb.groups[pos_of[rr]]
+            hit = np.nonzero(np.any(grp[:, : nb.k] == ids[oo][:, None], axis=1))[0]
+            if hit.size:
+                sub = HubNeighbours(nb.scores[pos_of[rr[hit]]], grp[hit], nb.k)
+                off[s0 + hit] = sub.values(drop_group=ids[oo[hit]]) - np.float32(hub.median)
+        return off
+
+    norm = raw - offsets_without(b, a) - offsets_without(a, b)
     keep = norm >= floor
     order = np.argsort(-norm[keep])
     pairs = np.stack([a[keep], b[keep]], 1)[order].astype(np.int32)
@@ -572,7 +606,7 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
     """Compute every metric of the module docstring; returns the JSON-ready result.
 
     With ``hub_norm`` every search scores similarity minus the gallery face's hub offset
-    (:class:`GalleryHub`, as a bundle build stores them), the policy's thresholds come from the
+    (:class:`GalleryHub`, as a bundle build stores them) minus the probe's offset, the policy's thresholds come from the
     embedder's normalised tail, and the tails and predictions are of normalised scores.
 
     Raises:

@@ -16,7 +16,7 @@ default applies (rule ``embedder_default``).
 per-face hub offsets, ``matching.hub_norm`` is on, the target rule applies and the embedder has a
 measured *normalised* impostor tail (registry ``hub_impostor_tail``; children:
 ``hub_child_impostor_tail``), the thresholds are read off those tails and apply to the
-normalised score ``similarity - offset`` (:attr:`ResolvedPolicy.hub_norm`; the search must then be
+normalised score ``similarity - offset - probe offset`` (:attr:`ResolvedPolicy.hub_norm`; the search must then be
 normalised too, :meth:`namus_edge.index.bundle.Bundle.search`). Otherwise scores are raw cosines
 and everything above holds unchanged.
 
@@ -73,7 +73,7 @@ class CaseMatchLike(Protocol):
 
     @property
     def score(self) -> float:
-        """The decision score: cosine similarity in [-1, 1], minus the photo's hub offset when normalised."""
+        """The decision score: cosine similarity in [-1, 1], minus the photo's and the face's offsets if normalised."""
 
     @property
     def image_key(self) -> str:
@@ -103,7 +103,7 @@ class ResolvedPolicy:
         far_per_pair: the per-pair false-accept rate the threshold corresponds to (target rule only).
         child_threshold: the threshold for faces estimated younger than :data:`CHILD_FACE_AGE`
             (target rule with a measured child tail), else ``None`` (the same threshold for all).
-        hub_norm: the thresholds are on hub-normalised scores (``similarity - offset``, from the
+        hub_norm: the thresholds are on hub-normalised scores (``similarity - offset - probe offset``, from the
             embedder's ``hub_impostor_tail``): search with ``hub_norm=True``. ``False``: raw cosines.
     """
 

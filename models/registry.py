@@ -74,7 +74,8 @@ class ModelSpec:
     #: Embedders: the same for probe faces of children (estimated < 13 y, models/policy.py).
     child_impostor_tail: ImpostorTail | None = None
     #: Embedders: the same two tails of hub-normalised scores (similarity minus the gallery face's
-    #: hub offset, :mod:`namus_edge.models.hub_norm`), used when the bundle carries offsets.
+    #: hub offset minus the probe face's offset, :mod:`namus_edge.models.hub_norm`), used when the
+    #: bundle carries offsets.
     hub_impostor_tail: ImpostorTail | None = None
     hub_child_impostor_tail: ImpostorTail | None = None
     notes: str = ""
@@ -204,32 +205,30 @@ REGISTRY: dict[str, ModelSpec] = {
             ),
             hub_impostor_tail=ImpostorTail(
                 points=(
-                    (0.30, 2.701e-04), (0.31, 1.993e-04), (0.32, 1.486e-04), (0.33, 1.108e-04), (0.34, 8.313e-05),
-                    (0.35, 6.412e-05), (0.36, 4.876e-05), (0.37, 3.838e-05), (0.38, 3.051e-05), (0.39, 2.385e-05),
-                    (0.40, 1.869e-05), (0.41, 1.450e-05), (0.42, 1.139e-05), (0.43, 9.222e-06), (0.44, 7.097e-06),
-                    (0.45, 5.367e-06), (0.46, 3.921e-06), (0.47, 2.979e-06), (0.48, 2.322e-06), (0.49, 1.774e-06),
-                    (0.50, 1.402e-06), (0.51, 1.095e-06), (0.52, 9.638e-07), (0.53, 7.886e-07), (0.54, 7.010e-07),
-                    (0.55, 4.381e-07), (0.56, 3.286e-07), (0.57, 2.629e-07), (0.58, 2.191e-07), (0.59, 1.095e-07),
-                    (0.66, 8.762e-08), (0.67, 4.381e-08),
+                    (0.30, 2.305e-04), (0.31, 1.654e-04), (0.32, 1.196e-04), (0.33, 8.596e-05), (0.34, 6.191e-05),
+                    (0.35, 4.572e-05), (0.36, 3.465e-05), (0.37, 2.682e-05), (0.38, 2.107e-05), (0.39, 1.580e-05),
+                    (0.40, 1.317e-05), (0.41, 9.539e-06), (0.42, 7.176e-06), (0.43, 5.119e-06), (0.44, 4.026e-06),
+                    (0.45, 2.844e-06), (0.46, 1.881e-06), (0.47, 1.269e-06), (0.48, 9.626e-07), (0.49, 7.438e-07),
+                    (0.50, 5.251e-07), (0.51, 3.063e-07), (0.53, 2.188e-07), (0.54, 1.750e-07), (0.55, 4.376e-08),
+                    (0.59, 2.188e-08),
                 ),
-                pairs=45651203,
+                pairs=45708499,
                 measured="namus-edge eval identify --hub-norm --exclude bench/data/identification_label_noise.csv "
-                "--seed 0 (bench/identify_sets.py dev data), fit half, 6,385 adult probe faces against every "
-                "other fit-half face, ordered pairs, scores = similarity minus the gallery face's hub offset (k=50, "
-                "left-one-out); label noise reviewed by eye down to 0.47; docs/accuracy.md section 6, 2026-11-30",
+                "--seed 0 (bench/identify_sets.py dev data), fit half, 6,393 adult probe faces against every "
+                "other fit-half face, ordered pairs, symmetric scores = similarity minus the gallery face's hub offset "
+                "minus the probe face's offset (k=50, each left-one-out of the other's identity); label noise reviewed "
+                "by eye down to 0.47; docs/accuracy.md section 6, 2026-11-30",
             ),
             hub_child_impostor_tail=ImpostorTail(
                 points=(
-                    (0.30, 5.118e-04), (0.31, 3.869e-04), (0.32, 2.850e-04), (0.33, 2.145e-04), (0.34, 1.597e-04),
-                    (0.35, 1.143e-04), (0.36, 8.309e-05), (0.37, 6.138e-05), (0.38, 4.792e-05), (0.39, 3.715e-05),
-                    (0.40, 2.710e-05), (0.41, 2.279e-05), (0.42, 1.831e-05), (0.43, 1.579e-05), (0.44, 1.346e-05),
-                    (0.45, 1.167e-05), (0.46, 1.059e-05), (0.47, 9.691e-06), (0.48, 9.332e-06), (0.49, 7.717e-06),
-                    (0.50, 6.999e-06), (0.51, 6.281e-06), (0.52, 5.205e-06), (0.53, 4.846e-06), (0.54, 3.948e-06),
-                    (0.55, 3.410e-06), (0.56, 2.333e-06), (0.57, 2.154e-06), (0.58, 1.795e-06), (0.59, 1.615e-06),
-                    (0.60, 1.077e-06), (0.61, 5.384e-07), (0.62, 3.589e-07), (0.63, 1.795e-07),
+                    (0.30, 6.256e-05), (0.31, 4.406e-05), (0.32, 3.627e-05), (0.33, 2.738e-05), (0.34, 1.886e-05),
+                    (0.35, 1.414e-05), (0.36, 1.088e-05), (0.37, 8.341e-06), (0.38, 7.435e-06), (0.39, 5.440e-06),
+                    (0.40, 4.715e-06), (0.41, 3.989e-06), (0.42, 3.264e-06), (0.43, 2.901e-06), (0.44, 2.539e-06),
+                    (0.45, 2.176e-06), (0.46, 1.451e-06), (0.47, 1.088e-06), (0.50, 7.253e-07), (0.51, 3.627e-07),
+                    (0.59, 1.813e-07),
                 ),
-                pairs=5572033,
-                measured="as hub_impostor_tail, 778 faces estimated < 13 y against every other fit-half "
+                pairs=5514737,
+                measured="as hub_impostor_tail, 770 faces estimated < 13 y against every other fit-half "
                 "face; docs/accuracy.md section 6, 2026-11-30",
             ),
             notes="No official ONNX exists; the mirror copy is the reference (MODELS.md 3a).",

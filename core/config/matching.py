@@ -185,7 +185,8 @@ class MatchingConfig(StrictModel):
     )
     hub_norm: bool = Field(
         True, description="Score each search hit as similarity minus the bundle face's hub offset (how strongly "
-        "that photo attracts other people's faces, computed at build time) and take the threshold from the "
+        "that photo attracts other people's faces, computed at build time) minus the searched face's own offset "
+        "(the same measure against the bundle) and take the threshold from the "
         "embedder's normalised impostor tail. Applies only when the bundle carries offsets and the embedder has "
         "a normalised tail; otherwise raw similarity (docs/accuracy.md section 6)."
     )

@@ -113,6 +113,8 @@ def _brute_force(bundle: Bundle, query: np.ndarray, top_k: int, hub_norm: bool) 
 
     Similarities are the index's own (all N faces asked for: the index stores fp16), offsets are
     read from SQLite.
+    With ``hub_norm`` the probe offset is the mean of the ``k`` best similarities to faces outside
+    the rank-1 case, minus the manifest's median hub value.
     """
     faces = bundle.faces()
     sims, ids = bundle.faiss_index.search(query[None].astype(np.float32), bundle.ntotal)
@@ -124,7 +126,13 @@ def _brute_force(bundle: Bundle, query: np.ndarray, top_k: int, hub_norm: bool) 
         if cid not in best or score > best[cid][0]:
             best[cid] = (score, fid)
     ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], case_sort_key(kv[0])))[:top_k]
-    return [(cid, s, fid) for cid, (s, fid) in ranked]
+    probe = 0.0
+    if hub_norm:
+        info = bundle.manifest["index"]["hub_norm"]
+        others = [sim for sim, fid in zip(sims[0].tolist(), ids[0].tolist(), strict=True)
+                  if faces[fid]["id_formatted"] != ranked[0][0]]
+        probe = float(np.mean(sorted(others, reverse=True)[:info["k"]])) - info["median"]
+    return [(cid, s - probe, fid) for cid, (s, fid) in ranked]
 
 
 # ----------------------------------------------------------------------------------------------- build
@@ -133,7 +141,7 @@ def _brute_force(bundle: Bundle, query: np.ndarray, top_k: int, hub_norm: bool) 
 def test_build_stores_offsets_of_the_whole_gallery(world):
     with Bundle.load(world["bundle"], pubkeys=[world["pub"]]) as b:
         vectors, faces = b.embeddings()
-        want = hub_offsets(vectors, [f["id_formatted"] for f in faces], HUB_K)
+        want, median = hub_offsets(vectors, [f["id_formatted"] for f in faces], HUB_K)
         stored = np.array([f["hub_offset"] for f in faces], np.float32)
         assert len(faces) == 2 * N_CASES
         np.testing.assert_array_equal(stored, want)
@@ -141,8 +149,10 @@ def test_build_stores_offsets_of_the_whole_gallery(world):
         assert b.has_hub_offsets
         # real offsets: spread around the gallery median, not a constant
         assert float(np.std(want)) > 0.005 and abs(float(np.median(want))) < 1e-6
-        assert b.manifest["index"]["hub_norm"] == {"k": HUB_K, "offset_min": round(float(want.min()), 6),
+        assert b.manifest["index"]["hub_norm"] == {"k": HUB_K, "median": median,
+                                                   "offset_min": round(float(want.min()), 6),
                                                    "offset_max": round(float(want.max()), 6)}
+        assert 0.0 < median < 0.5
 
 
 
@@ -154,6 +164,10 @@ def test_index_info_says_whether_a_bundle_carries_offsets(world, tmp_path, capsy
     _resign(old, world["key"], lambda m: m["index"].pop("hub_norm"))
     assert main(["index", "info", str(old)]) == 0
     assert "hub      no offsets (searched on raw similarity)" in capsys.readouterr().out
+    nomedian = _copy(world, tmp_path / "nomedian")
+    _resign(nomedian, world["key"], lambda m: m["index"]["hub_norm"].pop("median"))
+    assert main(["index", "info", str(nomedian)]) == 0
+    assert "offsets without a median" in capsys.readouterr().out
 
 
 def test_signature_covers_the_hub_norm_record(world, tmp_path):
@@ -175,8 +189,9 @@ def test_incremental_build_recomputes_every_offset(world, tmp_path):
     assert summary.diff is not None and summary.diff["removed"] == ["MP8000", "MP8001", "MP8002"]
     with Bundle.load(world["bundle"]) as old, Bundle.load(tmp_path / "b2", pubkeys=[world["pub"]]) as new:
         vectors, faces = new.embeddings()
-        want = hub_offsets(vectors, [f["id_formatted"] for f in faces], HUB_K)
+        want, median = hub_offsets(vectors, [f["id_formatted"] for f in faces], HUB_K)
         np.testing.assert_array_equal(np.array([f["hub_offset"] for f in faces], np.float32), want)
+        assert new.manifest["index"]["hub_norm"]["median"] == median
         before = {f["image_key"]: f["hub_offset"] for f in old.faces()}
         changed = [abs(f["hub_offset"] - before[f["image_key"]]) > 1e-4 for f in faces if f["image_key"] in before]
         assert len(changed) == 2 * (N_CASES - 3) and sum(changed) >= len(changed) // 2
@@ -196,6 +211,21 @@ def test_bundle_without_the_column_loads_and_scores_raw(world, tmp_path):
         got = old.search(queries, top_k=3, hub_norm=True)
         assert got == old.search(queries, top_k=3) == new.search(queries, top_k=3)
         assert all(m.score == m.similarity for row in got for m in row)
+
+
+def test_bundle_without_a_median_is_searched_raw(world, tmp_path, caplog):
+    """Built before probe offsets: the registry's normalised tails do not describe its scores."""
+    bundle = _copy(world, tmp_path / "nomedian")
+    _resign(bundle, world["key"], lambda m: m["index"]["hub_norm"].pop("median"))
+    _, queries = world["strangers"]
+    with Bundle.load(bundle, pubkeys=[world["pub"]]) as old:
+        assert not old.has_hub_offsets
+        got = old.search(queries, top_k=3, hub_norm=True)
+        assert all(m.score == m.similarity and m.probe_offset == 0.0 for row in got for m in row)
+    assert "has no median" in caplog.text and "rebuild" in caplog.text
+    _resign(bundle, world["key"], lambda m: m["index"]["hub_norm"].update(median="0.3"))
+    with pytest.raises(BundleError, match=r"index\.hub_norm\.median must be a finite number"):
+        Bundle.load(bundle, pubkeys=[world["pub"]])
 
 
 def test_manifest_claiming_offsets_the_database_lacks_is_refused(world, tmp_path):
@@ -232,7 +262,10 @@ def test_normalised_search_is_exact_and_reranks_hub_photos(world, top_k, first_f
                 assert [m.id_formatted for m in got] == [c for c, _, _ in want]
                 assert [m.score for m in got] == pytest.approx([s for _, s, _ in want], abs=1e-5)
                 for m in got:
-                    assert m.score == pytest.approx(m.similarity - (offsets[m.face_id] if norm else 0.0), abs=1e-6)
+                    assert m.probe_offset == got[0].probe_offset  # one per search
+                    assert m.probe_offset != 0.0 if norm else m.probe_offset == 0.0
+                    want_score = m.similarity - (offsets[m.face_id] if norm else 0.0) - m.probe_offset
+                    assert m.score == pytest.approx(want_score, abs=1e-6)
                     # the index stores fp16: its similarities are the stored vectors' within ~1e-3
                     assert m.similarity == pytest.approx(float(q @ b.embeddings()[0][m.face_id]), abs=2e-3)
             if raw[0].id_formatted != hub[0].id_formatted:
@@ -240,7 +273,8 @@ def test_normalised_search_is_exact_and_reranks_hub_photos(world, top_k, first_f
                 loser = next((m for m in hub if m.id_formatted == raw[0].id_formatted), None)
                 # the raw winner's photo attracts more strangers than the photo that beats it
                 assert offsets[raw[0].face_id] > offsets[hub[0].face_id]
-                assert hub[0].similarity <= raw[0].score and hub[0].score >= raw[0].score - offsets[raw[0].face_id]
+                assert hub[0].similarity <= raw[0].score
+                assert hub[0].score >= raw[0].score - offsets[raw[0].face_id] - hub[0].probe_offset
                 if loser is not None:
                     assert loser.score < hub[0].score
         assert reranked >= 1
@@ -305,7 +339,7 @@ def test_device_decision_and_event_with_a_normalised_policy(world):
             # similarity stays the raw cosine; score is what the threshold was compared with
             assert first["similarity"] == pytest.approx(top.similarity, abs=1e-4) == pytest.approx(data["similarity"],
                                                                                                  abs=1e-4)
-            assert first["score"] == pytest.approx(top.similarity - offsets[top.face_id], abs=1e-4)
+            assert first["score"] == pytest.approx(top.similarity - offsets[top.face_id] - top.probe_offset, abs=1e-4)
             assert first["score"] >= data["policy"]["threshold"] - 1e-4
             for c, m in zip(data["candidates"][1:], matches[1:], strict=False):
                 assert (c["id_formatted"], c["similarity"], c["score"]) == (
@@ -332,10 +366,16 @@ def test_search_alert_cli_reports_score_and_similarity(world, model_cache, capsy
     assert doc["policy"]["hub_norm"] is True and doc["policy"]["threshold"] < raw["policy"]["threshold"]
     with Bundle.load(world["bundle"]) as b:
         offsets, keys = b.hub_offsets(), {f["image_key"]: f["face_id"] for f in b.faces()}
+        embs = [world["mated"][1][0], world["strangers"][1][0]]  # the two photos' embeddings
+        direct = [b.search(e[None], 5, hub_norm=True)[0] for e in embs]
     assert offsets is not None
-    for row in doc["results"]:
-        for c in row["candidates"]:
-            assert c["score"] == pytest.approx(c["similarity"] - offsets[keys[c["image_key"]]], abs=2e-4)
+    for row, want in zip(doc["results"], direct, strict=True):
+        assert row["probe_offset"] == pytest.approx(want[0].probe_offset, abs=2e-4)
+        for c, m in zip(row["candidates"], want, strict=True):
+            assert c["case"] == m.id_formatted and c["score"] == pytest.approx(m.score, abs=2e-4)
+            assert c["score"] == pytest.approx(c["similarity"] - offsets[keys[c["image_key"]]] - row["probe_offset"],
+                                               abs=3e-4)
+    assert all(r["probe_offset"] == 0 for r in raw["results"])
     assert doc["results"][0]["alert"] == world["mated_cases"][0], doc["results"][0]
     # an embedder without normalised tails stays raw even for a bundle with offsets
     no_tails = dataclasses.replace(spec, hub_impostor_tail=None, hub_child_impostor_tail=None)
@@ -391,5 +431,9 @@ def test_edge_pipeline_decides_on_normalised_scores(world, tmp_path, model_cache
     assert data["case"]["id_formatted"] == world["mated_cases"][3]
     assert data["policy"]["hub_norm"] is True and data["policy"]["threshold"] == round(pipe.policy.threshold, 4)
     first = data["candidates"][0]
-    assert first["score"] == pytest.approx(first["similarity"] - offsets[keys[first["image_key"]]], abs=2e-4)
     assert first["score"] >= data["policy"]["threshold"]
+    # score = similarity - the photo's offset - the face's probe offset; candidates[0] is the track's best
+    # frame, the runners-up come from the face that fired and share that face's probe offset
+    probe = [c["similarity"] - offsets[keys[c["image_key"]]] - c["score"] for c in data["candidates"]]
+    assert len(probe) >= 3 and max(probe[1:]) - min(probe[1:]) < 3e-4
+    assert all(1e-3 < abs(p) < 0.3 for p in probe)
