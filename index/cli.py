@@ -30,7 +30,8 @@ from namus_edge.models.registry import match_threshold
 logger = logging.getLogger(__name__)
 
 #: Modules that add more ``index`` subcommands: ``register(index_sub, parent)``.
-EXTRA_COMMAND_MODULES: tuple[str, ...] = ("namus_edge.index.build_cli", "namus_edge.index.fleet_cli")
+EXTRA_COMMAND_MODULES: tuple[str, ...] = ("namus_edge.index.build_cli", "namus_edge.index.fleet_cli",
+                                          "namus_edge.index.evaluate_cli")
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:

@@ -565,8 +565,13 @@ def run_identify_cmd(args: argparse.Namespace, config: Config) -> int:
         hub = config.matching.hub_norm and get_spec(embedder).hub_impostor_tail is not None
     result = ie.run_identify(config, gallery, probes, seed=args.seed, exclusions=excl, cache_root=args.cache_dir,
                              sizes=sizes, hub_norm=hub)
-    _emit(result, args.json, _render_identify)
+    emit_identify(result, args.json)
     return 0
+
+
+def emit_identify(result: dict[str, Any], as_json: bool) -> None:
+    """Print an identification result (``eval identify``, ``index evaluate``): JSON, or the markdown tables."""
+    _emit(result, as_json, _render_identify)
 
 
 def _pct(x: float | None) -> str:

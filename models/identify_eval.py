@@ -51,7 +51,7 @@ import numpy as np
 from namus_edge.core.config import Config
 from namus_edge.core.errors import NamusEdgeError
 from namus_edge.models.analyzer import FaceAnalyzer
-from namus_edge.models.embedding_cache import EmbeddingCache
+from namus_edge.models.embedding_cache import EmbeddingCache, PhotoFace
 from namus_edge.models.evaluation import AGE_GAP_BUCKETS, AGE_GROUPS, bucket_of
 from namus_edge.models.hub_norm import HUB_K, HubNeighbours, hub_neighbours, probe_offsets
 from namus_edge.models.impostor_tail import ImpostorTail, fpir_from_far, tail_from_scores
@@ -602,8 +602,19 @@ def _or(x: Any, default: Any) -> Any:
 
 def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], *, seed: int = 0,
                  exclusions: set[frozenset[Path]] | None = None, cache_root: Path | None = None,
-                 sizes: Sequence[int] = GALLERY_SIZES, hub_norm: bool = False) -> dict[str, Any]:
+                 sizes: Sequence[int] = GALLERY_SIZES, hub_norm: bool = False,
+                 gallery_faces: Mapping[Path, PhotoFace] | None = None,
+                 case_facts: Mapping[str, Mapping[str, Any]] | None = None,
+                 nonmated_half: str | None = "report", tails_from_all: bool = False) -> dict[str, Any]:
     """Compute every metric of the module docstring; returns the JSON-ready result.
+
+    A built bundle is evaluated by passing its faces (:mod:`namus_edge.index.evaluate`):
+    ``gallery_faces`` gives the embedding of every gallery row (keyed by the row's ``path``, which
+    then need not be a file), ``case_facts`` the case record per identity (ages, sex: what the
+    device's age and sex checks read), ``nonmated_half=None`` counts every non-mated probe
+    (nothing is fitted on probes that are not gallery rows), and ``tails_from_all`` measures the
+    tails on every gallery face, the enrolled cases' too (by default only distractor faces count,
+    so that a case searched by mated probes does not also shape the tail).
 
     With ``hub_norm`` every search scores similarity minus the gallery face's hub offset
     (:class:`GalleryHub`, as a bundle build stores them) minus the probe's offset, the policy's thresholds come from the
@@ -617,8 +628,9 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
     excl = exclusions or set()
     analyzer = FaceAnalyzer(config, with_age=True)
     cache = EmbeddingCache(analyzer, cache_root)
-    paths = list(dict.fromkeys([r.path for r in gallery] + [r.path for r in probes]))
-    faces = dict(zip(paths, cache.get_many(paths), strict=True))
+    given = dict(gallery_faces or {})
+    paths = [p for p in dict.fromkeys([r.path for r in gallery] + [r.path for r in probes]) if p not in given]
+    faces = {**given, **dict(zip(paths, cache.get_many(paths), strict=True))}
     dim = analyzer.dim
     no_face = {str(p): f.problem for p, f in faces.items() if f.embedding is None}
 
@@ -631,7 +643,7 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
     loo = np.array([p.path in gal_paths for p in probes])
     mated_all = np.array([(p.identity in gal_ids) and not loo[i] for i, p in enumerate(probes)])
     halves = np.array([half_of(p.identity, seed) for p in probes])
-    nonmated = (~mated_all) & (halves == "report")
+    nonmated = (~mated_all) & ((halves == nonmated_half) if nonmated_half is not None else True)
     mated = mated_all
     use = mated | nonmated
     probes_u = [p for p, u in zip(probes, use, strict=True) if u]
@@ -646,6 +658,9 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
     for g in gal:
         by_id[g.identity].append(g)
     for ident, rows in by_id.items():
+        if case_facts is not None:
+            facts[ident] = dict(case_facts.get(ident) or {})
+            continue
         ages = [r.age for r in rows if r.age is not None]
         sexes = {r.sex for r in rows if r.sex}
         f: dict[str, Any] = {}
@@ -672,7 +687,7 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
         "policy_config": {"threshold": config.matching.threshold, "target_fpir": config.matching.target_fpir,
                           "margin": config.matching.margin, "age_check": config.matching.age_check.enabled,
                           "sex_check": config.matching.sex_check.enabled, "hub_norm": hub_norm},
-        "split": {"seed": seed, "nonmated_half": "report", "tail_half": "fit"},
+        "split": {"seed": seed, "nonmated_half": nonmated_half or "all", "tail_half": "fit"},
         "data": {"gallery_rows": len(gallery), "gallery_faces": len(gal), "gallery_identities": len(by_id),
                  "enrolled_identities": len(enrolled_ids), "mated_probes": int(mated.sum()),
                  "nonmated_probes": int(nonmated.sum()), "no_face": len(no_face),
@@ -686,14 +701,19 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
     band_tails: dict[str, dict[str, BandTail]] = {}
     hub_band_tails: dict[str, dict[str, BandTail]] = {}
     for half in ("fit", "report"):
-        hrows_idx = [j for j, g in enumerate(gal) if not is_enrolled[j] and half_of(g.identity, seed) == half]
+        hrows_idx = [j for j, g in enumerate(gal) if (tails_from_all or not is_enrolled[j])
+                     and half_of(g.identity, seed) == half]
         rows_h = [gal[j] for j in hrows_idx]
         ages_h = [faces[g.path].age for g in rows_h]
         sc, fp, total = impostor_scores(gal_emb[hrows_idx], rows_h, excl, TAIL_THRESHOLDS[0])
-        tail = tail_from_scores(sc.tolist(), total, TAIL_THRESHOLDS,
-                                f"eval identify {half} half, seed {seed}, {len(rows_h)} faces")
+        try:
+            points = [list(p) for p in tail_from_scores(sc.tolist(), total, TAIL_THRESHOLDS,
+                                                        f"eval identify {half} half, seed {seed}, "
+                                                        f"{len(rows_h)} faces").points]
+        except ValueError:  # too few impostor pairs above the lowest threshold for a curve (a tiny gallery)
+            points = []
         band_tails[half] = {b: band_tail(sc, fp, rows_h, ages_h, b) for b in BANDS}
-        tails[half] = {"faces": len(rows_h), "pairs": total, "points": [list(p) for p in tail.points],
+        tails[half] = {"faces": len(rows_h), "pairs": total, "points": points,
                        "max": float(sc[0]) if sc.size else None,
                        "top_pairs": [{"score": round(float(sc[k]), 4), "a": str(rows_h[fp[k][0]].path),
                                       "b": str(rows_h[fp[k][1]].path)} for k in range(min(TOP_PAIRS, sc.size))]}

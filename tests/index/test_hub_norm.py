@@ -437,3 +437,61 @@ def test_edge_pipeline_decides_on_normalised_scores(world, tmp_path, model_cache
     probe = [c["similarity"] - offsets[keys[c["image_key"]]] - c["score"] for c in data["candidates"]]
     assert len(probe) >= 3 and max(probe[1:]) - min(probe[1:]) < 3e-4
     assert all(1e-3 < abs(p) < 0.3 for p in probe)
+
+
+# ---------------------------------------------------------------------------------------- index evaluate
+
+
+@pytest.mark.parametrize("settings", [[], ["--set", "matching.threshold=0.2"]], ids=["default", "fixed-0.2"])
+def test_index_evaluate_measures_the_bundle_as_the_device_judges_it(world, model_cache, tmp_path, capsys, settings):
+    """``index evaluate`` on the built bundle agrees, probe by probe, with ``index search --alert``.
+
+    Default policy (hub-normalised, few or no false alerts among 20 strangers) and a fixed low raw
+    threshold (many), so that both sides of the comparison are exercised.
+    """
+    root = Path("/")  # the photos' own folders; absolute paths relative to /
+    m_paths, s_paths = world["mated"][0], world["strangers"][0]
+    probes = tmp_path / "probes.csv"
+    lines = ["path,identity"]
+    lines += [f"{p.relative_to(root)},{case}" for p, case in zip(m_paths, world["mated_cases"], strict=True)]
+    lines += [f"{p.relative_to(root)},stranger:{p.parent.name}" for p in s_paths]
+    probes.write_text("\n".join(lines) + "\n")
+    common = ["--pubkey", str(world["pub"]), "--set", f"models.cache_dir={model_cache}", *settings]
+    assert main(["index", "evaluate", str(world["bundle"]), "--probes", str(probes), "--root", str(root),
+                 "--cache-dir", str(tmp_path / "cache"), "--json", *common]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["bundle"]["faces"] == 2 * N_CASES and doc["bundle"]["hub_offsets"] is True
+    assert doc["data"]["gallery_faces"] == 2 * N_CASES and doc["data"]["gallery_identities"] == N_CASES
+    assert doc["data"]["mated_probes"] == len(m_paths)
+    assert doc["data"]["nonmated_probes"] == len(s_paths)  # every stranger, no fit half taken out
+    assert doc["policy_config"]["hub_norm"] is (not settings)  # a fixed threshold is on raw similarity
+    full = doc["by_gallery_size"][-1]
+    assert full["gallery_size"] == 2 * N_CASES
+
+    # the device's verdicts on the same photos
+    assert main(["index", "search", str(world["bundle"]), "--alert", "--json", *common,
+                 *[a for p in [*m_paths, *s_paths] for a in ("--image", str(p))]]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert cli["policy"]["threshold"] == full["threshold"]
+    verdicts = {Path(r["image"]).resolve(): r["alert"] for r in cli["results"]}
+    misses = sum(verdicts[p.resolve()] != case for p, case in zip(m_paths, world["mated_cases"], strict=True))
+    false_alerts = sorted(str(p.resolve()) for p in s_paths if verdicts[p.resolve()] is not None)
+    assert round(full["fnir"] * len(m_paths)) == misses
+    assert full["false_alerts"] == len(false_alerts)
+    assert sorted(str(Path(a["probe"]).resolve()) for a in doc["false_alerts"]) == false_alerts
+    assert misses < len(m_paths)  # the enrolled people are found
+    if settings:
+        assert len(false_alerts) >= 1  # the low threshold alerts for strangers: the comparison is not 0 == 0
+
+
+def test_index_evaluate_needs_mated_probes_and_operator_embeddings(world, tmp_path, capsys):
+    probes = tmp_path / "probes.csv"
+    s_paths = world["strangers"][0]
+    probes.write_text("path,identity\n" + f"{s_paths[0]},stranger\n")
+    assert main(["index", "evaluate", str(world["bundle"]), "--probes", str(probes), "--root", "/"]) == 1
+    assert "no probe's identity is a case id" in capsys.readouterr().err
+    device = _copy(world, tmp_path / "device")
+    (device / "embeddings.npy").unlink()
+    probes.write_text("path,identity\n" + f"{s_paths[0]},MP8000\n")
+    assert main(["index", "evaluate", str(device), "--probes", str(probes), "--root", "/"]) == 1
+    assert "embeddings.npy: absent" in capsys.readouterr().err
