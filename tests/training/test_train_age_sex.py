@@ -177,3 +177,12 @@ def test_full_fine_tuning_trains_every_layer_and_exports_a_matching_onnx(tmp_pat
         age, p_male = sess.run(None, {"data": to_tensor(crop[None]).numpy()})
         assert float(age[0]) == pytest.approx(face["age"], abs=0.02)
         assert float(p_male[0]) == pytest.approx(face["p_male"], abs=1e-3)
+
+
+def test_bad_backbone_lr_scale_is_named(tmp_path, capsys):
+    rc = main(["train", "age-sex", "--manifest", str(tmp_path / "m.csv"), "--root", str(tmp_path),
+               "--backbone", str(tmp_path / "b.onnx"), "--out", str(tmp_path / "o"), "--work-dir", str(tmp_path),
+               "--mode", "full", "--backbone-lr-scale", "0"])
+    assert rc == 1
+    assert "--backbone-lr-scale must be in (0, 1], got 0.0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
