@@ -10,7 +10,7 @@ image); the rest is trained in PyTorch:
 * ``full``: every layer, on the crops themselves with augmentation (:func:`augment`: mirror,
   small scale / shift / rotation, brightness / contrast / saturation); the frozen BatchNorm layers
   are folded into their convolutions first (:func:`fold_batchnorm`, same function, ~15 % faster).
-  Slow on a CPU: one epoch over 10k faces is ~15-25 min on the shared 2-core box (docs/age.md).
+  Slow on a CPU: one epoch over 10k faces took 2-11 min on the shared 2-core box (docs/age.md).
 
 The age output keeps the original ordinal form (100 "age > k" pairs); the exported graph decodes
 it to the expected age ``sum_k P(age > k)`` and the sex logits to ``p_male``, optionally averaged
