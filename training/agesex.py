@@ -9,7 +9,8 @@ image); the rest is trained in PyTorch:
 * ``last2``: the last two blocks (conv_13, conv_14) + the head.
 * ``full``: every layer, on the crops themselves with augmentation (:func:`augment`: mirror,
   small scale / shift / rotation, brightness / contrast / saturation); the frozen BatchNorm layers
-  are folded into their convolutions first (:func:`fold_batchnorm`, same function, ~15 % faster).
+  are folded into their convolutions first (:func:`fold_batchnorm`, same function; the BatchNorm
+  passes were ~12 % of a training step in a profile).
   Slow on a CPU: one epoch over 10k faces took 2-11 min on the shared 2-core box (docs/age.md).
 
 The age output keeps the original ordinal form (100 "age > k" pairs); the exported graph decodes
