@@ -7,9 +7,11 @@ image); the rest is trained in PyTorch:
 * ``head``: only the (256 -> 202) head, on the pooled 256-d feature.
 * ``last1``: the last MobileNet block (conv_14, 256 channels at 7x7) + the head.
 * ``last2``: the last two blocks (conv_13, conv_14) + the head.
-
-Full fine-tuning is not offered: PyTorch's CPU depthwise convolutions at 112x112 make one epoch
-over 10k faces take hours on the project's shared 2-core machine (measured, docs/age.md).
+* ``full``: every layer, on the crops themselves with augmentation (:func:`augment`: mirror,
+  small scale / shift / rotation, brightness / contrast / saturation); the frozen BatchNorm layers
+  are folded into their convolutions first (:func:`fold_batchnorm`, same function; the BatchNorm
+  passes were ~12 % of a training step in a profile).
+  Slow on a CPU: one epoch over 10k faces took 2-11 min on the shared 2-core box (docs/age.md).
 
 The age output keeps the original ordinal form (100 "age > k" pairs); the exported graph decodes
 it to the expected age ``sum_k P(age > k)`` and the sex logits to ``p_male``, optionally averaged
@@ -50,6 +52,7 @@ class TrainSettings:
     batch_size: int = 128
     lr: float = 1e-3
     backbone_lr_scale: float = 0.3
+    augment: bool = True
     weight_decay: float = 1e-4
     l1_weight: float = 0.05
     sex_weight: float = 1.0
@@ -139,7 +142,8 @@ def _loss(sex_logits: torch.Tensor, pair_logits: torch.Tensor, age: torch.Tensor
 
 
 #: Where each mode cuts the backbone: the frozen part ends with this ONNX tensor.
-MODE_CUTS = {"head": "flatten0", "last1": "conv_13_relu", "last2": "conv_12_relu"}
+#: ``full`` trains from the input on (no frozen part: the "features" are the crops themselves).
+MODE_CUTS = {"head": "flatten0", "last1": "conv_13_relu", "last2": "conv_12_relu", "full": ""}
 
 
 def build(backbone_onnx: Path) -> tuple[AgeSexNet, list[str]]:
@@ -152,7 +156,65 @@ def cut_index(names: list[str], mode: str) -> int:
     """Index of the first trainable module of ``features`` in ``mode``."""
     if mode not in MODE_CUTS:
         raise ValueError(f"mode must be one of {', '.join(MODE_CUTS)}, got {mode!r}")
+    if mode == "full":
+        return 0
     return names.index(MODE_CUTS[mode]) + 1
+
+
+def crop_inputs(aligned_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The crops as the network's input, uint8 (N, 3, 112, 112) RGB, and their mirror images (``full`` mode)."""
+    rgb = np.ascontiguousarray(aligned_bgr[..., ::-1].transpose(0, 3, 1, 2))
+    return rgb, np.ascontiguousarray(rgb[..., ::-1])
+
+
+def fold_batchnorm(features: nn.Sequential) -> None:
+    """Fold every BatchNorm2d that follows a Conv2d into the convolution (in place; the BN becomes Identity).
+
+    Exact for BatchNorm in eval mode (frozen statistics, as every mode here trains): ``bn(conv(x))``
+    equals the new ``conv(x)``. Saves the BatchNorm passes over the large early activations.
+    """
+    mods = list(features)
+    for i in range(1, len(mods)):
+        conv, bn = mods[i - 1], mods[i]
+        if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
+            continue
+        assert bn.running_mean is not None and bn.running_var is not None
+        with torch.no_grad():
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,  # type: ignore[arg-type]
+                              stride=conv.stride, padding=conv.padding,  # type: ignore[arg-type]
+                              groups=conv.groups, bias=True)
+            fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+            assert fused.bias is not None
+            fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+        features[i - 1] = fused
+        features[i] = nn.Identity()
+
+
+def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Random jitter of float32 (B, 3, H, W) RGB 0-255 aligned crops (the mirror is chosen by the caller).
+
+    Geometry (one affine warp, border pixels repeated): scale 0.93-1.07, shift up to 4 % of the
+    side, rotation up to 8 degrees; colour: brightness x0.8-1.2, contrast x0.8-1.2 about the
+    image mean, saturation x0.7-1.3 about the grey value. Parameters come from ``rng`` (seeded runs
+    repeat exactly).
+    """
+    b = x.shape[0]
+    scale = rng.uniform(0.93, 1.07, b)
+    angle = np.deg2rad(rng.uniform(-8.0, 8.0, b))
+    shift = rng.uniform(-0.08, 0.08, (b, 2))  # grid units: the side spans 2
+    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
+    theta = np.stack([np.stack([cos, -sin, shift[:, 0]], 1), np.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = nn.functional.affine_grid(torch.from_numpy(theta.astype(np.float32)), list(x.shape), align_corners=False)
+    x = nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    col = rng.uniform([0.8, 0.8, 0.7], [1.2, 1.2, 1.3], (b, 3)).astype(np.float32)
+    bright, contrast, sat = (torch.from_numpy(col[:, k]).reshape(-1, 1, 1, 1) for k in range(3))
+    grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    x = grey + (x - grey) * sat
+    mean = grey.mean(dim=(2, 3), keepdim=True)
+    x = (mean + (x - mean) * contrast) * bright
+    return x.clamp(0.0, 255.0)
 
 
 def cached_features(backbone_onnx: Path, aligned_bgr: np.ndarray, mode: str, work_dir: Path,
@@ -191,7 +253,9 @@ def train(net: AgeSexNet, cut: int, feats: np.ndarray, feats_flip: np.ndarray, a
     Args:
         net: the network (trained in place).
         cut: first trainable module of ``net.features`` (see :func:`cut_index`).
-        feats: float16 (N, ...) frozen activations feeding ``features[cut]``.
+        feats: float16 (N, ...) frozen activations feeding ``features[cut]``; with ``cut == 0``
+            (``full`` mode) uint8 (N, 3, 112, 112) RGB crops (:func:`crop_inputs`), which are
+            jittered by :func:`augment` when ``s.augment``.
         feats_flip: the same for the mirror images (random mirror augmentation picks one per face).
         age: float32 (N,) years.
         male: int (N,) 1 male, 0 female, -1 unknown.
@@ -224,13 +288,19 @@ def train(net: AgeSexNet, cut: int, feats: np.ndarray, feats_flip: np.ndarray, a
         for start in range(0, n, s.batch_size):
             idx = order[start:start + s.batch_size]
             x = np.where(flips[idx].reshape((-1,) + (1,) * (feats.ndim - 1)), feats_flip[idx], feats[idx])
-            sex_logits, pair_logits = net.head(suffix(torch.from_numpy(x.astype(np.float32))))
+            xt = torch.from_numpy(x.astype(np.float32))
+            if cut == 0 and s.augment:
+                xt = augment(xt, rng)
+            sex_logits, pair_logits = net.head(suffix(xt))
             loss = _loss(sex_logits, pair_logits, age_t[idx], pairs_all[idx], male_t[idx], weight_t[idx], s)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             total += float(loss.detach()) * idx.size
+            if cut == 0 and (start // s.batch_size) % 20 == 0:
+                logger.info("epoch %d batch %d/%d: %.1f s so far", epoch + 1, start // s.batch_size + 1,
+                            (n + s.batch_size - 1) // s.batch_size, time.monotonic() - t0)
         history.append(total / max(n, 1))
         logger.info("epoch %d/%d: loss %.4f (%.0f s)", epoch + 1, s.epochs, history[-1], time.monotonic() - t0)
     return history

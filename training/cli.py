@@ -36,8 +36,13 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     a.add_argument("--out", required=True, type=Path, help="output folder (model, report.json, parity.json)")
     a.add_argument("--work-dir", required=True, type=Path, help="cache of aligned crops (reused across runs)")
     a.add_argument("--name", default="agesex_utk_v1", help="model name (file <name>.onnx)")
-    a.add_argument("--mode", choices=["head", "last1", "last2"], default="last1",
-                   help="what is trained: the head, or also the last one / two backbone blocks")
+    a.add_argument("--mode", choices=["head", "last1", "last2", "full"], default="last1",
+                   help="what is trained: the head, or also the last one / two backbone blocks, or every layer "
+                        "(full: on augmented crops; slow on a CPU)")
+    a.add_argument("--backbone-lr-scale", type=float, default=0.3,
+                   help="backbone learning rate as a share of --lr (the head gets --lr)")
+    a.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="full mode: train on the crops and their mirror images only (no jitter)")
     a.add_argument("--epochs", type=int, default=8)
     a.add_argument("--batch-size", type=int, default=128)
     a.add_argument("--lr", type=float, default=1e-3)
@@ -99,7 +104,10 @@ def run_train_age_sex(args: argparse.Namespace, config: Config) -> int:
             raise NamusEdgeError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if not 0 < args.val_fraction < 1:
         raise NamusEdgeError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    if not 0 < args.backbone_lr_scale <= 1:
+        raise NamusEdgeError(f"--backbone-lr-scale must be in (0, 1], got {args.backbone_lr_scale}")
     settings = agesex.TrainSettings(mode=args.mode, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                    backbone_lr_scale=args.backbone_lr_scale, augment=args.augment,
                                     seed=args.seed, threads=args.threads, balance=args.balance)
     inputs = run.RunInputs(manifest=args.manifest, root=args.root, dataset=args.dataset, backbone=args.backbone,
                            work_dir=args.work_dir, out_dir=args.out, name=args.name, val_fraction=args.val_fraction,

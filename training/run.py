@@ -37,8 +37,10 @@ from namus_edge.training.agesex import (
     age_balance_weights,
     build,
     cached_features,
+    crop_inputs,
     cut_index,
     export_onnx,
+    fold_batchnorm,
     predict,
     predict_features,
     train,
@@ -150,8 +152,12 @@ def run_age_sex(inputs: RunInputs, settings: TrainSettings, config: Config, comm
     logger.info("training pool %d faces: %d train, %d validation", len(pool), len(tr), len(va))
     net, names = build(inputs.backbone)
     cut = cut_index(names, settings.mode)
-    feats, feats_flip = cached_features(inputs.backbone, pool.aligned, settings.mode, inputs.work_dir,
-                                        pool.manifest_sha256)
+    if settings.mode == "full":
+        fold_batchnorm(net.features)
+        feats, feats_flip = crop_inputs(pool.aligned)
+    else:
+        feats, feats_flip = cached_features(inputs.backbone, pool.aligned, settings.mode, inputs.work_dir,
+                                            pool.manifest_sha256)
     history = train(net, cut, feats[tr_idx], feats_flip[tr_idx], tr.age, tr.male, settings)
 
     # choices on validation
@@ -192,7 +198,11 @@ def run_age_sex(inputs: RunInputs, settings: TrainSettings, config: Config, comm
     if inputs.eval_manifest is not None:
         ev = load_faces(inputs.eval_manifest, inputs.eval_root or inputs.eval_manifest.parent, inputs.work_dir, config,
                         workers=inputs.workers)
-        ev_f, ev_ff = cached_features(inputs.backbone, ev.aligned, settings.mode, inputs.work_dir, ev.manifest_sha256)
+        if settings.mode == "full":
+            ev_f, ev_ff = crop_inputs(ev.aligned)
+        else:
+            ev_f, ev_ff = cached_features(inputs.backbone, ev.aligned, settings.mode, inputs.work_dir,
+                                          ev.manifest_sha256)
         ev_age, ev_p = predict_features(net, cut, ev_f, ev_ff if flip else None)
         v1_ev = calibrated_age_v1(ev, config)
         report["evaluation"] = {}

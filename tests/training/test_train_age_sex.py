@@ -97,3 +97,92 @@ def test_training_twice_gives_the_same_metrics_and_an_onnx_matching_torch(tmp_pa
         age, p_male = sess.run(None, {"data": to_tensor(crop[None]).numpy()})
         assert float(age[0]) == pytest.approx(face["age"], abs=0.02)
         assert float(p_male[0]) == pytest.approx(face["p_male"], abs=1e-3)
+
+
+def test_folding_batchnorm_keeps_the_function(shared_dir):
+    import torch
+
+    from namus_edge.training.agesex import build, fold_batchnorm
+
+    net, _ = build(shared_dir / "models" / BACKBONE)
+    net.eval()
+    x = torch.from_numpy(np.random.default_rng(0).uniform(0, 255, (4, 3, 112, 112)).astype(np.float32))
+    with torch.no_grad():
+        sex, pairs = net(x)
+        bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.features)
+        fold_batchnorm(net.features)
+        sex2, pairs2 = net(x)
+    # every conv's BN is gone; the one after the last block (bn1, after a ReLU) stays
+    assert bns == 28
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.features) == 1
+    np.testing.assert_allclose(sex2.numpy(), sex.numpy(), atol=1e-4)
+    np.testing.assert_allclose(pairs2.numpy(), pairs.numpy(), atol=1e-4)
+
+
+def test_augment_is_seeded_bounded_and_changes_the_crop():
+    import torch
+
+    from namus_edge.training.agesex import augment
+
+    x = torch.from_numpy(np.random.default_rng(1).uniform(0, 255, (6, 3, 112, 112)).astype(np.float32))
+    a = augment(x, np.random.default_rng(7))
+    b = augment(x, np.random.default_rng(7))
+    c = augment(x, np.random.default_rng(8))
+    assert a.shape == x.shape
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 255.0
+    assert float((a - x).abs().mean()) > 1.0  # it does jitter
+
+
+@pytest.mark.slow
+def test_full_fine_tuning_trains_every_layer_and_exports_a_matching_onnx(tmp_path, data_dir, shared_dir,
+                                                                        model_cache, monkeypatch, capsys):
+    monkeypatch.setenv("NAMUS_EDGE_MODELS", str(model_cache))
+    out = tmp_path / "out"
+    argv = ["train", "age-sex", "--manifest", str(data_dir / "identification" / "manifest.csv"),
+            "--root", str(data_dir / "identification"), "--dataset", "utkface",
+            "--backbone", str(shared_dir / "models" / BACKBONE), "--out", str(out),
+            "--work-dir", str(tmp_path / "work"), "--limit", "40", "--val-fraction", "0.25",
+            "--mode", "full", "--epochs", "2", "--batch-size", "16", "--threads", "1", "--name", "agesex_full"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["mode"] == "full" and report["settings"]["augment"] is True
+    assert report["data"]["validation"] == 10
+    assert len(report["loss_history"]) == 2
+    # the first convolution changed: every layer was trained (compared with the original, folded the same way)
+    import onnx
+    from onnx import numpy_helper
+
+    from namus_edge.core.config import load_config
+    from namus_edge.models.analyzer import FaceAnalyzer
+    from namus_edge.models.imagefile import read_image
+    from namus_edge.training.agesex import build, fold_batchnorm, to_tensor
+
+    original, _ = build(shared_dir / "models" / BACKBONE)
+    fold_batchnorm(original.features)
+    first = next(m for m in original.features if m.__class__.__name__ == "Conv2d").weight.detach().numpy()
+    trained = onnx.load(str(out / "agesex_full.onnx"))
+    conv1 = [numpy_helper.to_array(i) for i in trained.graph.initializer if tuple(i.dims) == first.shape]
+    assert len(conv1) == 1
+    assert float(np.abs(conv1[0] - first).max()) > 1e-4
+    # the exported graph reproduces the PyTorch outputs on runtime crops
+    parity = json.loads((out / "parity.json").read_text())
+    analyzer = FaceAnalyzer(load_config(), model_cache, with_age=False)
+    sess = ort.InferenceSession(str(out / "agesex_full.onnx"), providers=["CPUExecutionProvider"])
+    for face in parity["faces"]:
+        img = read_image(data_dir / "identification" / face["path"])
+        crop = analyzer.prepare(img, analyzer.detect(img, photo=True)[0]).aligned
+        age, p_male = sess.run(None, {"data": to_tensor(crop[None]).numpy()})
+        assert float(age[0]) == pytest.approx(face["age"], abs=0.02)
+        assert float(p_male[0]) == pytest.approx(face["p_male"], abs=1e-3)
+
+
+def test_bad_backbone_lr_scale_is_named(tmp_path, capsys):
+    rc = main(["train", "age-sex", "--manifest", str(tmp_path / "m.csv"), "--root", str(tmp_path),
+               "--backbone", str(tmp_path / "b.onnx"), "--out", str(tmp_path / "o"), "--work-dir", str(tmp_path),
+               "--mode", "full", "--backbone-lr-scale", "0"])
+    assert rc == 1
+    assert "--backbone-lr-scale must be in (0, 1], got 0.0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
