@@ -84,10 +84,7 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
     from namus_edge.models.eval_cli import emit_identify
     from namus_edge.models.policy import resolve_policy
 
-    try:
-        sizes = tuple(int(x) for x in str(args.sizes).split(",") if x.strip())
-    except ValueError:
-        raise EvaluateInputError(f"--sizes: {args.sizes!r} is not a comma list of integers") from None
+    sizes = ie.parse_sizes(args.sizes)
     probes = ie.read_rows(args.probes, args.root)
     excl = ie.read_exclusions(args.exclude, args.root) if args.exclude else None
     with Bundle.load(args.bundle, pubkeys=pinned_pubkeys(args, config) or None,

@@ -552,10 +552,7 @@ def run_identify_cmd(args: argparse.Namespace, config: Config) -> int:
     """``eval identify``: see :mod:`namus_edge.models.identify_eval`."""
     from namus_edge.models import identify_eval as ie
 
-    try:
-        sizes = tuple(int(x) for x in str(args.sizes).split(",") if x.strip())
-    except ValueError:
-        raise EvalInputError(f"--sizes: {args.sizes!r} is not a comma list of integers") from None
+    sizes = ie.parse_sizes(args.sizes)
     gallery = ie.read_rows(args.gallery, args.root)
     probes = ie.read_rows(args.probes, args.root)
     excl = ie.read_exclusions(args.exclude, args.root) if args.exclude else None

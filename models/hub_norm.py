@@ -107,15 +107,31 @@ def hub_neighbours(embeddings: np.ndarray, groups: np.ndarray, k: int = HUB_K, e
     for s in range(0, n, CHUNK):
         sims = emb[s:s + CHUNK] @ emb.T
         sims[groups[s:s + CHUNK][:, None] == groups[None, :]] = -np.inf
-        cols = min(m, n)
-        part = np.argpartition(-sims, cols - 1, axis=1)[:, :cols] if cols < n else np.tile(np.arange(n), (len(sims), 1))
-        psc = np.take_along_axis(sims, part, axis=1)
-        order = np.argsort(-psc, axis=1)
-        part = np.take_along_axis(part, order, axis=1)[:, :m]
-        psc = np.take_along_axis(psc, order, axis=1)[:, :m]
+        psc, pgr = best_first(sims, groups, m)
         scores[s:s + len(sims), : psc.shape[1]] = psc
-        nb_groups[s:s + len(sims), : part.shape[1]] = np.where(np.isfinite(psc), groups[part], -1)
+        nb_groups[s:s + len(sims), : pgr.shape[1]] = pgr
     return HubNeighbours(scores, nb_groups, k)
+
+
+def best_first(sims: np.ndarray, col_groups: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``m`` highest scores of each row, best first, with the group of each one's column.
+
+    Args:
+        sims: float32 (R, C) scores; ``-inf`` marks columns left out.
+        col_groups: int64 (C,) group code of each column.
+        m: how many per row (at most ``C`` are returned).
+
+    Returns:
+        ``(scores, groups)``: float32 and int64 (R, min(m, C)); group ``-1`` where the score is not finite.
+    """
+    n = sims.shape[1]
+    cols = min(m, n)
+    part = np.argpartition(-sims, cols - 1, axis=1)[:, :cols] if cols < n else np.tile(np.arange(n), (len(sims), 1))
+    psc = np.take_along_axis(sims, part, axis=1)
+    order = np.argsort(-psc, axis=1)
+    part = np.take_along_axis(part, order, axis=1)
+    psc = np.take_along_axis(psc, order, axis=1)
+    return psc, np.where(np.isfinite(psc), col_groups[part], -1)
 
 
 def hub_offsets(embeddings: np.ndarray, groups: Sequence[str], k: int = HUB_K) -> tuple[np.ndarray, float]:

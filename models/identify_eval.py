@@ -53,7 +53,7 @@ from namus_edge.core.errors import NamusEdgeError
 from namus_edge.models.analyzer import FaceAnalyzer
 from namus_edge.models.embedding_cache import EmbeddingCache, PhotoFace
 from namus_edge.models.evaluation import AGE_GAP_BUCKETS, AGE_GROUPS, bucket_of
-from namus_edge.models.hub_norm import HUB_K, HubNeighbours, hub_neighbours, probe_offsets
+from namus_edge.models.hub_norm import HUB_K, HubNeighbours, best_first, hub_neighbours, probe_offsets
 from namus_edge.models.impostor_tail import ImpostorTail, fpir_from_far, tail_from_scores
 from namus_edge.models.policy import CHILD_FACE_AGE, ResolvedPolicy, judge, resolve_policy
 
@@ -151,6 +151,18 @@ def read_rows(path: Path, root: Path) -> list[Row]:
             return out
     except OSError as exc:
         raise IdentifyInputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """The ``--sizes`` option: a comma list of gallery sizes (empty = none).
+
+    Raises:
+        IdentifyInputError: an item is not an integer (the message quotes the option).
+    """
+    try:
+        return tuple(int(x) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        raise IdentifyInputError(f"--sizes: {text!r} is not a comma list of integers") from None
 
 
 def read_exclusions(path: Path, root: Path) -> set[frozenset[Path]]:
@@ -327,13 +339,7 @@ def search(probe_emb: np.ndarray, probe_rows: Sequence[Row], gal_emb: np.ndarray
 
 def _probe_offsets(raw: np.ndarray, ids: np.ndarray, judged: np.ndarray, hub: GalleryHub, extra: int) -> np.ndarray:
     """Probe offsets of rows of raw similarities (``-inf`` = not in this search) against their judged case."""
-    m = min(hub.neighbours.k + extra, raw.shape[1])
-    part = np.argpartition(-raw, m - 1, axis=1)[:, :m] if m < raw.shape[1] else np.tile(np.arange(raw.shape[1]),
-                                                                                           (len(raw), 1))
-    sc = np.take_along_axis(raw, part, axis=1)
-    order = np.argsort(-sc, axis=1)
-    sc = np.take_along_axis(sc, order, axis=1)
-    grp = np.where(np.isfinite(sc), ids[np.take_along_axis(part, order, axis=1)], -1)
+    sc, grp = best_first(raw, ids, hub.neighbours.k + extra)
     return probe_offsets(sc, grp, judged, hub.median, hub.neighbours.k)
 
 

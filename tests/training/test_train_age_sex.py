@@ -57,15 +57,33 @@ def test_backbone_rebuilt_in_torch_equals_the_onnx_graph(shared_dir, test_images
     assert names[-1] == "flatten0"
 
 
-def _train(tmp_path, data_dir, shared_dir, tag):
+def _train(tmp_path, data_dir, shared_dir, tag, *, limit=80, mode="last1", epochs=3, name="agesex_test", extra=()):
     out = tmp_path / f"out-{tag}"
     argv = ["train", "age-sex", "--manifest", str(data_dir / "identification" / "manifest.csv"),
             "--root", str(data_dir / "identification"), "--dataset", "utkface",
             "--backbone", str(shared_dir / "models" / BACKBONE), "--out", str(out),
-            "--work-dir", str(tmp_path / f"work-{tag}"), "--limit", "80", "--val-fraction", "0.25",
-            "--mode", "last1", "--epochs", "3", "--threads", "1", "--name", "agesex_test"]
+            "--work-dir", str(tmp_path / f"work-{tag}"), "--limit", str(limit), "--val-fraction", "0.25",
+            "--mode", mode, "--epochs", str(epochs), "--threads", "1", "--name", name, *extra]
     assert main(argv) == 0
     return json.loads((out / "report.json").read_text()), out
+
+
+def _assert_onnx_matches_the_run(model, out, data_dir, model_cache):
+    """The exported graph reproduces the PyTorch outputs the run saved (parity.json) on runtime crops."""
+    from namus_edge.core.config import load_config
+    from namus_edge.models.analyzer import FaceAnalyzer
+    from namus_edge.models.imagefile import read_image
+    from namus_edge.training.agesex import to_tensor
+
+    parity = json.loads((out / "parity.json").read_text())
+    analyzer = FaceAnalyzer(load_config(), model_cache, with_age=False)
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    for face in parity["faces"]:
+        img = read_image(data_dir / "identification" / face["path"])
+        crop = analyzer.prepare(img, analyzer.detect(img, photo=True)[0]).aligned
+        age, p_male = sess.run(None, {"data": to_tensor(crop[None]).numpy()})
+        assert float(age[0]) == pytest.approx(face["age"], abs=0.02)
+        assert float(p_male[0]) == pytest.approx(face["p_male"], abs=1e-3)
 
 
 @pytest.mark.slow
@@ -83,20 +101,7 @@ def test_training_twice_gives_the_same_metrics_and_an_onnx_matching_torch(tmp_pa
     assert first["loss_history"] == pytest.approx(second["loss_history"], rel=1e-4)
     assert first["loss_history"][-1] < first["loss_history"][0]  # it learns
     # the exported graph reproduces the PyTorch outputs the run saved
-    parity = json.loads((out1 / "parity.json").read_text())
-    from namus_edge.core.config import load_config
-    from namus_edge.models.analyzer import FaceAnalyzer
-    from namus_edge.models.imagefile import read_image
-    from namus_edge.training.agesex import to_tensor
-
-    analyzer = FaceAnalyzer(load_config(), model_cache, with_age=False)
-    sess = ort.InferenceSession(str(out1 / "agesex_test.onnx"), providers=["CPUExecutionProvider"])
-    for face in parity["faces"]:
-        img = read_image(data_dir / "identification" / face["path"])
-        crop = analyzer.prepare(img, analyzer.detect(img, photo=True)[0]).aligned
-        age, p_male = sess.run(None, {"data": to_tensor(crop[None]).numpy()})
-        assert float(age[0]) == pytest.approx(face["age"], abs=0.02)
-        assert float(p_male[0]) == pytest.approx(face["p_male"], abs=1e-3)
+    _assert_onnx_matches_the_run(out1 / "agesex_test.onnx", out1, data_dir, model_cache)
 
 
 def test_folding_batchnorm_keeps_the_function(shared_dir):
@@ -139,15 +144,9 @@ def test_augment_is_seeded_bounded_and_changes_the_crop():
 def test_full_fine_tuning_trains_every_layer_and_exports_a_matching_onnx(tmp_path, data_dir, shared_dir,
                                                                         model_cache, monkeypatch, capsys):
     monkeypatch.setenv("NAMUS_EDGE_MODELS", str(model_cache))
-    out = tmp_path / "out"
-    argv = ["train", "age-sex", "--manifest", str(data_dir / "identification" / "manifest.csv"),
-            "--root", str(data_dir / "identification"), "--dataset", "utkface",
-            "--backbone", str(shared_dir / "models" / BACKBONE), "--out", str(out),
-            "--work-dir", str(tmp_path / "work"), "--limit", "40", "--val-fraction", "0.25",
-            "--mode", "full", "--epochs", "2", "--batch-size", "16", "--threads", "1", "--name", "agesex_full"]
-    assert main(argv) == 0
+    report, out = _train(tmp_path, data_dir, shared_dir, "full", limit=40, mode="full", epochs=2, name="agesex_full",
+                         extra=("--batch-size", "16"))
     capsys.readouterr()
-    report = json.loads((out / "report.json").read_text())
     assert report["settings"]["mode"] == "full" and report["settings"]["augment"] is True
     assert report["data"]["validation"] == 10
     assert len(report["loss_history"]) == 2
@@ -155,10 +154,7 @@ def test_full_fine_tuning_trains_every_layer_and_exports_a_matching_onnx(tmp_pat
     import onnx
     from onnx import numpy_helper
 
-    from namus_edge.core.config import load_config
-    from namus_edge.models.analyzer import FaceAnalyzer
-    from namus_edge.models.imagefile import read_image
-    from namus_edge.training.agesex import build, fold_batchnorm, to_tensor
+    from namus_edge.training.agesex import build, fold_batchnorm
 
     original, _ = build(shared_dir / "models" / BACKBONE)
     fold_batchnorm(original.features)
@@ -168,15 +164,7 @@ def test_full_fine_tuning_trains_every_layer_and_exports_a_matching_onnx(tmp_pat
     assert len(conv1) == 1
     assert float(np.abs(conv1[0] - first).max()) > 1e-4
     # the exported graph reproduces the PyTorch outputs on runtime crops
-    parity = json.loads((out / "parity.json").read_text())
-    analyzer = FaceAnalyzer(load_config(), model_cache, with_age=False)
-    sess = ort.InferenceSession(str(out / "agesex_full.onnx"), providers=["CPUExecutionProvider"])
-    for face in parity["faces"]:
-        img = read_image(data_dir / "identification" / face["path"])
-        crop = analyzer.prepare(img, analyzer.detect(img, photo=True)[0]).aligned
-        age, p_male = sess.run(None, {"data": to_tensor(crop[None]).numpy()})
-        assert float(age[0]) == pytest.approx(face["age"], abs=0.02)
-        assert float(p_male[0]) == pytest.approx(face["p_male"], abs=1e-3)
+    _assert_onnx_matches_the_run(out / "agesex_full.onnx", out, data_dir, model_cache)
 
 
 def test_bad_backbone_lr_scale_is_named(tmp_path, capsys):
