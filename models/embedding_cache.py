@@ -14,9 +14,10 @@ Two tiers, so that changing the age or sex model does not detect and embed every
   sex models' sha256 and the ``models`` settings. An entry holds age and ``p_male``, computed
   from the photo and the cached landmarks (no detection, no embedding: a few ms per photo).
 
-Inside, entries are keyed by the photo's absolute path, its ``mtime_ns`` and size: an edited
-photo is embedded again. Shards are written atomically every ``flush_every`` photos, so an
-interrupted run keeps its work.
+Inside, entries are keyed by the sha256 of the photo file's bytes: an edited photo is embedded
+again, while a copied, moved or re-staged data folder (new paths, new mtimes, same bytes) is not.
+Hashing costs about a second per 10k photos; embedding them costs tens of minutes. Shards are
+written atomically every ``flush_every`` photos, so an interrupted run keeps its work.
 
 The cache holds biometric templates of evaluation photos only (labelled research data); it is
 never used for camera faces.
@@ -43,7 +44,7 @@ from namus_edge.models.imagefile import read_image
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "NAMUS_EDGE_EMBED_CACHE"
-FORMAT = 2
+FORMAT = 3
 #: Detection settings that change what a still photo yields (the video-only ones do not).
 STILL_DETECTION_FIELDS = ("input_size", "score_threshold", "nms_threshold", "max_faces", "pad_retry",
                           "pad_retry_score")
@@ -51,7 +52,7 @@ STILL_DETECTION_FIELDS = ("input_size", "score_threshold", "nms_threshold", "max
 #: ``models`` settings that do not change age or sex (left out of the attributes key).
 NOT_ATTRIBUTE_SETTINGS = {"backend", "detector", "embedder", "verifier"}
 
-_Key = tuple[str, int, int]
+_Key = str  # sha256 hex of the photo file
 
 
 def default_cache_root() -> Path:
@@ -121,9 +122,8 @@ class _Found:
         return bool(np.all(np.isfinite(self.embedding)))
 
 
-def _stat_key(path: Path) -> _Key:
-    st = path.stat()
-    return str(path.resolve()), int(st.st_mtime_ns), int(st.st_size)
+def _content_key(path: Path) -> _Key:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _opt(x: float) -> float | None:
@@ -134,9 +134,7 @@ def _write_shard(folder: Path, keys: Sequence[_Key], **arrays: np.ndarray) -> No
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"shard-{uuid.uuid4().hex}.npz"
     tmp = final.with_suffix(".tmp.npz")
-    named: dict[str, np.ndarray] = {"paths": np.array([k[0] for k in keys]),
-                                    "mtime_ns": np.array([k[1] for k in keys], np.int64),
-                                    "size": np.array([k[2] for k in keys], np.int64), **arrays}
+    named: dict[str, np.ndarray] = {"sha256": np.array(list(keys)), **arrays}
     np.savez(tmp, **named)  # type: ignore[arg-type]  # numpy's stub types **kwds as the allow_pickle flag
     os.replace(tmp, final)
 
@@ -146,7 +144,7 @@ def _read_shards(folder: Path, fields: Sequence[str]) -> list[tuple[list[_Key], 
     for shard in sorted(folder.glob("shard-*.npz")):
         try:
             with np.load(shard, allow_pickle=False) as z:
-                keys = [(str(p), int(m), int(s)) for p, m, s in zip(z["paths"], z["mtime_ns"], z["size"], strict=True)]
+                keys = [str(k) for k in z["sha256"]]
                 out.append((keys, {f: z[f] for f in fields}))
         except (OSError, KeyError, ValueError) as exc:
             logger.warning("embedding cache: ignoring unreadable shard %s (%s)", shard, exc)
@@ -240,7 +238,7 @@ class EmbeddingCache:
         embedded = aged = 0
         for i, path in enumerate(paths):
             try:
-                key = _stat_key(Path(path))
+                key = _content_key(Path(path))
             except FileNotFoundError:
                 raise FileNotFoundError(f"{path}: no such image") from None
             found = self._faces.get(key) or self._new_faces.get(key)
