@@ -9,7 +9,8 @@ person, and then append exactly those pairs to the list.
 
 Usage::
 
-    # sheets of every false alert at the full gallery (also: mated_rank1_errors, top_nonmated)
+    # sheets of every false alert at the full gallery (also: mated_rank1_errors, mated_lookalikes,
+    # top_nonmated, tail_fit, tail_report)
     python -m bench.identify_review sheets RUN.json --list false_alerts --out /tmp/review
     # append the pairs judged "same person" (tile numbers) with their evidence tag
     python -m bench.identify_review accept RUN.json --list false_alerts --tiles 0,3,17 \\
@@ -32,7 +33,7 @@ import numpy as np
 
 from namus_edge.models.imagefile import read_image
 
-LISTS = ("false_alerts", "mated_rank1_errors", "top_nonmated", "tail_fit", "tail_report")
+LISTS = ("false_alerts", "mated_rank1_errors", "mated_lookalikes", "top_nonmated", "tail_fit", "tail_report")
 TILE = 112
 PER_ROW = 5
 ROWS_PER_SHEET = 6
@@ -92,7 +93,11 @@ def write_sheets(pairs: Sequence[dict[str, Any]], out: Path, stem: str) -> list[
 
 def accept(pairs: Sequence[dict[str, Any]], tiles: Sequence[int], evidence: str, root: Path,
            noise_list: Path = NOISE_LIST) -> int:
-    """Append the chosen tiles' pairs to the exclusion list (``review=by_eye``); returns how many were new."""
+    """Append the chosen tiles' pairs to the exclusion list (``review=by_eye``); returns how many were new.
+
+    A ``mated_lookalikes`` tile judged to show the enrolled person adds a pair for every photo of
+    that person (its ``photos``), not only the one drawn: the distractor photo is that person.
+    """
     rows = list(csv.DictReader(noise_list.open(newline="")))
     have = {frozenset((r["path_a"], r["path_b"])) for r in rows}
     added = 0
@@ -100,12 +105,14 @@ def accept(pairs: Sequence[dict[str, Any]], tiles: Sequence[int], evidence: str,
         w = csv.writer(f, lineterminator="\n")
         for t in tiles:
             p = pairs[t]
-            a, b = (str(Path(p[k]).resolve().relative_to(root.resolve())) for k in ("probe", "gallery"))
-            if frozenset((a, b)) in have:
-                continue
-            w.writerow([a, b, f"{p['score']:.3f}", "by_eye", evidence])
-            have.add(frozenset((a, b)))
-            added += 1
+            b = str(Path(p["gallery"]).resolve().relative_to(root.resolve()))
+            for q in p.get("photos", [p["probe"]]):
+                a = str(Path(q).resolve().relative_to(root.resolve()))
+                if frozenset((a, b)) in have:
+                    continue
+                w.writerow([a, b, f"{p['score']:.3f}", "by_eye", evidence])
+                have.add(frozenset((a, b)))
+                added += 1
     return added
 
 

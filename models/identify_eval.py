@@ -12,7 +12,7 @@ to ``--root``:
   Other probes are non-mated.
 
 Every photo is reduced to its largest face (padded retry on), embedded once and cached on disk by
-model sha256 and file path/mtime (:mod:`namus_edge.models.embedding_cache`).
+model sha256 and the sha256 of the photo's bytes (:mod:`namus_edge.models.embedding_cache`).
 
 **Fit / report split.** Identities are split in two halves by a keyed hash (``--seed``). The
 per-pair impostor tail (the curve the alert policy's threshold comes from, see
@@ -29,8 +29,12 @@ always in); predicted at 55k and 1M from the report-half impostor tail,
 ``1 - (1 - FAR(t)) ** N``, with a 95 % interval from a bootstrap over faces.
 
 ``--exclude CSV`` (``path_a, path_b[, reason]``) lists known label noise (aliases, two people in
-one photo, the same celebrity in two datasets): those image pairs are left out of non-mated
-searches and of the tail.
+one photo, the same celebrity in two datasets): those image pairs are left out of every search
+(mated ones too: a distractor photo of an enrolled person is that person, not a stranger) and of
+the tail. A mated probe whose pairs with every gallery photo of its own identity are listed (two
+people under one name) is left out of the metrics and named in ``data.mislabelled_probes``.
+``mated_lookalikes`` in the JSON lists the distractor photos that resemble an enrolled person's
+photos, for review by eye (``bench.identify_review``).
 """
 
 from __future__ import annotations
@@ -602,6 +606,55 @@ def _mate_scores(o: Outcome, mated: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- run
 
 
+#: A distractor photo is listed as a possible look-alike of an enrolled person when one of the
+#: person's photos scores at least LOOKALIKE_ONE against it, or two score at least LOOKALIKE_TWO.
+LOOKALIKE_ONE = 0.40
+LOOKALIKE_TWO = 0.33
+
+
+def mated_lookalikes(photos: Mapping[str, Sequence[Path]], emb: Mapping[Path, np.ndarray],
+                     distractors: Sequence[Row], distractor_emb: np.ndarray,
+                     excl: set[frozenset[Path]]) -> list[dict[str, Any]]:
+    """Distractor photos that score like a true match against an enrolled person's photos.
+
+    The same public figure can appear among the distractors under another identity (UTKFace has
+    no identity labels); such a photo is then counted as a stranger who out-scores the person's
+    own enrolment photo. This lists candidates for review by eye, not verdicts.
+
+    Args:
+        photos: enrolled identity -> its photos (enrolment and mated probes) that have a face
+            (the caller passes adult faces only).
+        emb: photo -> float32 (D,) L2-normalised embedding.
+        distractors: gallery rows of identities with no mated probe.
+        distractor_emb: float32 (len(distractors), D) L2-normalised.
+        excl: pairs already listed as label noise; a candidate whose every pair is listed is skipped.
+
+    Returns:
+        One dict per candidate, ordered by identity then score: ``identity``, ``probe`` (the
+        person's photo that scores highest), ``gallery`` (the distractor photo), ``score`` (raw
+        cosine), ``photos`` (all the person's photos, each pair of which the candidate concerns)
+        and ``above`` (how many of them score >= ``LOOKALIKE_TWO``).
+    """
+    out: list[dict[str, Any]] = []
+    if not len(distractors):
+        return out
+    for ident in sorted(photos):
+        ps = list(photos[ident])
+        if not ps:
+            continue
+        sims = np.stack([emb[q] for q in ps]) @ distractor_emb.T  # (len(ps), len(distractors))
+        cand = np.nonzero((sims.max(0) >= LOOKALIKE_ONE) | ((sims >= LOOKALIKE_TWO).sum(0) >= 2))[0]
+        for j in cand[np.argsort(-sims.max(0)[cand])]:
+            x = distractors[int(j)].path
+            if all(frozenset((q, x)) in excl for q in ps):
+                continue
+            best = int(np.argmax(sims[:, j]))
+            out.append({"identity": ident, "probe": str(ps[best]), "gallery": str(x),
+                        "score": round(float(sims[best, j]), 4), "photos": [str(q) for q in ps],
+                        "above": int((sims[:, j] >= LOOKALIKE_TWO).sum())})
+    return out
+
+
 def _or(x: Any, default: Any) -> Any:
     return default if x is None else x
 
@@ -647,9 +700,18 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
     nan = np.full(dim, np.nan, np.float32)
     probe_emb = np.stack([_or(faces[p.path].embedding, nan) for p in probes]).astype(np.float32)
     loo = np.array([p.path in gal_paths for p in probes])
-    mated_all = np.array([(p.identity in gal_ids) and not loo[i] for i, p in enumerate(probes)])
+    # a probe whose every comparison with its own identity's gallery photos is listed as label noise
+    # (two people under one name) has no mate to find: it is left out, and counted
+    gal_by_id: dict[str, list[Path]] = defaultdict(list)
+    for g in gal:
+        gal_by_id[g.identity].append(g.path)
+    no_mate = {p.path for i, p in enumerate(probes) if not loo[i] and p.identity in gal_by_id
+               and all(frozenset((p.path, q)) in excl for q in gal_by_id[p.identity])}
+    mated_all = np.array([(p.identity in gal_ids) and not loo[i] and p.path not in no_mate
+                          for i, p in enumerate(probes)])
     halves = np.array([half_of(p.identity, seed) for p in probes])
-    nonmated = (~mated_all) & ((halves == nonmated_half) if nonmated_half is not None else True)
+    dropped = np.array([p.path in no_mate for p in probes])
+    nonmated = (~mated_all) & (~dropped) & ((halves == nonmated_half) if nonmated_half is not None else True)
     mated = mated_all
     use = mated | nonmated
     probes_u = [p for p, u in zip(probes, use, strict=True) if u]
@@ -696,7 +758,8 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
         "split": {"seed": seed, "nonmated_half": nonmated_half or "all", "tail_half": "fit"},
         "data": {"gallery_rows": len(gallery), "gallery_faces": len(gal), "gallery_identities": len(by_id),
                  "enrolled_identities": len(enrolled_ids), "mated_probes": int(mated.sum()),
-                 "nonmated_probes": int(nonmated.sum()), "no_face": len(no_face),
+                 "nonmated_probes": int(nonmated.sum()), "mislabelled_probes": sorted(str(x) for x in no_mate),
+                 "no_face": len(no_face),
                  "no_face_paths": sorted(no_face)[:50], "excluded_pairs": len(excl),
                  "embedding_cache": str(cache.dir)},
     }
@@ -787,6 +850,19 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
                                      "gallery": last.best_key[i], "mate_rank": last.rank[i]}
                                     for i in range(len(probes_u)) if mated[i] and last.rank[i] != 1
                                     and np.isfinite(last.top[i])]
+    # adult faces only: at these scores a child's face resembles many children (docs/accuracy.md)
+    adult = {q for q, f in faces.items() if f.embedding is not None and band_of(f.age) == "adult"}
+    person_photos: dict[str, list[Path]] = defaultdict(list)
+    for j, g in enumerate(gal):
+        if is_enrolled[j] and g.path in adult:
+            person_photos[g.identity].append(g.path)
+    for m, pr in zip(mated, probes_u, strict=True):
+        if m and pr.path in adult:
+            person_photos[pr.identity].append(pr.path)
+    adult_distr = [int(j) for j in distractor_idx if gal[j].path in adult]
+    result["mated_lookalikes"] = mated_lookalikes(
+        person_photos, {q: faces[q].embedding for v in person_photos.values() for q in v},  # type: ignore[misc]
+        [gal[j] for j in adult_distr], gal_emb[adult_distr], excl)
 
     # ---- predicted sizes: the policy's thresholds at N, FPIR from the report-half tails, FNIR measured
     full = outcomes[gallery_sizes[-1]]

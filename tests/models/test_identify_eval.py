@@ -7,15 +7,24 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from namus_edge.cli import main
-from namus_edge.models.identify_eval import IdentifyInputError, half_of, read_rows
+from namus_edge.models.identify_eval import (
+    LOOKALIKE_ONE,
+    LOOKALIKE_TWO,
+    IdentifyInputError,
+    Row,
+    half_of,
+    mated_lookalikes,
+    read_rows,
+)
 from namus_edge.models.registry import get_spec
 
 TOP_KEYS = {"models", "policy_config", "split", "data", "tail", "by_gallery_size", "predicted", "prediction_check",
             "by_age_gap", "bias", "top_nonmated", "by_group",
-            "false_alerts", "mated_rank1_errors"}
+            "false_alerts", "mated_rank1_errors", "mated_lookalikes"}
 SIZE_KEYS = {"gallery_size", "measured", "rule", "threshold", "child_threshold", "nonmated", "false_alerts", "fpir",
              "mated", "fnir", "mated_wrong_alert", "rank1", "rank5", "nonmated_rejections", "mated_rejections",
              "face_only"}
@@ -126,6 +135,25 @@ def test_identify_metrics_policy_cache_and_exclusions(sets, capsys, model_cache,
     assert r2["tail"]["fit"]["pairs"] == r["tail"]["fit"]["pairs"] - 1
     assert {(p["a"], p["b"]) for p in r2["tail"]["fit"]["top_pairs"]}.isdisjoint({(top["a"], top["b"])})
 
+    # a mated probe whose pair with its identity's only enrolment photo is listed (two people under
+    # one name) has no mate: it leaves the metrics and is named
+    rows = read_rows(sets["gallery"], sets["root"])
+    probe = next(p for p in read_rows(sets["probes"], sets["root"]) if p.identity.startswith("lfw:"))
+    enrolment = next(g for g in rows if g.identity == probe.identity)
+    excl.write_text(f"path_a,path_b,reason\n{rel(enrolment.path)},{rel(probe.path)},test\n")
+    r3 = _run(sets, capsys, "--exclude", str(excl))
+    assert r3["data"]["mislabelled_probes"] == [str(probe.path)]
+    assert r3["data"]["mated_probes"] == d["mated_probes"] - 1
+    assert r3["by_gallery_size"][-1]["mated"] == sizes[-1]["mated"] - 1
+    assert r3["data"]["nonmated_probes"] == d["nonmated_probes"]
+
+    # look-alikes of enrolled people among the distractors are listed for review, with every photo
+    # of the person each concerns; a candidate whose pairs are all listed is not
+    assert isinstance(r["mated_lookalikes"], list)
+    for c in r["mated_lookalikes"]:
+        assert c["identity"] in {g.identity for g in rows} and c["probe"] in c["photos"]
+        assert c["score"] >= LOOKALIKE_TWO and 1 <= c["above"] <= len(c["photos"])
+
 
 def test_bad_inputs_name_the_file_and_line(tmp_path, data_dir, capsys):
     g = tmp_path / "g.csv"
@@ -152,3 +180,28 @@ def test_split_is_deterministic_and_balanced() -> None:
     assert halves == [half_of(i, 0) for i in ids]
     assert 0.45 < halves.count("fit") / len(ids) < 0.55
     assert halves != [half_of(i, 1) for i in ids]
+
+
+def test_mated_lookalikes_selects_by_one_strong_or_two_moderate_scores() -> None:
+    def unit(*xs: float) -> np.ndarray:
+        v = np.array([*xs, 0, 0, 0, 0][:4], np.float32)
+        v[3] = np.sqrt(max(0.0, 1 - float(v[:3] @ v[:3])))
+        return v
+
+    a1, a2 = Path("a1.jpg"), Path("a2.jpg")
+    emb = {a1: unit(1, 0, 0), a2: unit(0, 1, 0)}
+    one_strong = unit(LOOKALIKE_ONE + 0.01, 0, 0)  # a1 alone
+    two_moderate = unit(LOOKALIKE_TWO + 0.01, LOOKALIKE_TWO + 0.01, 0)  # both, below LOOKALIKE_ONE
+    one_moderate = unit(LOOKALIKE_TWO + 0.01, 0, 0)  # a1 alone, moderate: not listed
+    stranger = unit(0, 0, 1)
+    d = [Row(Path(f"d{i}.jpg"), f"utk:{i}") for i in range(4)]
+    d_emb = np.stack([one_strong, two_moderate, one_moderate, stranger])
+    out = mated_lookalikes({"lfw:a": [a1, a2]}, emb, d, d_emb, set())
+    assert [c["gallery"] for c in out] == ["d0.jpg", "d1.jpg"]  # strongest first
+    assert out[0]["probe"] == "a1.jpg" and out[0]["above"] == 1 and out[1]["above"] == 2
+    assert out[0]["photos"] == ["a1.jpg", "a2.jpg"]
+    # listed pairs: a candidate is dropped only when every pair with the person is listed
+    half = {frozenset((a1, d[0].path))}
+    assert mated_lookalikes({"lfw:a": [a1, a2]}, emb, d, d_emb, half)[0]["gallery"] == "d0.jpg"
+    both = half | {frozenset((a2, d[0].path))}
+    assert "d0.jpg" not in [c["gallery"] for c in mated_lookalikes({"lfw:a": [a1, a2]}, emb, d, d_emb, both)]
