@@ -24,6 +24,12 @@ def pct(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{100 * x:.{digits}f} %"
 
 
+def ci(e: dict[str, Any], rate: str) -> str:
+    """`` [lo–hi]`` of a rate's identity-bootstrap interval, in percent (empty when absent)."""
+    c = e.get(f"{rate}_ci95")
+    return "" if not c else f" [{100 * c[0]:.2f}–{100 * c[1]:.2f}]"
+
+
 def sizes_table(r: dict[str, Any]) -> list[str]:
     """Per gallery size: threshold, FPIR, FNIR, rank-1/5, face-only FNIR@FPIR."""
     out = ["| gallery faces | rule | threshold adult / child | FPIR (false alerts) | FNIR | mated wrong alert | "
@@ -33,7 +39,8 @@ def sizes_table(r: dict[str, Any]) -> list[str]:
         child = e.get("child_threshold") or "-"
         rule = e["rule"] + (" + hub" if r["policy_config"].get("hub_norm") else "")
         out.append(f"| {e['gallery_size']:,} | {rule} | {e['threshold']:.3f} / {child} | "
-                   f"{pct(e['fpir'])} ({e['false_alerts']} / {e['nonmated']}) | {pct(e['fnir'])} | "
+                   f"{pct(e['fpir'])} ({e['false_alerts']} / {e['nonmated']}){ci(e, 'fpir')} | "
+                   f"{pct(e['fnir'])}{ci(e, 'fnir')} | "
                    f"{pct(e['mated_wrong_alert'])} | {pct(e['rank1'])} | {pct(e['rank5'])} | "
                    f"{pct(fo['1e-02']['fnir'])} | {pct(fo['1e-03']['fnir'])} |")
     for p in r["predicted"]:
@@ -64,8 +71,8 @@ def bias_tables(r: dict[str, Any]) -> list[str]:
     for key, groups in r["bias"].items():
         out += ["", f"| {key} | non-mated | false alerts | FPIR | mated | FNIR |", "|---|---|---|---|---|---|"]
         for g, v in groups.items():
-            out.append(f"| {g} | {v['nonmated']} | {v['false_alerts']} | {pct(v['fpir'])} | {v['mated']} | "
-                       f"{pct(v['fnir'])} |")
+            out.append(f"| {g} | {v['nonmated']} | {v['false_alerts']} | {pct(v['fpir'])}{ci(v, 'fpir')} | "
+                       f"{v['mated']} | {pct(v['fnir'])}{ci(v, 'fnir')} |")
     return out
 
 
@@ -102,8 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "FPIR |", "|---|---|---|---|---|---|---|---|"]
     for name, r in (("new", new), ("old", old)):
         for g, v in (r or {}).get("by_group", {}).items():
-            lines.append(f"| {g} | {name} | {v['mated']} | {pct(v['fnir'])} | {pct(v['rank1'])} | {pct(v['rank5'])} | "
-                         f"{v['nonmated']} | {pct(v['fpir'])} |")
+            lines.append(f"| {g} | {name} | {v['mated']} | {pct(v['fnir'])}{ci(v, 'fnir')} | {pct(v['rank1'])} | "
+                         f"{pct(v['rank5'])} | {v['nonmated']} | {pct(v['fpir'])}{ci(v, 'fpir')} |")
     lines += ["", "### cross-age (FG-NET)", "", *gap_table(new, old), "", "### bias", *bias_tables(new)]
     rej = new["by_gallery_size"][-1]
     lines += ["", f"rejections at the full gallery: non-mated {rej['nonmated_rejections']}, "

@@ -17,17 +17,17 @@ from namus_edge.models.identify_eval import (
     IdentifyInputError,
     Row,
     half_of,
+    identity_ci95,
     mated_lookalikes,
     read_rows,
 )
 from namus_edge.models.registry import get_spec
 
 TOP_KEYS = {"models", "policy_config", "split", "data", "tail", "by_gallery_size", "predicted", "prediction_check",
-            "by_age_gap", "bias", "top_nonmated", "by_group",
-            "false_alerts", "mated_rank1_errors", "mated_lookalikes"}
+            "by_age_gap", "bias", "top_nonmated", "by_group", "false_alerts", "mated_rank1_errors", "mated_lookalikes"}
 SIZE_KEYS = {"gallery_size", "measured", "rule", "threshold", "child_threshold", "nonmated", "false_alerts", "fpir",
-             "mated", "fnir", "mated_wrong_alert", "rank1", "rank5", "nonmated_rejections", "mated_rejections",
-             "face_only"}
+             "fpir_ci95", "mated", "fnir", "fnir_ci95", "mated_wrong_alert", "rank1", "rank5", "nonmated_rejections",
+             "mated_rejections", "face_only"}
 
 
 def _write(path: Path, rows: list[dict[str, object]]) -> Path:
@@ -92,6 +92,9 @@ def test_identify_metrics_policy_cache_and_exclusions(sets, capsys, model_cache,
         assert set(e) == SIZE_KEYS
         assert e["mated"] == 22 and e["nonmated"] == d["nonmated_probes"]
         assert e["fpir"] == e["false_alerts"] / e["nonmated"]
+        for rate in ("fpir", "fnir"):
+            lo, hi = e[f"{rate}_ci95"]
+            assert 0 <= lo <= e[rate] <= hi <= 1
         assert set(e["face_only"]) == {"1e-02", "1e-03", "fpir_at_threshold"}
     assert sizes[-1]["rank1"] >= 0.6  # same-age LFW probes of 8 people are easy; FG-NET are not
     assert [p["gallery_size"] for p in r["predicted"]] == [55_000, 1_000_000]
@@ -205,3 +208,20 @@ def test_mated_lookalikes_selects_by_one_strong_or_two_moderate_scores() -> None
     assert mated_lookalikes({"lfw:a": [a1, a2]}, emb, d, d_emb, half)[0]["gallery"] == "d0.jpg"
     both = half | {frozenset((a2, d[0].path))}
     assert "d0.jpg" not in [c["gallery"] for c in mated_lookalikes({"lfw:a": [a1, a2]}, emb, d, d_emb, both)]
+
+
+def test_identity_ci95_resamples_people_not_searches() -> None:
+    # 10 people with 10 searches each; one person misses all 10: 10 % of searches miss
+    ids = [f"p{k}" for k in range(10) for _ in range(10)]
+    errors = [k == 0 for k in range(10) for _ in range(10)]
+    lo, hi = identity_ci95(errors, ids)
+    assert lo == 0.0 and hi >= 0.25  # drawing the bad person 0 or 3+ times out of 10 is likely
+    # the same rate spread over people: a much narrower interval
+    spread = [j == 0 for _ in range(10) for j in range(10)]
+    lo2, hi2 = identity_ci95(spread, ids)
+    assert lo2 == hi2 == 0.1
+    assert identity_ci95(errors, ids) == [lo, hi]  # seeded
+    assert identity_ci95([], []) is None
+    # no error at all: the upper bound is the exact binomial bound over the 10 people, not 0
+    assert identity_ci95([False] * 100, ids) == [0.0, pytest.approx(1 - 0.025 ** 0.1, abs=1e-5)]
+    assert identity_ci95([True] * 100, ids) == [pytest.approx(0.025 ** 0.1, abs=1e-5), 1.0]
