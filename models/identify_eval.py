@@ -57,7 +57,7 @@ from namus_edge.core.errors import NamusEdgeError
 from namus_edge.models.analyzer import FaceAnalyzer
 from namus_edge.models.embedding_cache import EmbeddingCache, PhotoFace
 from namus_edge.models.evaluation import AGE_GAP_BUCKETS, AGE_GROUPS, bucket_of
-from namus_edge.models.hub_norm import HUB_K, HubNeighbours, best_first, hub_neighbours, probe_offsets
+from namus_edge.models.hub_norm import HUB_K, HubNeighbours, best_first, group_codes, hub_neighbours, probe_offsets
 from namus_edge.models.impostor_tail import ImpostorTail, fpir_from_far, tail_from_scores
 from namus_edge.models.policy import CHILD_FACE_AGE, ResolvedPolicy, judge, resolve_policy
 
@@ -598,9 +598,8 @@ def identity_ci95(errors: Sequence[bool], identities: Sequence[str], seed: int =
     if n_err in (0, len(errors)):
         bound = 1.0 - 0.025 ** (1.0 / len(set(identities)))
         return [0.0, round(bound, 5)] if n_err == 0 else [round(1.0 - bound, 5), 1.0]
-    codes: dict[str, int] = {}
-    ids = np.array([codes.setdefault(x, len(codes)) for x in identities], np.int64)
-    n_id = len(codes)
+    ids = group_codes(identities)
+    n_id = int(ids.max()) + 1
     tot = np.bincount(ids, minlength=n_id).astype(np.float64)
     err = np.bincount(ids, weights=np.asarray(errors, np.float64), minlength=n_id)
     rng = np.random.default_rng(seed)
@@ -736,13 +735,13 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
     nan = np.full(dim, np.nan, np.float32)
     probe_emb = np.stack([_or(faces[p.path].embedding, nan) for p in probes]).astype(np.float32)
     loo = np.array([p.path in gal_paths for p in probes])
+    by_id: dict[str, list[Row]] = defaultdict(list)
+    for g in gal:
+        by_id[g.identity].append(g)
     # a probe whose every comparison with its own identity's gallery photos is listed as label noise
     # (two people under one name) has no mate to find: it is left out, and counted
-    gal_by_id: dict[str, list[Path]] = defaultdict(list)
-    for g in gal:
-        gal_by_id[g.identity].append(g.path)
-    no_mate = {p.path for i, p in enumerate(probes) if not loo[i] and p.identity in gal_by_id
-               and all(frozenset((p.path, q)) in excl for q in gal_by_id[p.identity])}
+    no_mate = {p.path for i, p in enumerate(probes) if not loo[i] and p.identity in by_id
+               and all(frozenset((p.path, g.path)) in excl for g in by_id[p.identity])}
     mated_all = np.array([(p.identity in gal_ids) and not loo[i] and p.path not in no_mate
                           for i, p in enumerate(probes)])
     halves = np.array([half_of(p.identity, seed) for p in probes])
@@ -758,9 +757,6 @@ def run_identify(config: Config, gallery: Sequence[Row], probes: Sequence[Row], 
 
     # case facts per identity, as a bundle would carry them (true ages of the photos, recorded sex)
     facts: dict[str, dict[str, Any]] = {}
-    by_id: dict[str, list[Row]] = defaultdict(list)
-    for g in gal:
-        by_id[g.identity].append(g)
     for ident, rows in by_id.items():
         if case_facts is not None:
             facts[ident] = dict(case_facts.get(ident) or {})
